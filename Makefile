@@ -1,0 +1,45 @@
+# kumoq: `make run` starts the daemon with policy/init.lua, `make test` runs the suite.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test test-integration lint fmt bench validate-examples clean docs
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: $(STAMP)
+	mkdir -p var
+	$(BIN)/kumoq serve --policy policy/init.lua
+
+test: $(STAMP)
+	$(BIN)/pytest
+
+test-integration: $(STAMP)
+	$(BIN)/pytest -m integration
+
+lint: $(STAMP)
+	$(BIN)/ruff check kumoq tests bench
+	$(BIN)/ruff format --check kumoq tests bench
+	$(BIN)/mypy kumoq
+	$(BIN)/lint-imports
+
+fmt: $(STAMP)
+	$(BIN)/ruff format kumoq tests bench
+	$(BIN)/ruff check --fix kumoq tests bench
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
+docs: $(STAMP)
+	$(BIN)/pip install -q -e '.[docs]'
+	$(BIN)/mkdocs build --strict
+
+clean:
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache site

@@ -1,0 +1,116 @@
+"""The exceptions kumoq raises, one class per condition a caller handles differently.
+
+This module imports nothing from kumoq. The tree::
+
+    KumoqError
+    ├── ConfigError            a config table (make_*, start_*, define_*) has a bad key or value;
+    │                          the policy loader turns it into a PolicyError naming file and line
+    ├── AddressError           an envelope address does not parse (SMTP answers 501/553)
+    ├── QueueNameError         a message's queue name cannot be computed or parsed
+    ├── PolicyError            the Lua policy failed to load or an event handler raised;
+    │                          startup exits 1, reception answers 421 4.3.0, delivery transfails
+    │   └── RejectError        kumo.reject(code, message) was called; the caller turns it into
+    │                          the SMTP reply / transient failure / bounce the context calls for
+    ├── SpoolError             the spool could not store, load or remove an entry
+    │   ├── SpoolLockedError   another instance holds the spool lock; startup exits 1
+    │   └── SpoolCorruptError  an entry cannot be parsed; enumeration removes it and logs
+    ├── DeliveryError          a deliverer failed in a way that is a transient failure
+    └── SmtpProtocolError      a peer broke the SMTP grammar or sequence
+        ├── LocalProtocolError   we were asked to send something illegal (a bug)
+        └── RemoteProtocolError  the peer sent something illegal; carries the reply to send
+
+Expected outcomes (throttled, queue full, nothing due) are return values, never exceptions.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AddressError",
+    "ConfigError",
+    "DeliveryError",
+    "KumoqError",
+    "LocalProtocolError",
+    "PolicyError",
+    "QueueNameError",
+    "RejectError",
+    "RemoteProtocolError",
+    "SmtpProtocolError",
+    "SpoolCorruptError",
+    "SpoolError",
+    "SpoolLockedError",
+]
+
+
+class KumoqError(Exception):
+    """Root of every kumoq exception."""
+
+
+class ConfigError(KumoqError, ValueError):
+    """A configuration table has an unknown key or a value that does not parse.
+
+    Raised by every ``from_mapping()``; the message names the key and quotes the value.
+    """
+
+
+class AddressError(KumoqError, ValueError):
+    """An envelope address (``user@domain``) does not parse."""
+
+
+class QueueNameError(KumoqError, ValueError):
+    """A queue name cannot be computed (no recipient domain, non-string ``queue`` meta)."""
+
+
+class PolicyError(KumoqError):
+    """The Lua policy failed: a syntax error, a runtime error, or a handler that raised.
+
+    ``location`` is ``"file:line"`` when Lua reported one.
+    """
+
+    def __init__(self, message: str, *, location: str | None = None) -> None:
+        super().__init__(message)
+        self.location = location
+
+
+class RejectError(PolicyError):
+    """``kumo.reject(code, message)`` was called inside an event handler.
+
+    ``disconnect`` is True when the connection must be dropped after the reply (a 421).
+    """
+
+    def __init__(self, code: int, message: str, *, disconnect: bool = False) -> None:
+        super().__init__(f"{code} {message}")
+        self.code = code
+        self.reply_text = message
+        self.disconnect = disconnect or code == 421
+
+
+class SpoolError(KumoqError):
+    """A spool operation failed; reception answers 451 and nothing is acknowledged."""
+
+
+class SpoolLockedError(SpoolError):
+    """Another process holds the spool lock; startup exits 1 with this message."""
+
+
+class SpoolCorruptError(SpoolError):
+    """A spool entry cannot be parsed; enumeration removes it and logs the id."""
+
+
+class DeliveryError(KumoqError):
+    """A delivery attempt failed transiently (for example a maildir write error)."""
+
+
+class SmtpProtocolError(KumoqError):
+    """The SMTP grammar or command sequence was broken."""
+
+    def __init__(self, message: str, *, reply_hint: tuple[int, str] = (500, "5.5.2")) -> None:
+        super().__init__(message)
+        self.reply_hint = reply_hint
+
+
+class LocalProtocolError(SmtpProtocolError):
+    """We tried to do something the protocol forbids in the current state (a bug)."""
+
+
+class RemoteProtocolError(SmtpProtocolError):
+    """The peer sent something illegal; ``reply_hint`` is the (code, enhanced) to answer."""

@@ -1,0 +1,258 @@
+"""The message model: spool ids, envelope addresses, queue names and the Message itself.
+
+A ``Message`` is one recipient's copy of a received transaction (KumoMTA's ``BifurcateAlways``).
+Its meta is a plain JSON-able dict; its data are the RFC 5322 bytes, which may be ``None`` while
+the message waits in a scheduled queue (loaded again from the spool when needed).
+
+The spool's meta record is KumoMTA's JSON (``sender``, ``recipient``, ``meta``, ``schedule``)
+plus kumoq's ``num_attempts`` and ``due`` so that a restart keeps each message's schedule.
+
+Pure: imports only kumoq.errors; time comes in as arguments.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from typing import Any, Final, final
+
+from kumoq.errors import AddressError, QueueNameError
+
+__all__ = [
+    "NULL_QUEUE",
+    "EnvelopeAddress",
+    "Message",
+    "QueueNameParts",
+    "compute_queue_name",
+    "new_spool_id",
+    "parse_queue_name",
+    "spool_id_created",
+]
+
+NULL_QUEUE: Final = "null"
+
+# UUIDv1 timestamps count 100 ns intervals since 1582-10-15.
+_UUID_EPOCH_OFFSET: Final = 0x01B21DD213814000
+_NODE: Final = int.from_bytes(os.urandom(6), "big") | 0x010000000000  # multicast bit: random node
+_clock_seq = int.from_bytes(os.urandom(2), "big") & 0x3FFF
+_last_ts = 0
+
+
+def new_spool_id(now: float) -> str:
+    """A new time-ordered spool id: a UUIDv1 for ``now`` as 32 lowercase hex digits.
+
+    Ids made in the same process are unique even when ``now`` repeats (the 100 ns counter is
+    bumped), so ``spool_id_created`` is exact to within microseconds.
+    """
+    global _last_ts
+    ts = int(now * 10_000_000) + _UUID_EPOCH_OFFSET
+    if ts <= _last_ts:
+        ts = _last_ts + 1
+    _last_ts = ts
+    time_low = ts & 0xFFFFFFFF
+    time_mid = (ts >> 32) & 0xFFFF
+    time_hi_version = ((ts >> 48) & 0x0FFF) | 0x1000
+    seq = _clock_seq | 0x8000
+    return f"{time_low:08x}{time_mid:04x}{time_hi_version:04x}{seq:04x}{_NODE:012x}"
+
+
+def spool_id_created(spool_id: str) -> float:
+    """The creation time (unix seconds) encoded in a spool id."""
+    try:
+        ts = uuid.UUID(hex=spool_id).time
+    except ValueError:
+        raise QueueNameError(f"not a spool id: {spool_id!r}") from None
+    return (ts - _UUID_EPOCH_OFFSET) / 10_000_000
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class EnvelopeAddress:
+    """An SMTP envelope address. The null sender ``<>`` has an empty local part and domain."""
+
+    local_part: str
+    domain: str
+
+    @classmethod
+    def parse(cls, text: str) -> EnvelopeAddress:
+        """Parse ``user@domain`` (brackets optional); ``""`` or ``"<>"`` is the null sender."""
+        text = text.strip()
+        if text.startswith("<") and text.endswith(">"):
+            text = text[1:-1]
+        if text == "":
+            return NULL_SENDER
+        local, sep, domain = text.rpartition("@")
+        if not sep or not local or not domain:
+            raise AddressError(f"invalid address {text!r}: expected user@domain")
+        return cls(local, domain)
+
+    @property
+    def is_null(self) -> bool:
+        return not self.local_part and not self.domain
+
+    @property
+    def user(self) -> str:
+        return self.local_part
+
+    @property
+    def email(self) -> str:
+        return f"{self.local_part}@{self.domain}" if not self.is_null else ""
+
+    def __str__(self) -> str:
+        return self.email
+
+
+NULL_SENDER: Final = EnvelopeAddress("", "")
+
+
+@dataclass(frozen=True, slots=True)
+class QueueNameParts:
+    """The parsed parts of a scheduled queue name (reference §1.4)."""
+
+    domain: str
+    tenant: str | None = None
+    campaign: str | None = None
+    routing_domain: str | None = None
+
+
+def compute_queue_name(
+    domain: str, *, tenant: str | None, campaign: str | None, routing_domain: str | None
+) -> str:
+    """Format ``campaign:tenant@domain!routing_domain`` with absent parts left out (§1.4)."""
+    name = domain.lower()
+    if routing_domain:
+        name = f"{name}!{routing_domain}"
+    if tenant is not None or campaign is not None:
+        prefix = tenant or ""
+        if campaign is not None:
+            prefix = f"{campaign}:{prefix}"
+        name = f"{prefix}@{name}"
+    return name
+
+
+def parse_queue_name(name: str) -> QueueNameParts:
+    """Split a queue name back into its parts, as KumoMTA's ``queue_name.rs`` does."""
+    tenant = campaign = None
+    prefix, sep, rest = name.partition("@")
+    if not sep:
+        rest = name
+    else:
+        camp, colon, ten = prefix.partition(":")
+        if colon:
+            campaign, tenant = camp, ten
+        else:
+            tenant = prefix
+    domain, bang, routing = rest.partition("!")
+    return QueueNameParts(
+        domain=domain,
+        tenant=tenant,
+        campaign=campaign,
+        routing_domain=routing if bang else None,
+    )
+
+
+@final
+class Message:
+    """One message: envelope, meta, data and its place in the retry schedule.
+
+    ``due`` is the unix time of the next attempt (``None``: due now); ``num_attempts`` counts
+    attempts made so far. Both are persisted in the spool meta record (a kumoq extension).
+    """
+
+    __slots__ = (
+        "created",
+        "data",
+        "due",
+        "id",
+        "meta",
+        "num_attempts",
+        "recipients",
+        "schedule",
+        "sender",
+    )
+
+    def __init__(
+        self,
+        *,
+        id: str,
+        sender: EnvelopeAddress,
+        recipients: list[EnvelopeAddress],
+        meta: dict[str, Any] | None = None,
+        data: bytes | None = None,
+        schedule: dict[str, Any] | None = None,
+        num_attempts: int = 0,
+        due: float | None = None,
+        created: float | None = None,
+    ) -> None:
+        self.id = id
+        self.sender = sender
+        self.recipients = recipients
+        self.meta: dict[str, Any] = meta if meta is not None else {}
+        self.data = data
+        self.schedule = schedule
+        self.num_attempts = num_attempts
+        self.due = due
+        self.created = created if created is not None else spool_id_created(id)
+
+    def __repr__(self) -> str:
+        return f"<Message {self.id} {self.sender} -> {[str(r) for r in self.recipients]}>"
+
+    @property
+    def recipient(self) -> EnvelopeAddress:
+        """The first recipient (every message made by reception has exactly one)."""
+        return self.recipients[0]
+
+    def queue_name(self) -> str:
+        """The scheduled queue: meta ``queue`` if set, else built from the meta and recipient."""
+        meta = self.meta
+        queue = meta.get("queue")
+        if queue is not None:
+            if not isinstance(queue, str):
+                raise QueueNameError(f"meta 'queue' must be a string, got {queue!r}")
+            return queue
+        if not self.recipients or not self.recipients[0].domain:
+            raise QueueNameError("message has no recipient domain")
+
+        def text(key: str) -> str | None:
+            value = meta.get(key)
+            if value is None:
+                return None
+            if not isinstance(value, str):
+                raise QueueNameError(f"meta {key!r} must be a string, got {value!r}")
+            return value
+
+        return compute_queue_name(
+            self.recipients[0].domain,
+            tenant=text("tenant"),
+            campaign=text("campaign"),
+            routing_domain=text("routing_domain"),
+        )
+
+    def to_spool_meta(self) -> dict[str, Any]:
+        """The JSON-able meta record written to the ``meta`` spool."""
+        recipients = [r.email for r in self.recipients]
+        return {
+            "sender": self.sender.email,
+            "recipient": recipients[0] if len(recipients) == 1 else recipients,
+            "meta": self.meta,
+            "schedule": self.schedule,
+            "num_attempts": self.num_attempts,
+            "due": self.due,
+        }
+
+    @classmethod
+    def from_spool_meta(cls, spool_id: str, record: dict[str, Any]) -> Message:
+        """Rebuild a message (without its data) from a meta record; raises on a bad record."""
+        rcpt = record["recipient"]
+        rcpts = [rcpt] if isinstance(rcpt, str) else list(rcpt)
+        due = record.get("due")
+        return cls(
+            id=spool_id,
+            sender=EnvelopeAddress.parse(record["sender"]),
+            recipients=[EnvelopeAddress.parse(r) for r in rcpts],
+            meta=dict(record.get("meta") or {}),
+            schedule=record.get("schedule"),
+            num_attempts=int(record.get("num_attempts") or 0),
+            due=float(due) if due is not None else None,
+        )
