@@ -1,0 +1,153 @@
+"""The spool seam: the ``Spool`` Protocol, its counters, and how a batch of operations folds.
+
+KumoMTA keeps two spools, ``data`` (message bytes) and ``meta`` (a JSON record); kumoq pairs
+them behind one ``Spool`` so that both halves of a message are written, and made durable, in
+the same group commit. The meta bytes are opaque here (the caller encodes
+``Message.to_spool_meta()``); ids are 32-hex spool ids (``kumoq.message.new_spool_id``).
+
+Every method is called from the event loop; implementations do their blocking IO in threads.
+
+Pure: imports only kumoq.errors and the standard library; no IO here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import Final, Protocol, runtime_checkable
+
+from kumoq.errors import SpoolError
+
+__all__ = [
+    "REMOVE",
+    "STORE",
+    "Folded",
+    "Op",
+    "Spool",
+    "SpoolStats",
+    "check_spool_id",
+    "fold_ops",
+]
+
+
+@runtime_checkable
+class Spool(Protocol):
+    """Durable storage of (data, meta) pairs keyed by spool id.
+
+    Durability contract: when ``flush`` is on (the default), ``store`` returns only after the
+    data and meta it wrote are on stable storage, so the caller may answer 250. Concurrent
+    stores share disk syncs (group commit). ``remove`` is not synced: a remove lost in a crash
+    means a redelivery, never a loss.
+    """
+
+    async def start(self) -> None:
+        """Take the lock (SpoolLockedError if another live process holds it), then recover:
+        delete temporary files left by a crash. Must be called before anything else."""
+
+    async def store(self, msg_id: str, data: bytes | None, meta: bytes) -> None:
+        """Write ``meta`` and, unless ``data`` is None (a meta-only update), ``data``.
+
+        Durable before it returns (when flush). Raises SpoolError if the write failed.
+        """
+
+    async def store_many(self, items: list[tuple[str, bytes | None, bytes]]) -> None:
+        """``store`` for several messages at once; all of them land in the same batch."""
+
+    async def load_data(self, msg_id: str) -> bytes:
+        """The message bytes; SpoolCorruptError if the spool has none for ``msg_id``."""
+
+    async def remove(self, msg_id: str) -> None:
+        """Delete both halves (missing ones are ignored); not synced."""
+
+    def enumerate(self) -> AsyncIterator[tuple[str, bytes]]:
+        """``(id, meta bytes)`` of every stored message, read in pages, without the data."""
+
+    async def close(self) -> None:
+        """Finish pending work, close the storage and release the lock."""
+
+
+@dataclass(slots=True)
+class SpoolStats:
+    """Counters kept by the writer thread (read them from anywhere; ints, single writer).
+
+    ``batches``: group commits done; ``ops``: operations they carried (stores and removes);
+    ``syncs``: disk-sync calls made (fdatasync, fsync, syncfs, or SQLite commits when flush);
+    ``max_batch``: the largest batch seen; ``errors``: batches that failed.
+    """
+
+    batches: int = 0
+    ops: int = 0
+    stores: int = 0
+    removes: int = 0
+    syncs: int = 0
+    max_batch: int = 0
+    errors: int = 0
+
+
+STORE: Final = 0
+REMOVE: Final = 1
+
+# One queued operation: (STORE, id, data | None, meta) or (REMOVE, id, None, None).
+Op = tuple[int, str, bytes | None, bytes | None]
+
+
+@dataclass(slots=True)
+class Folded:
+    """A batch reduced to its effect: first delete ``removes``, then write ``stores``.
+
+    ``stores`` holds ``(id, data | None, meta)``; data None keeps the stored data as it is.
+    """
+
+    removes: list[str]
+    stores: list[tuple[str, bytes | None, bytes]]
+
+
+class _Entry:
+    __slots__ = ("data", "dropped", "meta")
+
+    def __init__(self) -> None:
+        self.data: bytes | None = None
+        self.meta: bytes | None = None
+        self.dropped = False
+
+
+def fold_ops(ops: Iterable[Op]) -> Folded:
+    """Fold a batch in arrival order so that each id is written or deleted at most once.
+
+    The last write of an id wins (meta-only updates keep the data of an earlier write in the
+    batch); a remove cancels earlier writes, and a write after a remove starts afresh.
+    O(len(ops)).
+    """
+    entries: dict[str, _Entry] = {}
+    for kind, msg_id, data, meta in ops:
+        entry = entries.get(msg_id)
+        if entry is None:
+            entry = entries[msg_id] = _Entry()
+        if kind == REMOVE:
+            entry.data = entry.meta = None
+            entry.dropped = True
+        else:
+            if data is not None:
+                entry.data = data
+            entry.meta = meta
+    removes: list[str] = []
+    stores: list[tuple[str, bytes | None, bytes]] = []
+    for msg_id, entry in entries.items():
+        if entry.dropped:
+            removes.append(msg_id)
+        if entry.meta is not None:
+            stores.append((msg_id, entry.data, entry.meta))
+    return Folded(removes, stores)
+
+
+_HEX: Final = frozenset("0123456789abcdef")
+
+
+def check_spool_id(msg_id: str) -> str:
+    """``msg_id`` if it is 32 lowercase hex digits (a spool id), else SpoolError.
+
+    Ids become file names, so anything else (``/``, ``..``) is refused before any IO.
+    """
+    if len(msg_id) != 32 or not _HEX.issuperset(msg_id):
+        raise SpoolError(f"not a spool id: {msg_id!r}")
+    return msg_id
