@@ -1,1 +1,21 @@
-"""kumoq.lua"""
+"""The Lua policy bridge: a sandboxed lupa runtime, the ``kumo`` module and typed events.
+
+Public API: ``PolicyRuntime`` (load a policy, ``fire_init``), ``PolicyEvents`` (typed event
+calls for the daemon), ``PolicyDeclarations``, ``ConnMeta`` and ``EmptyTable``.
+"""
+
+from __future__ import annotations
+
+from kumoq.lua.events import PolicyEvents
+from kumoq.lua.message import ConnMeta, LuaApiError
+from kumoq.lua.runtime import MULTI_HANDLER_EVENTS, EmptyTable, PolicyDeclarations, PolicyRuntime
+
+__all__ = [
+    "MULTI_HANDLER_EVENTS",
+    "ConnMeta",
+    "EmptyTable",
+    "LuaApiError",
+    "PolicyDeclarations",
+    "PolicyEvents",
+    "PolicyRuntime",
+]

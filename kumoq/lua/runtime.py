@@ -1,0 +1,540 @@
+"""The Lua policy runtime: a sandboxed lupa (Lua 5.4) state, ``kumo.on`` and event dispatch.
+
+``PolicyRuntime(path, builders=..., declare=...)`` creates the Lua state, installs the ``kumo``
+module (kumoq.lua.kumo_api) and the Lua Message objects (kumoq.lua.message), then runs the
+policy file. ``fire_init()`` runs ``pre_init`` then ``init`` once. ``invoke()`` fires any other
+event; kumoq.lua.events wraps it with typed signatures.
+
+The boundary (see STYLE.md, "Policy (Lua)"): Lua never holds a Python object. The runtime is
+built with ``register_eval=False, register_builtins=False`` and an attribute filter that denies
+everything, and the ``python`` and ``debug`` globals are removed. The Python functions the Lua
+side calls live in a private table that is only an upvalue of kumoq's own Lua chunks; they
+accept and return only strings, numbers, booleans, nil and Lua tables, never raise (errors come
+back as ``(ERR, message)`` and the Lua wrapper raises them at the policy's line) and refer to
+messages, connections and built configs by integer handles. ``load``/``loadfile``/``dofile``
+and ``require`` accept text chunks only, and C modules cannot be loaded (as with mlua's safe
+standard library in KumoMTA).
+
+Value conversion (``from_lua``): a table whose keys are exactly 1..n becomes a list, any other
+table a dict (integer keys become strings). An empty table is ambiguous in Lua: as *data*
+(meta, ``json_encode``) it becomes ``{}`` (KumoMTA encodes it as a JSON object); inside a
+*config table* given to a builder it becomes ``EmptyTable``, which is both an empty list and
+an empty mapping, so ``relay_hosts = {}`` and ``smtp = {}`` both work. The top-level config
+table itself is always a dict. ``to_lua`` converts JSON-able Python values back.
+
+Error locations: chunks are named relative to the policy's directory (``init.lua``,
+``lib/util.lua``), because Lua truncates long chunk names in messages to 60 characters.
+
+L2: imports lupa, kumoq.errors, kumoq.clock, kumoq.config.queue and its sibling modules.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, NoReturn, final
+
+from lupa import lua54
+
+from kumoq.clock import Clock, SystemClock
+from kumoq.config.queue import QueueConfig
+from kumoq.errors import KumoqError, PolicyError, RejectError
+from kumoq.lua import kumo_api, message
+from kumoq.lua.message import LuaApiError
+from kumoq.message import Message
+
+__all__ = [
+    "MULTI_HANDLER_EVENTS",
+    "EmptyTable",
+    "LuaApiError",
+    "PolicyDeclarations",
+    "PolicyRuntime",
+]
+
+log = logging.getLogger("kumoq.lua")
+
+MULTI_HANDLER_EVENTS: Final = frozenset(
+    {
+        "get_queue_config",
+        "requeue_message",
+        "throttle_insert_ready_queue",
+        "should_enqueue_log_record",
+        "pre_init",
+        "validate_config",
+    }
+)
+_MAX_DEPTH: Final = 64
+_LOCATION: Final = re.compile(r"^([^\n]+?):(\d+): ")
+
+Builder = Callable[[Any], object]
+
+
+class EmptyTable(list[Any]):
+    """An empty Lua table inside a config table: an empty list that is also an empty mapping."""
+
+    __slots__ = ()
+
+    def get(self, key: object, default: Any = None) -> Any:
+        return default
+
+    def keys(self) -> tuple[()]:
+        return ()
+
+    def values(self) -> tuple[()]:
+        return ()
+
+    def items(self) -> tuple[()]:
+        return ()
+
+
+Mapping.register(EmptyTable)
+
+
+@dataclass(slots=True)
+class PolicyDeclarations:
+    """What ``init`` declared, in call order, as built by the injected builders."""
+
+    esmtp_listeners: list[Any] = field(default_factory=list)
+    http_listeners: list[Any] = field(default_factory=list)
+    spools: list[Any] = field(default_factory=list)
+    local_logs: list[Any] = field(default_factory=list)
+
+    def add(self, kind: str, value: object) -> None:
+        getattr(self, _DECLARATION_LISTS[kind]).append(value)
+
+
+_DECLARATION_LISTS: Final = {
+    "start_esmtp_listener": "esmtp_listeners",
+    "start_http_listener": "http_listeners",
+    "define_spool": "spools",
+    "configure_local_logs": "local_logs",
+}
+
+# Runs first: capture what kumoq's own chunks need, then take it away from the policy.
+_SANDBOX_LUA: Final = r"""
+local M, policy_dir = ...
+M.getinfo = debug.getinfo
+local raw_load, raw_loadfile = load, loadfile
+M.load = raw_load
+python = nil
+package.loaded.python = nil
+debug = nil
+package.loaded.debug = nil
+package.loadlib = nil
+package.cpath = ''
+local select = select
+
+load = function(chunk, chunkname, mode, ...)
+  if select('#', ...) > 0 then return raw_load(chunk, chunkname, 't', (...)) end
+  return raw_load(chunk, chunkname, 't')
+end
+loadfile = function(filename, mode, ...)
+  if select('#', ...) > 0 then return raw_loadfile(filename, 't', (...)) end
+  return raw_loadfile(filename, 't')
+end
+dofile = function(filename)
+  local chunk, err = raw_loadfile(filename, 't')
+  if chunk == nil then error(err, 0) end
+  return chunk()
+end
+
+local prefix = policy_dir .. '/'
+package.path = prefix .. '?.lua;' .. prefix .. '?/init.lua;' .. package.path
+local searchpath, open = package.searchpath, io.open
+
+local function lua_searcher(name)
+  local filename, err = searchpath(name, package.path)
+  if filename == nil then return '\n\t' .. err end
+  local f, oerr = open(filename, 'rb')
+  if f == nil then error(oerr, 0) end
+  local src = f:read('a')
+  f:close()
+  local chunkname = filename
+  if filename:sub(1, #prefix) == prefix then chunkname = filename:sub(#prefix + 1) end
+  local chunk, lerr = raw_load(src, '@' .. chunkname, 't')
+  if chunk == nil then error(lerr, 0) end
+  return chunk, filename
+end
+package.searchers = {package.searchers[1], lua_searcher}
+"""
+
+# Events: kumo.on, dispatch with first-non-nil-wins for multi-handler events, error capture.
+_CORE_LUA: Final = r"""
+local M, multi = ...
+local REJECT, OPAQUE, getinfo, raw_load, wrap = M.REJECT, M.OPAQUE, M.getinfo, M.load, M.wrap
+local type, error, tostring, getmetatable, xpcall, pairs =
+  type, error, tostring, getmetatable, xpcall, pairs
+local byte, find, format = string.byte, string.find, string.format
+
+local handlers = {}
+local phase = 'load'
+function M.set_phase(p) phase = p end
+
+function M.on(name, fn)
+  if phase ~= 'load' then
+    error('kumo.on: handlers must be registered while the policy loads, not from inside an '
+      .. 'event handler (tried to register ' .. tostring(name) .. ')', 2)
+  end
+  if type(name) ~= 'string' then
+    error('kumo.on: the event name must be a string, got ' .. type(name), 2)
+  end
+  if type(fn) ~= 'function' then
+    error('kumo.on: the handler for ' .. name .. ' must be a function, got ' .. type(fn), 2)
+  end
+  local list = handlers[name]
+  if list == nil then
+    handlers[name] = {fn}
+    return
+  end
+  if not multi[name] then
+    local info = getinfo(list[1], 'S')
+    error(format('%s event already has a handler defined at %s:%d',
+      name, info.short_src, info.linedefined), 2)
+  end
+  list[#list + 1] = fn
+end
+
+function M.handler_names()
+  local out, n = {}, 0
+  for k in pairs(handlers) do
+    n = n + 1
+    out[n] = k
+  end
+  return out
+end
+
+local function fire(name, ...)
+  local list = handlers[name]
+  if list == nil then return nil end
+  local n = #list
+  if n == 1 then return list[1](...) end
+  for i = 1, n do
+    local r = list[i](...)
+    if r ~= nil then return r end
+  end
+  return nil
+end
+
+-- the innermost frame running policy code ('@' chunks), as "file:line"
+local function where(level)
+  while true do
+    local info = getinfo(level, 'Sl')
+    if info == nil then return nil end
+    if info.currentline > 0 and byte(info.source, 1) == 64 then
+      return info.short_src .. ':' .. info.currentline
+    end
+    level = level + 1
+  end
+end
+
+local function on_error(e)
+  if getmetatable(e) == REJECT then return e end
+  local msg = e
+  if type(msg) ~= 'string' then msg = tostring(msg) end
+  if utf8.len(msg) == nil then msg = string.gsub(msg, '[\128-\255]', '?') end
+  if not find(msg, '^[^\n]-:%d+: ') then
+    local loc = where(2)
+    if loc ~= nil then msg = loc .. ': ' .. msg end
+  end
+  return msg
+end
+
+local function finish(ok, r, ...)
+  if ok then
+    local h = OPAQUE[r]
+    if h ~= nil then return 2, h end
+    return 1, r, ...
+  end
+  if getmetatable(r) == REJECT then return 3, r.code, r.message, r.how end
+  return 0, r
+end
+
+function M.invoke(name, shape, ...)
+  if shape == '' then return finish(xpcall(fire, on_error, name, ...)) end
+  return finish(xpcall(fire, on_error, name, wrap(shape, 1, ...)))
+end
+
+function M.load_policy(src, chunkname)
+  local chunk, err = raw_load(src, '@' .. chunkname, 't')
+  if chunk == nil then return 0, err end
+  return finish(xpcall(chunk, on_error))
+end
+"""
+
+
+def _deny_attributes(obj: object, name: object, is_setting: bool) -> NoReturn:
+    raise AttributeError("Python attributes are not accessible from Lua")
+
+
+@final
+class PolicyRuntime:
+    """One loaded policy. Use only from the event loop thread.
+
+    ``builders`` maps a kumo function name (``make_queue_config``, ``start_esmtp_listener``,
+    ``define_spool``, ``configure_local_logs``, ``make_egress_pool``...) to a
+    ``from_mapping``-style builder; a missing builder stores the converted dict unchecked
+    (``make_queue_config`` defaults to ``QueueConfig.from_mapping``). ``declare`` is called
+    with ``(kind, built)`` for each ``start_*``/``define_spool``/``configure_local_logs`` call,
+    which are also collected in ``declarations``. Raises PolicyError if the policy fails to
+    load.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        builders: Mapping[str, Builder] | None = None,
+        declare: Callable[[str, object], None] | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.builders: dict[str, Builder] = {"make_queue_config": QueueConfig.from_mapping}
+        self.builders.update(builders or {})
+        self.declare_callback = declare
+        self.clock: Clock = clock or SystemClock()
+        self.declarations = PolicyDeclarations()
+        self.phase = "load"
+        self.messages: dict[int, Message] = {}
+        self.conns: dict[int, dict[str, Any]] = {}
+        self.opaque: dict[int, tuple[str, object]] = {}
+        self._ids = itertools.count(1)
+        self._init_fired = False
+
+        lua = lua54.LuaRuntime(
+            register_eval=False,
+            register_builtins=False,
+            unpack_returned_tuples=True,
+            attribute_filter=_deny_attributes,
+        )
+        self._lua = lua
+        self.table_from = lua.table_from
+        self.err = lua.table()
+        M = lua.table()
+        M.ERR = self.err
+        M.REJECT = lua.table()
+        M.OPAQUE = lua.eval("setmetatable({}, {__mode = 'k'})")
+        M.dead = lua.table()
+        M.declarations = lua.table_from(kumo_api.DECLARATIONS)
+        M.makers = lua.table_from(kumo_api.MAKERS)
+        self._M = M
+        policy_dir = str(self.path.resolve().parent)
+        run = lua.eval("function(src, name, ...) return assert(load(src, name, 't'))(...) end")
+        run(_SANDBOX_LUA, "=kumoq/sandbox", M, policy_dir)
+        py = lua.table_from(message.python_api(self) | kumo_api.python_api(self))
+        load = M.load
+        load(message.LUA_SOURCE, "=kumoq/message", "t")(py, M)
+        multi = lua.table_from(dict.fromkeys(MULTI_HANDLER_EVENTS, True))
+        load(_CORE_LUA, "=kumoq/core", "t")(M, multi)
+        load(kumo_api.LUA_SOURCE, "=kumoq/kumo", "t")(py, M)
+        self._invoke = M.invoke
+        self._set_phase = M.set_phase
+        self.handler_names: frozenset[str] = frozenset()
+        self._load()
+
+    # -- loading and init -------------------------------------------------------------------
+
+    def _load(self) -> None:
+        try:
+            src = self.path.read_bytes()
+        except OSError as e:
+            raise PolicyError(f"cannot read policy file {self.path}: {e.strerror}") from None
+        self._result(self.path.name, self._call(self._M.load_policy, src, self.path.name))
+        self.handler_names = frozenset(self._M.handler_names().values())
+        self._set_phase("init")
+        self.phase = "loaded"
+
+    def fire_init(self) -> PolicyDeclarations:
+        """Run the ``pre_init`` handlers, then ``init``; exactly once. Raises PolicyError."""
+        if self._init_fired:
+            raise PolicyError("init has already been fired for this policy")
+        self._init_fired = True
+        self.phase = "init"
+        try:
+            for name in ("pre_init", "init"):
+                if name in self.handler_names:
+                    self.invoke(name, "")
+        finally:
+            self.phase = "ready"
+            self._set_phase("ready")
+        return self.declarations
+
+    def has_handler(self, name: str) -> bool:
+        return name in self.handler_names
+
+    # -- dispatch ----------------------------------------------------------------------------
+
+    def invoke(self, name: str, shape: str, *args: object, config: bool = False) -> Any:
+        """Fire event ``name`` and return its first result as Python data.
+
+        ``shape`` has one letter per Lua argument: ``m`` a message handle, ``c`` a conn meta
+        handle, ``a`` an address given as two arguments (local part, domain), ``v`` a value
+        passed as is (already Lua-safe, see ``to_lua``). A ``make_*`` result comes back as the
+        built object; a table is converted by ``from_lua`` (as a config table if ``config``).
+        Raises RejectError for ``kumo.reject``/``kumo.disconnect``, PolicyError otherwise.
+        """
+        return self._result(name, self._call(self._invoke, name, shape, *args), config)[1]
+
+    def invoke_made(self, name: str, shape: str, *args: object) -> tuple[str | None, Any]:
+        """Like ``invoke`` (config tables), but also says which ``make_*`` built the result.
+
+        Returns ``(kind, object)`` for a ``make_*`` result, ``(None, data)`` otherwise.
+        """
+        return self._result(name, self._call(self._invoke, name, shape, *args), True)
+
+    def _call(self, fn: Any, *args: object) -> Any:
+        try:
+            return fn(*args)
+        except lua54.LuaError as e:  # only our own chunks failing; policy errors are caught
+            raise self._policy_error(str(e).split("\nstack traceback:", 1)[0]) from None
+        except UnicodeDecodeError:
+            raise PolicyError(f"{args[0]}: a handler returned a string that is not UTF-8") from None
+
+    def _result(self, name: str, res: Any, config: bool = False) -> tuple[str | None, Any]:
+        status = res[0]
+        if status == 1:
+            value = res[1]
+            if value is None or isinstance(value, str | bool | int | float):
+                return None, value
+            try:
+                return None, _from_lua(value, config, True, 0)
+            except (LuaApiError, UnicodeDecodeError) as e:
+                raise PolicyError(f"{name}: cannot use the handler's result: {e}") from None
+        if status == 2:
+            return self.opaque[res[1]]
+        if status == 3:
+            _, code, text, how = res
+            if not isinstance(code, int):
+                code = int(code)
+            return self._raise_reject(code, text, how)
+        raise self._policy_error(res[1] if isinstance(res[1], str) else repr(res[1]))
+
+    @staticmethod
+    def _raise_reject(code: int, text: object, how: object) -> NoReturn:
+        raise RejectError(code, str(text), disconnect=how == "ForceDisconnect")
+
+    @staticmethod
+    def _policy_error(msg: str) -> PolicyError:
+        m = _LOCATION.match(msg)
+        location = f"{m.group(1)}:{m.group(2)}" if m else None
+        return PolicyError(msg, location=location)
+
+    # -- handles -----------------------------------------------------------------------------
+
+    def bind_message(self, msg: Message) -> int:
+        h = next(self._ids)
+        self.messages[h] = msg
+        return h
+
+    def bind_conn(self, meta: dict[str, Any]) -> int:
+        h = next(self._ids)
+        self.conns[h] = meta
+        return h
+
+    def unbind(self, *handles: int) -> None:
+        """Invalidate handles after the event: Lua objects kept by the policy go stale."""
+        for h in handles:
+            self.messages.pop(h, None)
+            self.conns.pop(h, None)
+
+    def new_opaque(self, kind: str, value: object) -> int:
+        h = next(self._ids)
+        self.opaque[h] = (kind, value)
+        return h
+
+    def message(self, h: int) -> Message:
+        msg = self.messages.get(h)
+        if msg is None:
+            raise LuaApiError("this Message object is no longer valid (used after its event)")
+        return msg
+
+    def conn(self, h: int) -> dict[str, Any]:
+        meta = self.conns.get(h)
+        if meta is None:
+            raise LuaApiError("this conn_meta object is no longer valid (used after its event)")
+        return meta
+
+    # -- Python functions callable from Lua --------------------------------------------------
+
+    def guard(self, name: str | None, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Wrap a function Lua will call so that it never raises into Lua.
+
+        A Python exception raised into Lua would reach the policy as a Python object (through
+        ``pcall``); instead the error comes back as ``(ERR, "name: message")``.
+        """
+        err = self.err
+        prefix = f"{name}:" if name else ""
+
+        def call(*args: Any) -> Any:
+            try:
+                return fn(*args)
+            except (KumoqError, ValueError, TypeError, LookupError, OverflowError) as e:
+                text = str(e)
+                return err, text if text.startswith(prefix) else f"{prefix} {text}"
+            except Exception as e:
+                log.exception("internal error in %s called from Lua", name)
+                return err, f"{prefix} internal error: {e!r}"
+
+        return call
+
+    # -- conversions -------------------------------------------------------------------------
+
+    def from_lua(self, value: Any, *, config: bool = False, top: bool = True) -> Any:
+        """A Lua value (as lupa gives it) as plain Python data; see the module docstring."""
+        return _from_lua(value, config, top, 0)
+
+    def to_lua(self, value: Any) -> Any:
+        """A JSON-able Python value as a Lua-safe value (tables for dicts and lists)."""
+        return _to_lua(self.table_from, value, 0)
+
+
+def _from_lua(value: Any, config: bool, top: bool, depth: int) -> Any:
+    if value is None or isinstance(value, str | bool | int | float):
+        return value
+    kind = lua54.lua_type(value)
+    if kind != "table":
+        raise LuaApiError(f"cannot convert a Lua {kind or 'userdata'} value to data")
+    if depth > _MAX_DEPTH:
+        raise LuaApiError("table nesting is too deep (a cycle?)")
+    items = list(value.items())
+    if not items:
+        return EmptyTable() if config and not top else {}
+    depth += 1
+    keys = [k for k, _ in items]
+    if all(type(k) is int for k in keys):
+        n = len(keys)
+        if keys != list(range(1, n + 1)):
+            if sorted(keys) == list(range(1, n + 1)):
+                items.sort(key=lambda kv: int(kv[0]))
+            else:
+                return {str(k): _from_lua(v, config, False, depth) for k, v in items}
+        return [_from_lua(v, config, False, depth) for _, v in items]
+    out: dict[str, Any] = {}
+    for k, v in items:
+        if isinstance(k, bool) or not isinstance(k, str | int):
+            raise LuaApiError(f"table keys must be strings or integers, got {k!r}")
+        out[str(k)] = _from_lua(v, config, False, depth)
+    return out
+
+
+_INT_MIN: Final = lua54.LUA_MININTEGER
+_INT_MAX: Final = lua54.LUA_MAXINTEGER
+
+
+def _to_lua(table_from: Callable[..., Any], value: Any, depth: int) -> Any:
+    if value is None or isinstance(value, bool | float | bytes):
+        return value
+    if isinstance(value, str):
+        return value if value.isascii() else value.encode("utf-8", "surrogateescape")
+    if isinstance(value, int):
+        return value if _INT_MIN <= value <= _INT_MAX else float(value)
+    if depth > _MAX_DEPTH:
+        raise LuaApiError("value nesting is too deep")
+    if isinstance(value, dict):
+        return table_from({str(k): _to_lua(table_from, v, depth + 1) for k, v in value.items()})
+    if isinstance(value, list | tuple):
+        return table_from([_to_lua(table_from, v, depth + 1) for v in value])
+    raise LuaApiError(f"cannot pass a {type(value).__name__} value to Lua")
