@@ -14,6 +14,7 @@ This module imports nothing from kumoq. The tree::
     ├── SpoolError             the spool could not store, load or remove an entry
     │   ├── SpoolLockedError   another instance holds the spool lock; startup exits 1
     │   └── SpoolCorruptError  an entry cannot be parsed; enumeration removes it and logs
+    ├── ListenerError          a listener cannot bind its address; startup exits 1
     ├── DeliveryError          a deliverer failed in a way that is a transient failure
     └── SmtpProtocolError      a peer broke the SMTP grammar or sequence
         ├── LocalProtocolError   we were asked to send something illegal (a bug)
@@ -29,6 +30,7 @@ __all__ = [
     "ConfigError",
     "DeliveryError",
     "KumoqError",
+    "ListenerError",
     "LocalProtocolError",
     "PolicyError",
     "QueueNameError",
@@ -94,6 +96,10 @@ class SpoolLockedError(SpoolError):
 
 class SpoolCorruptError(SpoolError):
     """A spool entry cannot be parsed; enumeration removes it and logs the id."""
+
+
+class ListenerError(KumoqError):
+    """A listener cannot bind its address (in use, not local); startup exits 1."""
 
 
 class DeliveryError(KumoqError):

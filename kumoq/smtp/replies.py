@@ -1,0 +1,197 @@
+"""SMTP replies: the ``Reply`` value and the named replies kumoq's server sends.
+
+Texts follow KumoMTA's ``smtp_server.rs`` where it has one (``Send body; end with CRLF.CRLF``,
+``So long, and thanks for all the fish!``, ``<host> idle too long``...). Every 2xx/4xx/5xx reply
+except the greeting and the EHLO/HELO answer carries an RFC 3463 enhanced status code, since
+ENHANCEDSTATUSCODES is advertised (RFC 2034). Replies that name the host are built by functions.
+
+Pure: imports nothing from kumoq; no IO.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Final, final
+
+__all__ = [
+    "BAD_SEQUENCE_MAIL_NESTED",
+    "BAD_SEQUENCE_NEED_MAIL",
+    "BAD_SEQUENCE_NEED_RCPT",
+    "CLOSING",
+    "DATA_PROCESSING_TIMEOUT",
+    "HELP",
+    "INVALID_LINE_ENDINGS",
+    "LINE_TOO_LONG",
+    "MAIL_OK",
+    "MESSAGE_TOO_BIG",
+    "NOOP_OK",
+    "OK",
+    "RCPT_OK",
+    "RESET_OK",
+    "SIZE_EXCEEDED",
+    "START_DATA",
+    "TOO_MANY_RECIPIENTS",
+    "TOO_MANY_RECIPIENTS_ON_CONNECTION",
+    "VRFY_CANNOT",
+    "Reply",
+    "connection_limit_reached",
+    "greeting",
+    "idle_too_long",
+    "relaying_denied",
+    "shutting_down",
+    "spool_not_ready",
+    "technical_difficulties",
+    "too_many_recipients_on_connection_close",
+]
+
+# RFC 3463: class "." subject "." detail
+_ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})$")
+_LEADING_ENHANCED = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})(?: +|$)")
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One SMTP reply: ``code`` (200-599), optional enhanced status code, and text.
+
+    ``text`` may hold several lines (``\\n``-separated); ``to_bytes()`` renders them as a
+    multi-line reply with the enhanced code repeated on every line. The wire form is computed
+    once at construction, so sending a constant costs nothing.
+    """
+
+    code: int
+    enhanced: str | None
+    text: str
+    _wire: bytes = field(init=False, repr=False, compare=False, default=b"")
+
+    def __post_init__(self) -> None:
+        if not 200 <= self.code <= 599:
+            raise ValueError(f"reply code must be 200-599, got {self.code!r}")
+        if self.enhanced is not None:
+            m = _ENHANCED.match(self.enhanced)
+            if m is None or int(m.group(1)) != self.code // 100:
+                raise ValueError(
+                    f"enhanced status {self.enhanced!r} does not match reply code {self.code}"
+                )
+        object.__setattr__(self, "_wire", self._render())
+
+    def _render(self) -> bytes:
+        code, enhanced, text = self.code, self.enhanced, self.text
+        if "\n" not in text and "\r" not in text:  # the common single-line reply
+            head = f"{code} {enhanced}" if enhanced is not None else str(code)
+            line = f"{head} {text}" if text else head
+            return f"{line}\r\n".encode("utf-8", "replace")
+        lines = _LINE_BREAK.split(text)
+        last = len(lines) - 1
+        out = []
+        for i, line in enumerate(lines):
+            sep = " " if i == last else "-"
+            if enhanced is not None:
+                out.append(f"{code}{sep}{enhanced} {line}" if line else f"{code}{sep}{enhanced}")
+            else:
+                out.append(f"{code}{sep}{line}" if line or i != last else str(code))
+        out.append("")
+        return "\r\n".join(out).encode("utf-8", "replace")
+
+    @classmethod
+    def from_text(cls, code: int, text: str) -> Reply:
+        """A reply from a code and free text whose first word may be an enhanced code.
+
+        ``Reply.from_text(550, "5.7.1 go away")`` is ``Reply(550, "5.7.1", "go away")``; used for
+        ``kumo.reject(code, text)``. A leading enhanced code of the wrong class stays in the text.
+        """
+        m = _LEADING_ENHANCED.match(text)
+        if m is not None and m.group(1)[0] == str(code)[0]:
+            return cls(code, m.group(1), text[m.end() :])
+        return cls(code, None, text)
+
+    def to_bytes(self) -> bytes:
+        """The reply on the wire, CRLF-terminated, ``NNN-`` on all but the last line. O(1)."""
+        return self._wire
+
+    @property
+    def is_positive(self) -> bool:
+        """2xx or 3xx."""
+        return self.code < 400
+
+    @property
+    def is_transient(self) -> bool:
+        return 400 <= self.code < 500
+
+    @property
+    def is_permanent(self) -> bool:
+        return self.code >= 500
+
+    def __str__(self) -> str:
+        return self._wire.decode("utf-8", "replace").rstrip("\r\n")
+
+
+# --- positive replies ------------------------------------------------------------------------
+OK: Final = Reply(250, "2.0.0", "OK")
+MAIL_OK: Final = Reply(250, "2.1.0", "OK")
+RCPT_OK: Final = Reply(250, "2.1.5", "OK")
+RESET_OK: Final = Reply(250, "2.0.0", "Reset state")
+NOOP_OK: Final = Reply(250, "2.0.0", "the goggles do nothing")
+VRFY_CANNOT: Final = Reply(
+    252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery"
+)
+HELP: Final = Reply(
+    214, "2.0.0", "Supported commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP"
+)
+START_DATA: Final = Reply(354, None, "Send body; end with CRLF.CRLF")
+CLOSING: Final = Reply(221, "2.0.0", "So long, and thanks for all the fish!")
+
+# --- sequence and limits ---------------------------------------------------------------------
+BAD_SEQUENCE_MAIL_NESTED: Final = Reply(
+    503, "5.5.1", "MAIL FROM already issued; you must RSET first"
+)
+BAD_SEQUENCE_NEED_MAIL: Final = Reply(503, "5.5.1", "MAIL FROM must be issued first")
+BAD_SEQUENCE_NEED_RCPT: Final = Reply(503, "5.5.1", "RCPT TO must be issued first")
+LINE_TOO_LONG: Final = Reply(500, "5.2.3", "line too long")
+MESSAGE_TOO_BIG: Final = Reply(552, "5.3.4", "message too big")
+SIZE_EXCEEDED: Final = Reply(552, "5.3.4", "message size exceeds fixed maximum message size")
+INVALID_LINE_ENDINGS: Final = Reply(552, "5.6.0", "message data must use CRLF for line endings")
+TOO_MANY_RECIPIENTS: Final = Reply(452, "4.5.3", "too many recipients")
+TOO_MANY_RECIPIENTS_ON_CONNECTION: Final = Reply(
+    451, "4.5.3", "too many recipients on this connection"
+)
+DATA_PROCESSING_TIMEOUT: Final = Reply(451, "4.4.5", "data_processing_timeout exceeded")
+
+
+# --- replies that name the host or peer ------------------------------------------------------
+def greeting(hostname: str, banner: str) -> Reply:
+    """``220 <hostname> <banner>``."""
+    return Reply(220, None, f"{hostname} {banner}".rstrip())
+
+
+def spool_not_ready(hostname: str) -> Reply:
+    return Reply(421, "4.3.2", f"{hostname} waiting for spool startup. Try again soon!")
+
+
+def shutting_down(hostname: str) -> Reply:
+    return Reply(421, "4.3.2", f"{hostname} shutting down")
+
+
+def idle_too_long(hostname: str) -> Reply:
+    return Reply(421, "4.3.2", f"{hostname} idle too long")
+
+
+def connection_limit_reached(hostname: str) -> Reply:
+    return Reply(421, "4.3.2", f"{hostname} too many connections. Try again later")
+
+
+def technical_difficulties(hostname: str) -> Reply:
+    return Reply(421, "4.3.0", f"{hostname} technical difficulties")
+
+
+def too_many_recipients_on_connection_close(hostname: str) -> Reply:
+    """The 421 sent (and the connection closed) when a new transaction would exceed
+    ``max_messages_per_connection``."""
+    return Reply(421, "4.5.3", f"{hostname} too many recipients on this connection")
+
+
+def relaying_denied(peer: str) -> Reply:
+    """``550 5.7.1 relaying not permitted for <peer>`` (``peer`` as ``ip:port``)."""
+    return Reply(550, "5.7.1", f"relaying not permitted for {peer}")

@@ -1,0 +1,595 @@
+"""The sans-IO ESMTP server state machine (h11 style): bytes in, events out, replies as bytes.
+
+Use::
+
+    session = ServerSession(config)
+    write(session.greeting())
+    session.receive_data(chunk)          # b"" means the peer closed
+    while (event := session.next_event()) is not NEED_DATA:
+        match event:
+            case CommandAnswered() | ProtocolError(): write(event.reply.to_bytes())
+            case MailFrom(): write(session.accept())          # or session.send(reject_reply)
+            ...
+
+Events that need a decision (``Ehlo``, ``MailFrom``, ``RcptTo``, ``DataStart``, ``MessageData``,
+``Rset``, ``Quit``) stay *pending* until the caller answers with ``accept()`` or ``send(reply)``;
+``next_event()`` refuses to run ahead of an unanswered event, so pipelined commands are decided
+in order. Everything else (NOOP, VRFY, HELP, syntax and sequence errors, limits, DATA body
+problems) the session answers itself with a ``CommandAnswered`` or ``ProtocolError`` event
+carrying the reply to write. A reply with code 421 closes the session.
+
+Only ``\\r\\n.\\r\\n`` ends DATA; a bare ``\\n.\\n`` or ``\\r.\\n`` is message content (and, under
+``invalid_line_endings='Deny'``, makes the whole message fail with 552 5.6.0 once it ends).
+
+Pure: no asyncio, sockets, clock or IO; imports config.listener, smtp.parser, smtp.replies,
+errors and message.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+from functools import lru_cache
+from typing import Final, Literal, TypeAlias, final
+
+from kumoq.config.listener import EsmtpListenerConfig, InvalidLineEndings
+from kumoq.errors import LocalProtocolError, RemoteProtocolError
+from kumoq.message import EnvelopeAddress
+from kumoq.smtp import replies as R
+from kumoq.smtp.parser import EsmtpParams, parse_command
+from kumoq.smtp.replies import Reply
+
+__all__ = [
+    "NEED_DATA",
+    "CommandAnswered",
+    "ConnectionClosed",
+    "DataStart",
+    "Ehlo",
+    "Event",
+    "MailFrom",
+    "MessageData",
+    "ProtocolError",
+    "Quit",
+    "RcptTo",
+    "Rset",
+    "ServerSession",
+    "State",
+]
+
+
+class State(Enum):
+    READY = "READY"  # no transaction open
+    MAIL = "MAIL"  # MAIL FROM accepted, no recipient yet
+    RCPT = "RCPT"  # at least one recipient accepted
+    DATA = "DATA"  # reading the message content
+    CLOSED = "CLOSED"  # QUIT answered or a 421 sent: ignore all further input
+
+    # Members are singletons: hash by identity (C speed) instead of Enum's Python __hash__.
+    __hash__ = object.__hash__
+
+
+class _Signal(Enum):
+    NEED_DATA = "NEED_DATA"
+
+
+NEED_DATA: Final = _Signal.NEED_DATA
+
+
+# --- events ------------------------------------------------------------------------------------
+@final
+@dataclass(frozen=True, slots=True)
+class Ehlo:
+    """EHLO (``extended``) or HELO; answer ``accept(extensions)`` or ``send(reject)``."""
+
+    domain: str
+    extended: bool
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class MailFrom:
+    sender: EnvelopeAddress
+    params: EsmtpParams
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class RcptTo:
+    recipient: EnvelopeAddress
+    params: EsmtpParams
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class DataStart:
+    """DATA with a sender and recipients; ``accept()`` answers 354 and reads the content."""
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class MessageData:
+    """The complete message: dot-unstuffed, CRLF line endings (unless ``Allow``)."""
+
+    sender: EnvelopeAddress
+    recipients: tuple[EnvelopeAddress, ...]
+    data: bytes
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Rset:
+    pass
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Quit:
+    pass
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class CommandAnswered:
+    """The session answered ``command`` itself (NOOP, VRFY, HELP): write ``reply``."""
+
+    command: str
+    reply: Reply
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ProtocolError:
+    """The session refused ``command`` (4xx/5xx): write ``reply``; close if it is a 421."""
+
+    command: str
+    reply: Reply
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ConnectionClosed:
+    """The peer closed its side (``receive_data(b"")``), or the session is closed."""
+
+
+Event: TypeAlias = (
+    Ehlo
+    | MailFrom
+    | RcptTo
+    | DataStart
+    | MessageData
+    | Rset
+    | Quit
+    | CommandAnswered
+    | ProtocolError
+    | ConnectionClosed
+)
+_CLOSED_EVENT: Final = ConnectionClosed()
+_DATA_START: Final = DataStart()
+_RSET: Final = Rset()
+_QUIT: Final = Quit()
+
+# --- the state table ---------------------------------------------------------------------------
+# Commands that are out of sequence in a state, and the reply they get.
+SEQUENCE_ERRORS: Final[dict[State, dict[str, Reply]]] = {
+    State.READY: {"RCPT": R.BAD_SEQUENCE_NEED_MAIL, "DATA": R.BAD_SEQUENCE_NEED_MAIL},
+    State.MAIL: {"MAIL": R.BAD_SEQUENCE_MAIL_NESTED, "DATA": R.BAD_SEQUENCE_NEED_RCPT},
+    State.RCPT: {"MAIL": R.BAD_SEQUENCE_MAIL_NESTED},
+}
+_SEQUENCE_ERRORS: Final = {
+    (state, verb): reply
+    for state, table in SEQUENCE_ERRORS.items()
+    for verb, reply in table.items()
+}
+# Where a positive answer to a pending event takes the session.
+ON_ACCEPT: Final[dict[type, State]] = {
+    Ehlo: State.READY,
+    MailFrom: State.MAIL,
+    RcptTo: State.RCPT,
+    DataStart: State.DATA,
+    MessageData: State.READY,
+    Rset: State.READY,
+    Quit: State.CLOSED,
+}
+# Where a negative answer takes it (absent: the state does not change).
+ON_REJECT: Final[dict[type, State]] = {MessageData: State.READY, Quit: State.CLOSED}
+# The positive reply ``accept()`` sends (Ehlo builds its own).
+DEFAULT_ACCEPT: Final[dict[type, Reply]] = {
+    MailFrom: R.MAIL_OK,
+    RcptTo: R.RCPT_OK,
+    DataStart: R.START_DATA,
+    MessageData: R.OK,
+    Rset: R.RESET_OK,
+    Quit: R.CLOSING,
+}
+_SELF_ANSWERED: Final[dict[str, Reply]] = {"NOOP": R.NOOP_OK, "VRFY": R.VRFY_CANNOT, "HELP": R.HELP}
+
+_LINE_END: Final = re.compile(rb"\r\n|\r|\n")
+_DATA_END: Final = b"\r\n.\r\n"
+
+
+@lru_cache(maxsize=256)
+def _error_reply(code: int, enhanced: str, text: str) -> Reply:
+    return Reply(code, enhanced, text)
+
+
+@lru_cache(maxsize=64)
+def _greeting(hostname: str, banner: str) -> Reply:
+    return R.greeting(hostname, banner)
+
+
+@lru_cache(maxsize=1024)
+def _ehlo_reply(hostname: str, domain: str, extended: bool, extensions: tuple[str, ...]) -> Reply:
+    if not extended:
+        return Reply(250, None, f"{hostname} Hello {domain}")
+    return Reply(250, None, "\n".join((f"{hostname} Aloha {domain}", *extensions)))
+
+
+@lru_cache(maxsize=64)
+def _connection_limit_close(hostname: str) -> Reply:
+    return R.too_many_recipients_on_connection_close(hostname)
+
+
+class ServerSession:
+    """One inbound SMTP connection's protocol state. Not thread-safe; O(1) per event plus
+    O(len(data)) scanning of received bytes."""
+
+    __slots__ = (
+        "_at_body_start",
+        "_buf",
+        "_discarding",
+        "_dropped",
+        "_eof",
+        "_extended",
+        "_extensions",
+        "_helo",
+        "_hostname",
+        "_line",
+        "_line_endings",
+        "_line_limit",
+        "_max_msgs",
+        "_max_rcpts",
+        "_max_size",
+        "_messages",
+        "_pending",
+        "_rcpt_count",
+        "_recipients",
+        "_search_from",
+        "_sender",
+        "_smtputf8",
+        "_state",
+        "_too_big",
+        "config",
+    )
+
+    def __init__(self, config: EsmtpListenerConfig) -> None:
+        self.config = config
+        self._hostname = config.hostname
+        self._max_size = config.max_message_size
+        self._max_rcpts = config.max_recipients_per_message
+        self._max_msgs = config.max_messages_per_connection
+        self._line_limit = config.line_length_hard_limit
+        self._line_endings = config.invalid_line_endings
+        self._extensions = (
+            "PIPELINING",
+            "8BITMIME",
+            f"SIZE {self._max_size}",
+            "ENHANCEDSTATUSCODES",
+            "SMTPUTF8",
+        )
+        self._buf = bytearray()
+        self._eof = False
+        self._state = State.READY
+        self._pending: Event | None = None
+        self._line = b""
+        self._discarding = False
+        self._helo: str | None = None
+        self._extended = False
+        self._sender: EnvelopeAddress | None = None
+        self._recipients: list[EnvelopeAddress] = []
+        self._smtputf8 = False
+        self._rcpt_count = 0
+        self._messages = 0
+        self._at_body_start = False
+        self._search_from = 0
+        self._dropped = 0
+        self._too_big = False
+
+    # --- inspection ----------------------------------------------------------------------------
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def closed(self) -> bool:
+        return self._state is State.CLOSED
+
+    @property
+    def pending(self) -> Event | None:
+        """The event waiting for ``accept()``/``send()``, if any."""
+        return self._pending
+
+    @property
+    def command(self) -> str:
+        """The last command line read (for rejection records)."""
+        return self._line.decode("utf-8", "replace")
+
+    @property
+    def helo_domain(self) -> str | None:
+        return self._helo
+
+    @property
+    def sender(self) -> EnvelopeAddress | None:
+        return self._sender
+
+    @property
+    def recipients(self) -> tuple[EnvelopeAddress, ...]:
+        return tuple(self._recipients)
+
+    @property
+    def messages_received(self) -> int:
+        return self._messages
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet consumed (the caller's backpressure signal)."""
+        return len(self._buf)
+
+    @property
+    def default_extensions(self) -> list[str]:
+        """The EHLO keywords advertised unless the caller passes its own list."""
+        return list(self._extensions)
+
+    def greeting(self) -> bytes:
+        """``220 <hostname> <banner>``."""
+        return _greeting(self._hostname, self.config.banner).to_bytes()
+
+    # --- input ---------------------------------------------------------------------------------
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes from the peer; ``b""`` means the peer closed its side."""
+        if data:
+            self._buf += data
+        else:
+            self._eof = True
+
+    def next_event(self) -> Event | Literal[_Signal.NEED_DATA]:
+        """The next event, or ``NEED_DATA``. Raises LocalProtocolError while one is pending.
+
+        O(1) per command plus a scan of the newly received bytes."""
+        if self._pending is not None:
+            raise LocalProtocolError(f"answer the pending {self._pending!r} first")
+        state = self._state
+        if state is State.DATA:
+            return self._next_body_event()
+        if state is State.CLOSED:
+            self._buf.clear()
+            return _CLOSED_EVENT
+        buf = self._buf
+        i = buf.find(b"\r\n")
+        if i < 0:
+            if self._eof:
+                return _CLOSED_EVENT
+            if len(buf) > self._line_limit + 1:
+                # Too long: drop it, and keep dropping until its CRLF arrives.
+                keep_cr = buf.endswith(b"\r")
+                buf.clear()
+                if keep_cr:
+                    buf += b"\r"
+                self._discarding = True
+            return NEED_DATA
+        line = self._line = bytes(buf[:i])
+        del buf[: i + 2]
+        if self._discarding or i > self._line_limit:
+            self._discarding = False
+            self._line = b""
+            return ProtocolError("", R.LINE_TOO_LONG)
+        try:
+            cmd = parse_command(line, smtputf8=self._smtputf8)
+        except RemoteProtocolError as exc:
+            code, enhanced = exc.reply_hint
+            return self._refuse(_error_reply(code, enhanced, str(exc)))
+        verb = cmd.verb
+        bad = _SEQUENCE_ERRORS.get((state, verb))
+        if bad is not None:
+            return self._refuse(bad)
+        event: Event
+        if verb == "MAIL":
+            size = cmd.params.size
+            if size is not None and size > self._max_size:
+                return self._refuse(R.SIZE_EXCEEDED)
+            assert cmd.address is not None
+            event = MailFrom(cmd.address, cmd.params)
+        elif verb == "RCPT":
+            if len(self._recipients) >= self._max_rcpts:
+                return self._refuse(R.TOO_MANY_RECIPIENTS)
+            if self._rcpt_count >= self._max_msgs:
+                if self._recipients:
+                    return self._refuse(R.TOO_MANY_RECIPIENTS_ON_CONNECTION)
+                return self._refuse(_connection_limit_close(self._hostname))
+            address = cmd.address
+            assert address is not None
+            if not address.domain:  # <Postmaster>: this host's postmaster
+                address = EnvelopeAddress(address.local_part, self._hostname)
+            event = RcptTo(address, cmd.params)
+        elif verb == "DATA":
+            event = _DATA_START
+        elif verb == "EHLO" or verb == "HELO":
+            event = Ehlo(cmd.argument, verb == "EHLO")
+        elif verb == "RSET":
+            event = _RSET
+        elif verb == "QUIT":
+            event = _QUIT
+        else:
+            return CommandAnswered(self.command, _SELF_ANSWERED[verb])
+        self._pending = event
+        return event
+
+    def _refuse(self, reply: Reply, command: str | None = None) -> ProtocolError:
+        if reply.code == 421:
+            self._state = State.CLOSED
+        return ProtocolError(self.command if command is None else command, reply)
+
+    def _next_body_event(self) -> Event | Literal[_Signal.NEED_DATA]:
+        buf = self._buf
+        if self._at_body_start:
+            if buf.startswith(b".\r\n"):
+                del buf[:3]
+                return self._finish_body(b"")
+            if len(buf) < 3 and b".\r\n".startswith(buf):
+                return _CLOSED_EVENT if self._eof else NEED_DATA
+            self._at_body_start = False
+        i = buf.find(_DATA_END, self._search_from)
+        if i < 0:
+            if self._eof:
+                return _CLOSED_EVENT
+            n = len(buf)
+            if n - 2 > self._max_size:
+                # Certainly too big: keep only what may start the terminator.
+                self._too_big = True
+                self._dropped += n - 4
+                del buf[: n - 4]
+                n = 4
+            self._search_from = n - 4 if n > 4 else 0
+            return NEED_DATA
+        end = i + 2  # the content keeps the CRLF of its last line
+        body = None if self._too_big or self._dropped + end > self._max_size else bytes(buf[:end])
+        del buf[: i + 5]
+        return self._finish_body(body)
+
+    def _finish_body(self, body: bytes | None) -> Event:
+        self._search_from = self._dropped = 0
+        self._too_big = self._at_body_start = False
+        if body is None:
+            return self._end_transaction_with(R.MESSAGE_TOO_BIG)
+        # RFC 5321 §4.5.2: drop the first "." of every line that starts with one.
+        if body.startswith(b"."):
+            body = body[1:]
+        if b"\r\n." in body:
+            body = body.replace(b"\r\n.", b"\r\n")
+        pieces = body.split(b"\n")
+        limit = self._line_limit
+        if max(map(len, pieces)) > limit and _has_long_line(pieces, limit):
+            return self._end_transaction_with(R.LINE_TOO_LONG)
+        crlf = body.count(b"\r\n")
+        if len(pieces) - 1 != crlf or body.count(b"\r") != crlf:
+            disposition = self._line_endings
+            if disposition is InvalidLineEndings.DENY:
+                return self._end_transaction_with(R.INVALID_LINE_ENDINGS)
+            if disposition is InvalidLineEndings.FIX:
+                body = _LINE_END.sub(b"\r\n", body)
+        assert self._sender is not None
+        event = MessageData(self._sender, tuple(self._recipients), body)
+        self._pending = event
+        return event
+
+    def _end_transaction_with(self, reply: Reply) -> ProtocolError:
+        self._reset_transaction()
+        self._state = State.READY
+        return self._refuse(reply, "DATA")
+
+    def _reset_transaction(self) -> None:
+        self._sender = None
+        self._recipients = []
+        self._smtputf8 = False
+
+    # --- answers -------------------------------------------------------------------------------
+    def accept(self, extensions: Sequence[str] | None = None) -> bytes:
+        """Answer the pending event positively with its default reply; returns the bytes.
+
+        For ``Ehlo`` the reply lists ``extensions`` (default: ``default_extensions``).
+        """
+        event = self._pending
+        if event is None:
+            raise LocalProtocolError("there is no pending event to accept")
+        cls = type(event)
+        if cls is Ehlo:
+            assert isinstance(event, Ehlo)
+            reply = self._ehlo_reply(event, extensions)
+        else:
+            reply = DEFAULT_ACCEPT[cls]
+        self._pending = None
+        self._apply(event)
+        self._state = ON_ACCEPT[cls]
+        return reply.to_bytes()
+
+    def send(self, reply: Reply) -> bytes:
+        """Answer the pending event with ``reply`` (2xx, or 354 for DataStart, accepts it) and
+        return the bytes to write. With nothing pending, ``reply`` is unsolicited (a 421
+        before closing, such as an idle timeout or shutdown). A 421 always closes."""
+        event = self._pending
+        code = reply.code
+        if event is None:
+            if code < 400:
+                raise LocalProtocolError(f"unsolicited positive reply {reply}")
+        else:
+            cls = type(event)
+            if cls is DataStart:
+                positive = code == 354
+                if 200 <= code < 300:
+                    raise LocalProtocolError("DATA is accepted with 354, not 2xx")
+            else:
+                if code == 354:
+                    raise LocalProtocolError(f"354 answers DATA, not {event!r}")
+                positive = code < 300
+            self._pending = None
+            if positive:
+                self._apply(event)
+                self._state = ON_ACCEPT[cls]
+            else:
+                if cls is MessageData:
+                    self._reset_transaction()
+                new_state = ON_REJECT.get(cls)
+                if new_state is not None:
+                    self._state = new_state
+        if code == 421:
+            self._state = State.CLOSED
+        return reply.to_bytes()
+
+    def _apply(self, event: Event) -> None:
+        cls = type(event)
+        if cls is RcptTo:
+            assert isinstance(event, RcptTo)
+            self._recipients.append(event.recipient)
+            self._rcpt_count += 1
+        elif cls is MailFrom:
+            assert isinstance(event, MailFrom)
+            self._sender = event.sender
+            self._recipients = []
+            self._smtputf8 = event.params.smtputf8
+        elif cls is DataStart:
+            self._at_body_start = True
+            self._search_from = self._dropped = 0
+            self._too_big = False
+        elif cls is MessageData:
+            self._messages += 1
+            self._reset_transaction()
+        elif cls is Ehlo:
+            assert isinstance(event, Ehlo)
+            self._helo = event.domain
+            self._extended = event.extended
+            self._reset_transaction()
+        elif cls is Rset:
+            self._reset_transaction()
+
+    def _ehlo_reply(self, event: Ehlo, extensions: Sequence[str] | None) -> Reply:
+        return _ehlo_reply(
+            self._hostname,
+            event.domain,
+            event.extended,
+            self._extensions if extensions is None else tuple(extensions),
+        )
+
+    def close(self) -> None:
+        """Mark the session closed (the caller is dropping the connection)."""
+        self._pending = None
+        self._state = State.CLOSED
+
+
+def _has_long_line(pieces: list[bytes], limit: int) -> bool:
+    """True when a line (``pieces`` split at LF; without its CRLF) is longer than ``limit``."""
+    for piece in pieces:
+        n = len(piece)
+        if n > limit and (n > limit + 1 or not piece.endswith(b"\r")):
+            return True
+    return False
