@@ -1,0 +1,217 @@
+"""The composition root: load the policy, open spool and logs, start listeners, run, drain.
+
+Startup follows KumoMTA (reference §1.1): fire ``init``; open the log writers and the spool
+(taking its lock); start the listeners, which answer 421 until the spool has been enumerated;
+re-queue every spooled message with its persisted schedule; then print
+``initialization complete``. SIGTERM or SIGINT stops accepting, lets sessions and attempts in
+flight finish, flushes and closes the logs and releases the spool.
+
+This module may import anything below it; nothing imports it but the CLI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kumoq.clock import Clock, SystemClock
+from kumoq.config.listener import EsmtpListenerConfig
+from kumoq.config.logs import LocalLogsConfig
+from kumoq.config.queue import MaildirProtocol, QueueConfig
+from kumoq.config.spool import SpoolDefinition, check_spool_pair
+from kumoq.delivery.maildir import MaildirDeliverer
+from kumoq.errors import ConfigError, KumoqError
+from kumoq.logs.writer import LocalLogWriter
+from kumoq.lua.events import PolicyEvents
+from kumoq.lua.runtime import PolicyRuntime
+from kumoq.message import Message, QueueNameParts
+from kumoq.queue.maildir import MaildirDispatch
+from kumoq.queue.manager import Deliverer, QueueManager
+from kumoq.reception import Reception
+from kumoq.records import RecordLogger
+from kumoq.smtp.server import EsmtpListener, start_esmtp_listener
+from kumoq.spool import open_spool
+from kumoq.spool.base import Spool
+
+__all__ = ["Daemon", "Declarations", "load_policy"]
+
+log = logging.getLogger("kumoq.daemon")
+
+ENUMERATION_PROGRESS_EVERY = 10_000
+
+
+@dataclass(slots=True)
+class Declarations:
+    """What the policy's ``init`` asked for."""
+
+    listeners: list[EsmtpListenerConfig] = field(default_factory=list)
+    spools: dict[str, SpoolDefinition] = field(default_factory=dict)
+    logs: list[LocalLogsConfig] = field(default_factory=list)
+    http_listeners: list[dict[str, Any]] = field(default_factory=list)
+
+    def declare(self, kind: str, value: object) -> None:
+        if isinstance(value, EsmtpListenerConfig):
+            self.listeners.append(value)
+        elif isinstance(value, SpoolDefinition):
+            if value.name in self.spools:
+                raise ConfigError(f"define_spool: spool {value.name!r} is already defined")
+            self.spools[value.name] = value
+        elif isinstance(value, LocalLogsConfig):
+            self.logs.append(value)
+        elif kind == "start_http_listener" and isinstance(value, dict):
+            self.http_listeners.append(value)
+
+    def spool_pair(self) -> tuple[SpoolDefinition, SpoolDefinition]:
+        missing = [n for n in ("data", "meta") if n not in self.spools]
+        if missing:
+            raise ConfigError(
+                "define_spool: both a 'data' and a 'meta' spool must be defined in init; "
+                f"missing {', '.join(repr(m) for m in missing)}"
+            )
+        data, meta = self.spools["data"], self.spools["meta"]
+        check_spool_pair(data, meta)
+        return data, meta
+
+
+def _http_listener(mapping: Any) -> dict[str, Any]:
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"start_http_listener: expected a table, got {mapping!r}")
+    allowed = {
+        "listen", "trusted_hosts", "request_body_limit", "use_tls", "hostname",
+        "tls_certificate", "tls_private_key",
+    }  # fmt: skip
+    unknown = sorted(set(mapping) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"start_http_listener: unknown key {unknown[0]!r}; "
+            f"allowed keys are: {', '.join(sorted(allowed))}"
+        )
+    return dict(mapping)
+
+
+BUILDERS = {
+    "start_esmtp_listener": EsmtpListenerConfig.from_mapping,
+    "define_spool": SpoolDefinition.from_mapping,
+    "configure_local_logs": LocalLogsConfig.from_mapping,
+    "make_queue_config": QueueConfig.from_mapping,
+    "start_http_listener": _http_listener,
+}
+
+
+def load_policy(path: Path) -> tuple[PolicyRuntime, PolicyEvents, Declarations]:
+    """Load the policy file and run its ``init``; raises PolicyError naming file and line."""
+    declarations = Declarations()
+    runtime = PolicyRuntime(path, builders=BUILDERS, declare=declarations.declare)
+    runtime.fire_init()
+    declarations.spool_pair()
+    return runtime, PolicyEvents(runtime), declarations
+
+
+class _PolicyQueueConfigs:
+    def __init__(self, events: PolicyEvents) -> None:
+        self._events = events
+
+    def get_queue_config(self, parts: QueueNameParts) -> QueueConfig | None:
+        return self._events.get_queue_config(
+            parts.domain, parts.tenant, parts.campaign, parts.routing_domain
+        )
+
+
+def _node_id(meta_spool: SpoolDefinition) -> str:
+    env = os.environ.get("KUMO_NODE_ID")
+    if env:
+        return env
+    path = Path(meta_spool.path).parent / ".kumoq-nodeid"
+    try:
+        return str(uuid.UUID(path.read_text().strip()))
+    except (OSError, ValueError):
+        node = str(uuid.uuid4())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(node + "\n")
+        return node
+
+
+class Daemon:
+    """One running kumoq: ``await Daemon(policy).run(stop_event)``."""
+
+    def __init__(self, policy_path: Path, *, clock: Clock | None = None) -> None:
+        self.policy_path = policy_path
+        self.clock = clock or SystemClock()
+        self.listeners: list[EsmtpListener] = []
+
+    async def run(self, stop: asyncio.Event) -> None:
+        _runtime, events, decl = load_policy(self.policy_path)
+        data_def, meta_def = decl.spool_pair()
+        if decl.http_listeners:
+            log.warning("start_http_listener: the HTTP listener is not available in this build")
+
+        # The spool lock comes first: a second instance must fail before it touches anything
+        # the running one owns (its log segments included).
+        spool: Spool = open_spool(data_def, meta_def)
+        await spool.start()
+        nodeid = await asyncio.to_thread(_node_id, meta_def)
+        writers = [LocalLogWriter(cfg) for cfg in decl.logs]
+        try:
+            for writer in writers:
+                await asyncio.to_thread(writer.start)
+        except BaseException:
+            await spool.close()
+            raise
+        records = RecordLogger(list(zip(writers, decl.logs, strict=True)), nodeid, self.clock)
+        maildir = MaildirDeliverer()
+        deliverers: dict[type, Deliverer] = {MaildirProtocol: MaildirDispatch(maildir)}
+        queues = QueueManager(
+            configs=_PolicyQueueConfigs(events),
+            deliverers=deliverers,
+            spool=spool,
+            records=records,
+            clock=self.clock,
+        )
+        hostname = decl.listeners[0].hostname if decl.listeners else "localhost"
+        reception = Reception(
+            events=events,
+            spool=spool,
+            queues=queues,
+            records=records,
+            clock=self.clock,
+            hostname=hostname,
+        )
+        try:
+            for cfg in decl.listeners:
+                self.listeners.append(await start_esmtp_listener(cfg, reception))
+            await self._enumerate(spool, queues)
+            reception.set_ready()
+            log.info("initialization complete")
+            await stop.wait()
+            log.info("shutting down: draining sessions and deliveries")
+        finally:
+            for listener in self.listeners:
+                await listener.close()
+            await queues.close()
+            await maildir.close()
+            await spool.close()
+            for writer in writers:
+                await asyncio.to_thread(writer.close)
+            log.info("shutdown complete")
+
+    async def _enumerate(self, spool: Spool, queues: QueueManager) -> None:
+        """Re-queue every spooled message with its persisted attempts and due time."""
+        count = 0
+        async for spool_id, meta in spool.enumerate():
+            try:
+                msg = Message.from_spool_meta(spool_id, json.loads(meta))
+            except (ValueError, KeyError, TypeError, KumoqError) as exc:
+                log.error("spool entry %s is unreadable (%s); removing it", spool_id, exc)
+                await spool.remove(spool_id)
+                continue
+            queues.insert(msg)
+            count += 1
+            if count % ENUMERATION_PROGRESS_EVERY == 0:
+                log.info("spool enumeration: %d messages re-queued so far", count)
+        log.info("spool enumeration complete: %d messages re-queued", count)
