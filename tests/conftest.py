@@ -1,0 +1,1 @@
+"""Shared fixtures. The ``kumoq`` fixture comes from the kumoq.testing pytest plugin."""

@@ -1,0 +1,59 @@
+"""The shipped policy and the examples run for real, not only under ``kumoq validate``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).parents[2]
+
+
+def test_maildir_per_tenant_example_routes_by_tenant_and_domain(kumoq):
+    daemon = kumoq((ROOT / "examples" / "maildir-per-tenant.lua").read_text())
+    daemon.send("s@example.com", ["a@example.org"], headers={"X-Tenant": "acme"})
+    daemon.send("s@example.com", ["b@example.net"])
+    daemon.send("s@example.com", ["c@blackhole.example"])
+    daemon.wait_for_records("Delivery", 2)
+    acme = daemon.maildir_files("var/maildir/acme/example.org")
+    none = daemon.maildir_files("var/maildir/none/example.net")
+    assert len(acme) == 1
+    assert len(none) == 1
+    assert acme[0].stat().st_mode & 0o777 == 0o640
+    queues = sorted(r["queue"] for r in daemon.records("Reception"))
+    assert queues == ["acme@example.org", "example.net", "null"]
+    # headers = { 'Subject', 'X-*' } selects the Subject and the X-Tenant header.
+    acme_reception = next(r for r in daemon.records("Reception") if r["queue"].startswith("acme"))
+    assert acme_reception["headers"]["Subject"] == "Hello! This is a test"
+    assert acme_reception["headers"]["X-Tenant"] == "acme"
+
+
+def test_shipped_policy_delivers_when_moved_to_port_0(kumoq):
+    text = (ROOT / "policy" / "init.lua").read_text().replace("127.0.0.1:2025", "127.0.0.1:0")
+    daemon = kumoq(text)
+    daemon.send("me@example.com", ["you@example.com"], headers={"X-Campaign": "news"})
+    daemon.wait_for_maildir_count(1)
+    (reception,) = daemon.wait_for_records("Reception", 1)
+    assert reception["queue"] == "news:@example.com"
+
+
+def test_kumoq_tail_prints_the_records(kumoq):
+    text = (ROOT / "examples" / "minimal.lua").read_text()
+    daemon = kumoq(text)
+    daemon.send("s@example.com", ["r@example.com"])
+    daemon.wait_for_records("Delivery", 1)
+    daemon.stop()
+    result = subprocess.run(
+        [sys.executable, "-m", "kumoq", "tail", str(daemon.log_dir), "--no-follow"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    types = [json.loads(line)["type"] for line in result.stdout.splitlines()]
+    assert types == ["Reception", "Delivery"]
