@@ -66,6 +66,9 @@ end
 local function raise_reject(fname, code, message, how)
   local c = type(code) == 'number' and tointeger(code)
   if not c then error(fname .. ': code must be an integer, got ' .. tostring(code), 3) end
+  if c < 400 or c > 599 then
+    error(fname .. ': code must be a 4xx or 5xx reply code, got ' .. tostring(c), 3)
+  end
   if type(message) ~= 'string' then
     error(fname .. ': message must be a string, got ' .. type(message), 3)
   end

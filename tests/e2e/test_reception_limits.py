@@ -230,3 +230,20 @@ def test_validate_accepts_every_example(tmp_path):
             cwd=tmp_path,
         )
         assert result.returncode == 0, (example, result.stderr)
+
+
+def test_kumo_disconnect_closes_after_the_reply(kumoq):
+    handler = """
+kumo.on('smtp_server_mail_from', function(sender, conn_meta)
+  kumo.disconnect(550, '5.7.1 not from you')
+end)
+"""
+    daemon = kumoq(policy(handler, MAILDIR_QUEUE))
+    host, port = daemon.smtp_address
+    with socket.create_connection((host, port), timeout=10) as sock:
+        f = sock.makefile("rb")
+        f.readline()
+        sock.sendall(b"HELO c.test\r\nMAIL FROM:<s@example.com>\r\n")
+        assert f.readline().startswith(b"250")
+        assert f.readline().rstrip() == b"550 5.7.1 not from you"
+        assert f.readline() == b""  # closed by the server

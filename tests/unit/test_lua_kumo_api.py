@@ -353,3 +353,18 @@ def test_make_argument_must_be_a_table(tmp_path):
     ) as info:
         load(tmp_path, "\nkumo.make_queue_config 'x'\n")
     assert info.value.location == "init.lua:2"
+
+
+
+@pytest.mark.parametrize("code", [250, 999, 399])
+def test_reject_with_a_code_that_is_not_4xx_or_5xx_is_a_policy_error(tmp_path, code):
+    path = tmp_path / "init.lua"
+    path.write_text(
+        f"local kumo = require 'kumo'\nkumo.on('x', function() kumo.reject({code}, 'no') end)\n"
+    )
+    events = PolicyEvents(PolicyRuntime(path))
+    with pytest.raises(PolicyError) as info:
+        events.call("x")
+    assert type(info.value) is PolicyError  # not a RejectError: the policy is wrong
+    assert "4xx or 5xx" in str(info.value)
+    assert "init.lua:2" in str(info.value)
