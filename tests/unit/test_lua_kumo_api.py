@@ -355,7 +355,6 @@ def test_make_argument_must_be_a_table(tmp_path):
     assert info.value.location == "init.lua:2"
 
 
-
 @pytest.mark.parametrize("code", [250, 999, 399])
 def test_reject_with_a_code_that_is_not_4xx_or_5xx_is_a_policy_error(tmp_path, code):
     path = tmp_path / "init.lua"
