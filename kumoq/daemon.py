@@ -173,20 +173,24 @@ class Daemon:
             records=records,
             clock=self.clock,
         )
-        hostname = decl.listeners[0].hostname if decl.listeners else "localhost"
-        reception = Reception(
-            events=events,
-            spool=spool,
-            queues=queues,
-            records=records,
-            clock=self.clock,
-            hostname=hostname,
-        )
+        receptions = [
+            Reception(
+                events=events,
+                spool=spool,
+                queues=queues,
+                records=records,
+                clock=self.clock,
+                hostname=cfg.hostname,
+                received_header=cfg.trace_headers.received_header,
+            )
+            for cfg in decl.listeners
+        ]
         try:
-            for cfg in decl.listeners:
+            for cfg, reception in zip(decl.listeners, receptions, strict=True):
                 self.listeners.append(await start_esmtp_listener(cfg, reception))
             await self._enumerate(spool, queues)
-            reception.set_ready()
+            for reception in receptions:
+                reception.set_ready()
             log.info("initialization complete")
             await stop.wait()
             log.info("shutting down: draining sessions and deliveries")

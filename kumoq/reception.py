@@ -55,7 +55,8 @@ class ReceptionEvents(Protocol):
 
 
 class Reception:
-    """The daemon's SMTP handler."""
+    """The daemon's SMTP handler: one per listener, with that listener's hostname and trace
+    header settings."""
 
     def __init__(
         self,
@@ -66,6 +67,7 @@ class Reception:
         records: ReceptionRecords,
         clock: Clock,
         hostname: str,
+        received_header: bool = True,
     ) -> None:
         self._events = events
         self._spool = spool
@@ -73,6 +75,7 @@ class Reception:
         self._records = records
         self._clock = clock
         self._hostname = hostname
+        self._received_header_enabled = received_header
         self._ready = False
         self._date_cache: tuple[int, str] = (0, "")
 
@@ -115,7 +118,11 @@ class Reception:
         messages: list[Message] = []
         for rcpt in recipients:
             spool_id = new_spool_id(now)
-            header = self._received_header(conn, spool_id, rcpt, now)
+            header = (
+                self._received_header(conn, spool_id, rcpt, now)
+                if self._received_header_enabled
+                else b""
+            )
             meta = dict(conn)
             messages.append(
                 Message(
