@@ -9,8 +9,9 @@ kumo.on('init', function()
     hostname = 'localhost',
     relay_hosts = { '127.0.0.1', '::1' },
   }
-  -- SQLite (a kumoq extension; WAL, group commit) is ~30x faster here than KumoMTA's
-  -- LocalDisk layout; see docs/benchmarks.md. Use kind = 'LocalDisk' for KumoMTA's layout.
+  -- SQLite (a kumoq extension; WAL, group commit) stores ~28x faster than KumoMTA's
+  -- LocalDisk layout and makes SMTP->maildir ~2.2x faster end to end on our test machine
+  -- (docs/benchmarks.md). Use kind = 'LocalDisk' for KumoMTA's on-disk layout.
   kumo.define_spool { name = 'data', path = './var/spool', kind = 'SQLite' }
   kumo.define_spool { name = 'meta', path = './var/spool', kind = 'SQLite' }
   kumo.configure_local_logs {

@@ -1,0 +1,380 @@
+"""One end-to-end benchmark run of kumoq, driven by Postfix's ``smtp-source``.
+
+Owns: starting ``python -m kumoq serve`` under a bench policy (``bench/policies/*.lua``) in a
+scratch directory, running ``smtp-source`` against it with the same flags as the peers' scripts
+(``/work/shared/peers/lib/common.sh``), and measuring one run: inject time, end-to-end time
+(until N files are in ``maildir/new``), the daemon's CPU (utime+stime from ``/proc/<pid>/stat``,
+all its threads), smtp-source's CPU (``wait4`` rusage) and the busy share of all CPUs
+(``/proc/stat``). Every wait is bounded; the daemon is stopped with SIGTERM.
+
+Imports only the standard library and ``kumoq.logs.tail`` (to count log records after a run);
+nothing in ``kumoq`` imports this.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from kumoq.logs.tail import read_all_records
+
+__all__ = [
+    "POLICIES",
+    "SMTP_SOURCE",
+    "KumoqProcess",
+    "Load",
+    "RunResult",
+    "proc_cpu_seconds",
+    "run_kumoq_case",
+    "wait_for_quiet",
+]
+
+SMTP_SOURCE = "/usr/sbin/smtp-source"
+POLICIES = Path(__file__).resolve().parent / "policies"
+HOST = "127.0.0.1"
+# The peers' defaults (lib/common.sh FROM/TO).
+FROM = "from@example.com"
+TO = "to@example.net"
+POLL = 0.1  # the peers' counter polling interval (s)
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+NCPU = os.cpu_count() or 1
+
+_LISTENER = re.compile(r"smtp listener on (\S+):(\d+)")
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    """The load shape: smtp-source ``-m N -s CONC -l SIZE``, one connection per message."""
+
+    n: int = 5000
+    conc: int = 20
+    size: int = 2048
+    timeout: float = 600.0  # bound on inject + delivery, like the peers' TIMEOUT
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """One measured run. ``e2e_s`` is None for reception-only runs."""
+
+    name: str
+    n: int
+    inject_s: float
+    e2e_s: float | None
+    accepted: int  # Reception records
+    delivered: int  # files in maildir/new
+    mta_cpu_s: float
+    source_cpu_s: float
+    sys_busy_pct: float
+    status: str
+    window_s: float  # the span sys_busy_pct covers
+
+    @property
+    def other_cpu_s(self) -> float:
+        """Busy CPU time of the whole machine in the window not charged to MTA or source.
+
+        Kernel work done outside both (softirqs, writeback) and anything else running on
+        the machine; a large value flags a run disturbed by other load.
+        """
+        busy = self.sys_busy_pct / 100.0 * NCPU * self.window_s
+        return busy - self.mta_cpu_s - self.source_cpu_s
+
+    @property
+    def inject_mps(self) -> float:
+        return self.n / self.inject_s
+
+    @property
+    def e2e_mps(self) -> float | None:
+        return None if self.e2e_s is None else self.delivered / self.e2e_s
+
+    @property
+    def cpu_ms_per_msg(self) -> float:
+        return self.mta_cpu_s / self.n * 1000.0
+
+    def result_line(self) -> str:
+        e2e = "nan" if self.e2e_s is None else f"{self.e2e_s:.3f}"
+        e2e_mps = "nan" if self.e2e_mps is None else f"{self.e2e_mps:.1f}"
+        return (
+            f"RESULT name={self.name} n={self.n} inject_s={self.inject_s:.3f} e2e_s={e2e} "
+            f"inject_mps={self.inject_mps:.1f} e2e_mps={e2e_mps} accepted={self.accepted} "
+            f"delivered={self.delivered} mta_cpu_s={self.mta_cpu_s:.2f} "
+            f"source_cpu_s={self.source_cpu_s:.2f} sys_busy_pct={self.sys_busy_pct:.0f} "
+            f"other_cpu_s={self.other_cpu_s:.2f} status={self.status}"
+        )
+
+
+# -- /proc accounting -----------------------------------------------------------------------
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """utime+stime of a process (all its threads), in seconds; 0.0 if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def _sys_cpu() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs, as the peers' ``sys_cpu`` computes them."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7]
+    return busy, busy + v[3] + v[4]
+
+
+def _busy_pct(a: tuple[int, int], b: tuple[int, int]) -> float:
+    total = b[1] - a[1]
+    return 100.0 * (b[0] - a[0]) / total if total > 0 else float("nan")
+
+
+def wait_for_quiet(max_busy_pct: float = 15.0, timeout: float = 120.0) -> float:
+    """Wait (bounded) until the machine is quiet; return the last 1 s busy % of all CPUs.
+
+    The machine is shared: a run that starts while something else is busy measures both.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        a = _sys_cpu()
+        time.sleep(1.0)
+        busy = _busy_pct(a, _sys_cpu())
+        if busy <= max_busy_pct or time.monotonic() > deadline:
+            return busy
+
+
+# -- the daemon -----------------------------------------------------------------------------
+
+
+class KumoqProcess:
+    """``python -m kumoq serve`` running ``policy`` in ``workdir``, with ``env`` added.
+
+    ``start()`` waits (bounded) for ``initialization complete`` and reads the SMTP port from
+    stderr; ``stop()`` sends SIGTERM and waits (bounded), then SIGKILLs this pid only.
+    ``argv_prefix`` replaces ``[sys.executable]`` (e.g. to run under cProfile).
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        policy: Path,
+        env: dict[str, str],
+        *,
+        argv_prefix: list[str] | None = None,
+    ) -> None:
+        self.workdir = workdir
+        self.policy = workdir / "init.lua"
+        shutil.copyfile(policy, self.policy)
+        self.env = env
+        self.argv_prefix = argv_prefix or [sys.executable]
+        self.port = 0
+        self.stderr_lines: list[str] = []
+        self._ready = threading.Event()
+        self._proc: subprocess.Popen[str] | None = None
+        self._reader: threading.Thread | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        return self._proc.pid
+
+    def start(self, timeout: float = 30.0) -> None:
+        self._proc = subprocess.Popen(
+            [*self.argv_prefix, "-m", "kumoq", "serve", "--policy", str(self.policy)],
+            cwd=self.workdir,
+            env={**os.environ, **self.env},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self._reader = threading.Thread(target=self._read, args=(self._proc,), daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + timeout
+        while not self._ready.wait(0.05):
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                self.stop(timeout=5)
+                tail = "\n".join(self.stderr_lines[-20:])
+                raise RuntimeError(f"kumoq did not start within {timeout:.0f}s:\n{tail}")
+        if not self.port:
+            self.stop(timeout=5)
+            raise RuntimeError("kumoq started but reported no 'smtp listener on' line")
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            self.stderr_lines.append(line.rstrip("\n"))
+            m = _LISTENER.search(line)
+            if m and not self.port:
+                self.port = int(m.group(2))
+            if "initialization complete" in line:
+                self._ready.set()
+        proc.stderr.close()
+
+    def stop(self, timeout: float = 60.0) -> int:
+        proc = self._proc
+        if proc is None:
+            return 0
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.stderr_lines.append(f"bench: no exit {timeout:.0f}s after SIGTERM; SIGKILL")
+                proc.kill()
+                proc.wait(10)
+        if self._reader is not None:
+            self._reader.join(5)
+        self._proc = None
+        return proc.returncode
+
+
+# -- the load generator ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _SourceResult:
+    rc: int | None  # None: killed at the deadline
+    end: float  # monotonic time it exited (or was killed)
+    cpu_s: float
+
+
+def _start_source(load: Load, port: int, out: Path) -> subprocess.Popen[bytes]:
+    # The peers' exact invocation: smtp-source -c $SOURCE_EXTRA -m N -s CONC -l SIZE -f -t
+    argv = [SMTP_SOURCE, "-c", "-m", str(load.n), "-s", str(load.conc), "-l", str(load.size)]
+    argv += ["-f", FROM, "-t", TO, f"{HOST}:{port}"]
+    with open(out, "wb") as stdout, open(out.with_suffix(".err"), "wb") as stderr:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr)
+
+
+def _wait_source(proc: subprocess.Popen[bytes], deadline: float) -> _SourceResult:
+    """Reap smtp-source with wait4 (for its rusage), polling every 10 ms until ``deadline``."""
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        now = time.monotonic()
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return _SourceResult(proc.returncode, now, usage.ru_utime + usage.ru_stime)
+        if now > deadline:
+            proc.kill()
+            _, _, usage = os.wait4(proc.pid, 0)
+            proc.returncode = -9
+            return _SourceResult(None, now, usage.ru_utime + usage.ru_stime)
+        time.sleep(0.01)
+
+
+def _count_files(path: Path) -> int:
+    try:
+        with os.scandir(path) as it:
+            return sum(1 for _ in it)
+    except FileNotFoundError:
+        return 0
+
+
+def _wait_count(path: Path, n: int, deadline: float) -> tuple[int, float]:
+    """Poll the file count of ``path`` every POLL s until it reaches ``n`` or ``deadline``."""
+    while True:
+        count = _count_files(path)
+        now = time.monotonic()
+        if count >= n or now > deadline:
+            return count, now
+        time.sleep(POLL)
+
+
+def _wait_idle(pid: int, timeout: float) -> float:
+    """CPU seconds of ``pid`` once it stops using CPU (two equal samples 0.2 s apart)."""
+    deadline = time.monotonic() + timeout
+    last = proc_cpu_seconds(pid)
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = proc_cpu_seconds(pid)
+        if now == last:
+            return now
+        last = now
+    return last
+
+
+# -- one run --------------------------------------------------------------------------------
+
+
+def run_kumoq_case(
+    name: str,
+    policy: str,
+    spool_kind: str,
+    load: Load,
+    *,
+    deliver: bool,
+    root: str | None = None,
+    argv_prefix: list[str] | None = None,
+) -> RunResult:
+    """Start kumoq on ``bench/policies/<policy>.lua``, inject ``load``, measure, stop.
+
+    ``deliver``: wait for ``load.n`` files in ``var/maildir/new`` (end-to-end); otherwise stop
+    once smtp-source has exited (reception only). The run's directory is created under
+    ``root`` and left in place: the caller removes it when no run is in progress, because
+    deleting thousands of files makes the next file creations slower on some filesystems.
+    """
+    workdir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=root))
+    daemon = KumoqProcess(
+        workdir,
+        POLICIES / f"{policy}.lua",
+        {"KUMOQ_BENCH_SPOOL": spool_kind, "KUMOQ_BENCH_LISTEN": f"{HOST}:0"},
+        argv_prefix=argv_prefix,
+    )
+    new_dir = workdir / "var" / "maildir" / "new"
+    status = "ok"
+    try:
+        daemon.start()
+        cpu0, sys0 = proc_cpu_seconds(daemon.pid), _sys_cpu()
+        t0 = time.monotonic()
+        deadline = t0 + load.timeout
+        source = _wait_source(_start_source(load, daemon.port, workdir / "source.out"), deadline)
+        if source.rc is None:
+            status = "timeout"
+        elif source.rc != 0:
+            status = "fail"
+        e2e_s: float | None = None
+        if deliver:
+            delivered, t_end = _wait_count(new_dir, load.n, deadline)
+            e2e_s = t_end - t0
+            if delivered < load.n and status == "ok":
+                status = "timeout"
+        sys1, t_sys1 = _sys_cpu(), time.monotonic()
+        # Like the peers, count the MTA's CPU until its work for these messages is done
+        # (the spool removes after the last delivery): wait until it is idle.
+        cpu1 = _wait_idle(daemon.pid, timeout=120.0)
+    finally:
+        rc = daemon.stop()
+    if rc != 0 and status == "ok":
+        status = f"exit{rc}"
+    delivered = _count_files(new_dir)
+    types: dict[str, int] = {}
+    for record in read_all_records(workdir / "var" / "log"):
+        types[record["type"]] = types.get(record["type"], 0) + 1
+    accepted = types.get("Reception", 0)
+    if status == "ok" and (accepted != load.n or types.get("Delivery", 0) != delivered):
+        status = "short"
+    if status != "ok":
+        sys.stderr.write("\n".join(daemon.stderr_lines[-20:]) + "\n")
+        sys.stderr.write(f"bench: {name}: status {status}; see {workdir}\n")
+    return RunResult(
+        name=name,
+        n=load.n,
+        inject_s=source.end - t0,
+        e2e_s=e2e_s,
+        accepted=accepted,
+        delivered=delivered,
+        mta_cpu_s=cpu1 - cpu0,
+        source_cpu_s=source.cpu_s,
+        sys_busy_pct=_busy_pct(sys0, sys1),
+        status=status,
+        window_s=t_sys1 - t0,
+    )
