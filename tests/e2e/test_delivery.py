@@ -126,9 +126,7 @@ end)
 
 
 def test_received_header_can_be_turned_off_per_listener(kumoq):
-    daemon = kumoq(
-        policy(MAILDIR_QUEUE, listener="trace_headers = { received_header = false },")
-    )
+    daemon = kumoq(policy(MAILDIR_QUEUE, listener="trace_headers = { received_header = false },"))
     daemon.send("s@example.com", ["r@example.com"])
     (path,) = daemon.wait_for_maildir_count(1)
     assert path.read_bytes().startswith(b"From: <s@example.com>")
