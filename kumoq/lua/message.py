@@ -10,23 +10,22 @@ Strings from Lua are checked for valid UTF-8 before they are passed to Python (l
 while converting them); only ``set_data`` accepts arbitrary bytes, which it transfers in a
 Latin-1 form when they are not UTF-8.
 
-The scheduling helpers (``parse_scheduling``, ``adjust_for_schedule``) follow KumoMTA's
-``crates/message/src/scheduling.rs``.
+The scheduling helpers (``parse_scheduling``, ``adjust_for_schedule``, ``format_due``) live in
+kumoq.scheduling and are re-exported here.
 
-L2: imports kumoq.headers, kumoq.message and kumoq.errors; the runtime only under TYPE_CHECKING.
+L2: imports kumoq.headers, kumoq.message, kumoq.scheduling and kumoq.errors; the runtime only under
+TYPE_CHECKING.
 """
 
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Callable, Mapping
-from datetime import UTC, datetime, time, timedelta
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from kumoq import headers
 from kumoq.message import EnvelopeAddress
+from kumoq.scheduling import adjust_for_schedule, format_due, parse_rfc3339, parse_scheduling
 
 if TYPE_CHECKING:
     from kumoq.lua.runtime import PolicyRuntime
@@ -424,7 +423,7 @@ def python_api(rt: PolicyRuntime) -> dict[str, Callable[..., Any]]:
 
     def set_due(h: int, value: object) -> Any:
         msg = message(h)
-        due = None if value is None else _rfc3339("set_due", value).timestamp()
+        due = None if value is None else parse_rfc3339("set_due", value).timestamp()
         if msg.schedule is not None:
             due = adjust_for_schedule(msg.schedule, due if due is not None else rt.clock.now())
         msg.due = due
@@ -471,121 +470,3 @@ def _clean(value: str) -> str:
     if value.isascii():
         return value
     return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
-# -- scheduling (KumoMTA crates/message/src/scheduling.rs) -----------------------------------
-
-_DAYS: Final = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
-_RESTRICTION: Final = ("dow", "tz", "start", "end")
-_SCHEDULE_KEYS: Final = ("dow", "end", "expires", "first_attempt", "start", "tz")
-_TIME: Final = re.compile(r"\d\d:\d\d(:\d\d(\.\d{1,9})?)?")
-
-
-def _bad(key: str, msg: str) -> LuaApiError:
-    return LuaApiError(f"{key}: {msg}")
-
-
-def _parse_dow(value: object) -> str:
-    if not isinstance(value, str):
-        raise _bad("dow", f"expected a string such as 'Mon,Wed', got {value!r}")
-    days: set[int] = set()
-    for part in value.split(","):
-        for index, label in enumerate(_DAYS):
-            if part.lower() in (label.lower(), label[:3].lower()):
-                days.add(index)
-                break
-        else:
-            raise _bad("dow", f"invalid day '{part}'")
-    return ",".join(_DAYS[i][:3] for i in sorted(days))
-
-
-def _parse_tz(value: object) -> str:
-    if not isinstance(value, str) or not value:
-        raise _bad("tz", f"expected a time zone name such as 'America/Phoenix', got {value!r}")
-    try:
-        ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise _bad("tz", f"unknown time zone {value!r}") from None
-    return value
-
-
-def _parse_time(key: str, value: object) -> str:
-    if not isinstance(value, str) or not _TIME.fullmatch(value):
-        raise _bad(key, f"expected a time of day such as '09:00:00', got {value!r}")
-    try:
-        parsed = time.fromisoformat(value[:15])
-    except ValueError:
-        raise _bad(key, f"invalid time of day {value!r}") from None
-    return parsed.strftime("%H:%M:%S")
-
-
-def _rfc3339(key: str, value: object) -> datetime:
-    if not isinstance(value, str) or len(value) < 11 or value[10] not in "Tt ":
-        raise _bad(key, f"expected an RFC 3339 time such as '2024-01-02T09:00:00Z', got {value!r}")
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise _bad(key, f"invalid RFC 3339 time {value!r}") from None
-    if parsed.tzinfo is None:
-        raise _bad(key, f"RFC 3339 time {value!r} needs a UTC offset such as 'Z' or '-07:00'")
-    return parsed
-
-
-def parse_scheduling(mapping: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate ``set_scheduling{...}`` and return the normalized schedule dict.
-
-    ``dow``, ``tz``, ``start`` and ``end`` must be given together or not at all; times are
-    RFC 3339 with an offset; ``dow`` becomes ``"Mon,Wed"``, times of day ``"HH:MM:SS"``.
-    """
-    unknown = sorted(str(k) for k in mapping if k not in _SCHEDULE_KEYS)
-    if unknown:
-        allowed = ", ".join(_SCHEDULE_KEYS)
-        raise _bad("set_scheduling", f"unknown key {unknown[0]!r}; allowed keys are: {allowed}")
-    given = [k for k in _RESTRICTION if mapping.get(k) is not None]
-    out: dict[str, Any] = {}
-    if given:
-        if len(given) != len(_RESTRICTION):
-            missing = ", ".join(k for k in _RESTRICTION if k not in given)
-            raise _bad(
-                "set_scheduling",
-                f"dow, tz, start and end must be given together; missing {missing}",
-            )
-        out["dow"] = _parse_dow(mapping["dow"])
-        out["tz"] = _parse_tz(mapping["tz"])
-        out["start"] = _parse_time("start", mapping["start"])
-        out["end"] = _parse_time("end", mapping["end"])
-    for key in ("first_attempt", "expires"):
-        value = mapping.get(key)
-        if value is not None:
-            out[key] = _rfc3339(key, value).isoformat()
-    return out
-
-
-def adjust_for_schedule(schedule: Mapping[str, Any], t: float) -> float:
-    """The earliest time at or after ``t`` that ``schedule`` permits (unix seconds)."""
-    first = schedule.get("first_attempt")
-    if first is not None:
-        t = max(t, datetime.fromisoformat(first).timestamp())
-    if "dow" not in schedule:
-        return t
-    tz = ZoneInfo(schedule["tz"])
-    days = {d[:3] for d in schedule["dow"].split(",")}
-    start = time.fromisoformat(schedule["start"])
-    end = time.fromisoformat(schedule["end"])
-    dt = datetime.fromtimestamp(t, tz)
-    for _ in range(8):
-        day_start = datetime.combine(dt.date(), start, tzinfo=tz)
-        day_end = datetime.combine(dt.date(), end, tzinfo=tz)
-        if _DAYS[dt.weekday()][:3] in days:
-            if dt < day_start:
-                dt = day_start
-                break
-            if dt < day_end:
-                break
-        dt = day_start + timedelta(days=1)
-    return dt.timestamp()
-
-
-def format_due(t: float) -> str:
-    """A unix time as an RFC 3339 UTC string (``...Z``)."""
-    return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")

@@ -1,0 +1,198 @@
+"""GCRA throttles (reference §3.4): the result type, the backend seam and the in-process backend.
+
+A ``ThrottleSpec`` (§3.5, parsed by kumoq.config.values) says ``limit`` per ``period`` seconds
+with an optional ``max_burst``. For a key, with ``T = period / limit`` and
+``burst = max_burst or limit``, the stored state is the theoretical arrival time ``tat``; a check
+of quantity ``q`` at ``now``::
+
+    tat = max(stored or now, now);  new_tat = tat + T*q;  allow_at = new_tat - T*burst
+    diff = now - allow_at
+    diff < 0  -> throttled, retry_after = ceil(-diff) whole seconds, nothing stored
+    otherwise -> allowed, store new_tat, remaining = floor(diff / T)
+
+so a fresh key admits ``burst`` at once and then one every ``T``. The stored key is
+``f"{key}:{limit}:{burst}:{period}"`` (``throttle_key``), so a changed spec starts afresh.
+
+The local backend computes this in exact integer arithmetic (time in units of
+``1 / limit`` nanoseconds, so ``T`` is the integer ``period * 10**9``): float error cannot admit
+one too many, or refuse the ``burst``-th request. Being throttled is a return value, never an
+exception.
+
+Seam for a shared backend (§9, NEXT): a Redis backend implements ``ThrottleBackend`` with the
+same key, and runs KumoMTA's GCRA script (``GET key``; redis ``TIME``; the formula above;
+``SET key new_tat EX ceil(new_tat - now)``). If the server has redis-cell, KumoMTA calls
+``CL.THROTTLE key max_burst limit period q`` instead. KumoMTA's own *local* backend also uses the
+redis-cell algorithm with ``max_burst = min(burst, limit - 1)`` and tolerance
+``T * (max_burst + 1)``: the same as above for the default burst, one more admission when
+``max_burst`` is set below ``limit``. kumoq implements the formula above exactly, everywhere.
+
+L0 (pure): imports only kumoq.config.values and the standard library; no asyncio, IO or lupa;
+time comes in as ``now`` (unix seconds; non-decreasing per backend for exact results).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Final, Protocol, final
+
+from kumoq.config.values import ThrottleSpec
+
+__all__ = [
+    "LocalThrottleBackend",
+    "Throttle",
+    "ThrottleBackend",
+    "ThrottleResult",
+    "throttle_key",
+]
+
+_NS: Final = 1_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class ThrottleResult:
+    """The outcome of one check.
+
+    - ``throttled``: the operation must wait; nothing was consumed.
+    - ``limit``: the burst, i.e. how many a fresh key admits at once (X-RateLimit-Limit).
+      KumoMTA's redis script reports ``burst + 1`` here; redis-cell reports its capacity.
+    - ``remaining``: how many more could be admitted right now (X-RateLimit-Remaining).
+    - ``reset_after``: whole seconds until the key is back to full capacity.
+    - ``retry_after``: whole seconds (at least 1) to wait before the same check can pass, or
+      None when it was allowed.
+    """
+
+    throttled: bool
+    limit: int
+    remaining: int
+    reset_after: float
+    retry_after: float | None
+
+
+def throttle_key(key: str, spec: ThrottleSpec) -> str:
+    """The stored key for ``key`` under ``spec``: ``"{key}:{limit}:{burst}:{period}"``."""
+    burst = spec.limit if spec.max_burst is None else spec.max_burst
+    return f"{key}:{spec.limit}:{burst}:{spec.period}"
+
+
+class ThrottleBackend(Protocol):
+    """Where throttle state lives: in process, or shared through redis (§9)."""
+
+    def check(
+        self, key: str, spec: ThrottleSpec, now: float, quantity: int = 1
+    ) -> ThrottleResult: ...
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@final
+class LocalThrottleBackend:
+    """GCRA state in a dict of ``throttle_key -> (tat, limit)``, ``tat`` in 1/limit ns units.
+
+    A key whose ``tat`` is in the past behaves exactly like an absent key, so such keys are
+    dropped: when an insert finds the dict at ``sweep threshold`` entries, one pass removes every
+    stale key and the threshold becomes twice the survivors (at least ``min_sweep``). Memory is
+    thus bounded by about twice the number of live keys, at amortised O(1) per check.
+    """
+
+    __slots__ = ("_min_sweep", "_sweep_at", "_tat")
+
+    def __init__(self, *, min_sweep: int = 1024) -> None:
+        if min_sweep < 1:
+            raise ValueError(f"min_sweep must be at least 1, got {min_sweep!r}")
+        self._tat: dict[str, tuple[int, int]] = {}
+        self._min_sweep = min_sweep
+        self._sweep_at = min_sweep
+
+    def __len__(self) -> int:
+        return len(self._tat)
+
+    def check(self, key: str, spec: ThrottleSpec, now: float, quantity: int = 1) -> ThrottleResult:
+        """Check and, when allowed, consume ``quantity`` for ``key``. Amortised O(1).
+
+        ``quantity == 0`` only asks: it is throttled (with no retry_after) when nothing
+        remains, as KumoMTA's script does. A negative quantity is a ValueError.
+        """
+        if quantity < 0:
+            raise ValueError(f"quantity must not be negative, got {quantity!r}")
+        limit = spec.limit
+        burst = limit if spec.max_burst is None else spec.max_burst
+        stored_key = f"{key}:{limit}:{burst}:{spec.period}"
+        whole = math.floor(now)
+        now_u = (whole * _NS + round((now - whole) * _NS)) * limit
+        interval = spec.period * _NS  # T, in units of 1/limit ns
+        per_second = limit * _NS
+        stored = self._tat.get(stored_key)
+        tat = now_u if stored is None or stored[0] < now_u else stored[0]
+        new_tat = tat + interval * quantity
+        diff = now_u - (new_tat - interval * burst)
+        if diff < 0:
+            remaining = max(0, (now_u - tat + interval * burst) // interval)
+            return ThrottleResult(
+                True,
+                burst,
+                remaining,
+                float(_ceil_div(tat - now_u, per_second)),
+                float(_ceil_div(-diff, per_second)),
+            )
+        remaining = diff // interval
+        if quantity == 0 and remaining == 0:
+            return ThrottleResult(True, burst, 0, float(_ceil_div(tat - now_u, per_second)), None)
+        if stored is None and len(self._tat) >= self._sweep_at:
+            self._sweep(now_u // limit)
+        self._tat[stored_key] = (new_tat, limit)
+        return ThrottleResult(
+            False, burst, remaining, float(_ceil_div(new_tat - now_u, per_second)), None
+        )
+
+    def _sweep(self, now_ns: int) -> None:
+        """Drop every key whose ``tat`` is before ``now_ns``. O(n)."""
+        self._tat = {k: v for k, v in self._tat.items() if v[0] >= now_ns * v[1]}
+        self._sweep_at = max(self._min_sweep, 2 * len(self._tat))
+
+    def _check(self) -> None:
+        """Assert the invariants (for tests). O(n)."""
+        assert self._min_sweep >= 1
+        assert self._sweep_at >= self._min_sweep
+        assert len(self._tat) <= self._sweep_at
+        for key, (tat, limit) in self._tat.items():
+            assert isinstance(tat, int)
+            assert isinstance(limit, int)
+            assert limit >= 1
+            _, stored_limit, burst, period = key.rsplit(":", 3)
+            assert int(stored_limit) == limit, key
+            assert int(burst) >= 0, key
+            assert int(period) >= 1, key
+
+
+@final
+class Throttle:
+    """Checks a spec against the configured backend, or the local one for ``local:`` specs.
+
+    ``Throttle()`` keeps everything in process; ``Throttle(redis_backend)`` shares every spec
+    except those with ``force_local``.
+    """
+
+    __slots__ = ("_backend", "_local")
+
+    def __init__(
+        self,
+        backend: ThrottleBackend | None = None,
+        *,
+        local: LocalThrottleBackend | None = None,
+    ) -> None:
+        if local is None:
+            local = backend if isinstance(backend, LocalThrottleBackend) else LocalThrottleBackend()
+        self._local: LocalThrottleBackend = local
+        self._backend: ThrottleBackend = local if backend is None else backend
+
+    @property
+    def local(self) -> LocalThrottleBackend:
+        return self._local
+
+    def check(self, key: str, spec: ThrottleSpec, now: float, quantity: int = 1) -> ThrottleResult:
+        """``backend.check(...)``, or ``local.check(...)`` when ``spec.force_local``. O(1)."""
+        backend = self._local if spec.force_local else self._backend
+        return backend.check(key, spec, now, quantity)
