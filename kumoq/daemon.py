@@ -31,6 +31,7 @@ from kumoq.logs.writer import LocalLogWriter
 from kumoq.lua.events import PolicyEvents
 from kumoq.lua.runtime import PolicyRuntime
 from kumoq.message import Message, QueueNameParts
+from kumoq.queue.context import InsertContext, InsertReason
 from kumoq.queue.maildir import MaildirDispatch
 from kumoq.queue.manager import Deliverer, QueueManager
 from kumoq.reception import Reception
@@ -214,7 +215,7 @@ class Daemon:
                 log.error("spool entry %s is unreadable (%s); removing it", spool_id, exc)
                 await spool.remove(spool_id)
                 continue
-            queues.insert(msg)
+            queues.insert(msg, InsertContext(InsertReason.Enumerated))
             count += 1
             if count % ENUMERATION_PROGRESS_EVERY == 0:
                 log.info("spool enumeration: %d messages re-queued so far", count)

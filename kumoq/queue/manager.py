@@ -1,39 +1,49 @@
-"""The queue manager: scheduled queues by name, their configs, and each message's next step.
+"""The queue manager: scheduled queues by name, and each message's next step (reference §1.5-1.6).
 
-Owns: resolving a queue's ``QueueConfig`` through the policy (cached per queue name, a failure
-cached for 60 s as KumoMTA does), inserting messages (due now: dispatch to the protocol; due later:
-wait), and what happens after an attempt (delivered: remove from the spool; transient failure:
-back off, persist ``num_attempts`` and ``due``, drop the body from memory; bounce: remove).
+- ``resolve(name)`` creates a queue on first use and calls the policy's ``get_queue_config``
+  once per queue, again every ``refresh_interval``; a failure is cached for 60 s as KumoMTA
+  does. A ``strategy`` change applies when the queue is recreated.
+- ``insert(msg, context)``: due later: wait in the queue (a ``Delayed`` record); due now:
+  ``insert_ready``.
+- ``insert_ready``: the queue's ``max_message_rate`` GCRA gate (throttled: back into the queue
+  with ``delay = retry_after``, attempts not incremented), then the protocol's deliverer.
+- After an attempt: delivered or bounced: removed from the spool; transient failure: backoff
+  with jitter (§3.1), expiry by ``max_age`` or ``set_scheduling{expires}`` (§3.2), and the new
+  ``num_attempts`` and ``due`` persisted before waiting.
+- A queue empty for ``reap_interval`` is dropped with its maintainer.
 
-This is the foundation's scheduler: one timer per deferred message on the event loop. The
-scheduling issue replaces the timer with TimerWheel/SkipList structures behind ``ScheduledQueue``
-without changing the manager's interface.
-
-Seams (owned here, implemented above): ``QueueConfigSource`` (the policy's get_queue_config),
-``Deliverer`` (one per protocol), ``RecordSink`` (log records), and the ``Spool``.
+Seams (owned here, implemented above): ``QueueConfigSource``, ``Deliverer``, ``RecordSink``,
+and the ``Spool``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import Awaitable
-from dataclasses import dataclass, field
+import random
+from collections.abc import Awaitable, Iterator
+from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from kumoq.clock import Clock
-from kumoq.config.queue import (
-    CustomLuaProtocol,
-    MaildirProtocol,
-    NullProtocol,
-    QueueConfig,
-    SmtpProtocol,
-)
+from kumoq.config.queue import NullProtocol, QueueConfig
 from kumoq.errors import KumoqError, PolicyError
-from kumoq.logs.records import RecordType, Response
+from kumoq.logs.records import RecordType, Response, rfc3339
 from kumoq.message import NULL_QUEUE, Message, QueueNameParts, parse_queue_name
+from kumoq.queue.context import InsertContext, InsertReason
+from kumoq.queue.retry import (
+    Expired,
+    expiry_after_increment,
+    expiry_without_increment,
+    format_duration,
+    next_attempt,
+)
+from kumoq.queue.scheduled import ScheduledQueue, SingletonWheel
+from kumoq.scheduling import expires_of, next_allowed
 from kumoq.spool.base import Spool
+from kumoq.throttle import Throttle
 
 __all__ = [
     "Attempt",
@@ -41,7 +51,6 @@ __all__ = [
     "QueueConfigSource",
     "QueueManager",
     "RecordSink",
-    "ScheduledQueue",
 ]
 
 log = logging.getLogger("kumoq.queue")
@@ -80,17 +89,6 @@ class RecordSink(Protocol):
 
 
 @dataclass(slots=True)
-class ScheduledQueue:
-    """One scheduled queue: its config and the messages waiting in it."""
-
-    name: str
-    parts: QueueNameParts
-    config: QueueConfig
-    resolved_at: float
-    delayed: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
 class _FailedResolve:
     error: PolicyError
     until: float
@@ -107,15 +105,21 @@ class QueueManager:
         spool: Spool,
         records: RecordSink,
         clock: Clock,
+        throttle: Throttle | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self._configs = configs
         self._deliverers = deliverers
         self._spool = spool
         self._records = records
         self._clock = clock
+        self._throttle = throttle or Throttle()
+        self._rng = rng or random.Random()
         self._queues: dict[str, ScheduledQueue] = {}
         self._failed: dict[str, _FailedResolve] = {}
+        self._singleton = SingletonWheel(clock)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._parked: dict[str, asyncio.TimerHandle] = {}
         self._closing = False
 
     # -- queues ------------------------------------------------------------------------------
@@ -123,7 +127,8 @@ class QueueManager:
     def resolve(self, name: str) -> ScheduledQueue:
         """The queue named ``name``, created on first use; raises PolicyError if the policy fails.
 
-        A failure is remembered for 60 s so a broken policy is not called for every message.
+        The config is fetched again once ``refresh_interval`` has passed. A failure is
+        remembered for 60 s so that a broken policy is not called for every message.
         """
         queue = self._queues.get(name)
         now = self._clock.monotonic()
@@ -131,61 +136,120 @@ class QueueManager:
             return queue
         failed = self._failed.get(name)
         if failed is not None and now < failed.until:
+            if queue is not None:
+                return queue  # an existing queue keeps its last good config
             raise failed.error
-        parts = parse_queue_name(name)
+        parts = queue.parts if queue is not None else parse_queue_name(name)
         try:
             config = self._configs.get_queue_config(parts) or QueueConfig()
         except PolicyError as exc:
             self._failed[name] = _FailedResolve(exc, now + FAILED_RESOLVE_TTL)
+            if queue is not None:
+                log.error(
+                    "queue %s: keeping its last config: get_queue_config failed: %s", name, exc
+                )
+                queue.resolved_at = now  # retry after another refresh_interval
+                return queue
             raise
         self._failed.pop(name, None)
         if queue is None:
-            queue = self._queues[name] = ScheduledQueue(name, parts, config, now)
+            queue = self._queues[name] = ScheduledQueue(
+                name,
+                parts,
+                config,
+                resolved_at=now,
+                clock=self._clock,
+                promote=self._promote,
+                singleton=self._singleton,
+            )
+            self._maybe_idle(queue)  # reaped if nothing ever arrives
         else:
-            queue.config = config
+            queue.config = config  # a strategy change waits for the queue to be recreated
             queue.resolved_at = now
         return queue
+
+    def get(self, name: str) -> ScheduledQueue | None:
+        return self._queues.get(name)
 
     def queue_names(self) -> list[str]:
         return sorted(self._queues)
 
+    def queues(self) -> Iterator[ScheduledQueue]:
+        return iter(self._queues.values())
+
     def delayed_count(self) -> int:
-        return sum(len(q.delayed) for q in self._queues.values())
+        return sum(len(q) for q in self._queues.values())
 
     # -- messages ----------------------------------------------------------------------------
 
-    def insert(self, msg: Message) -> None:
-        """Take a spooled message: dispatch it now if due, else wait until its due time."""
+    def insert(self, msg: Message, context: InsertContext | None = None) -> None:
+        """Take a spooled message: promote it if due, else hold it until its due time."""
+        context = context or InsertContext(InsertReason.Received)
         try:
             queue = self.resolve(msg.queue_name())
         except KumoqError as exc:
-            # Stays in the spool; tried again after the failed-resolve cache expires.
+            # Stays in the spool; tried again when the failed-resolve cache has expired.
             log.error("message %s: cannot resolve its queue: %s", msg.id, exc)
-            self._wait(msg, None, self._clock.now() + FAILED_RESOLVE_TTL)
+            self._park(msg, FAILED_RESOLVE_TTL)
             return
         now = self._clock.now()
-        if msg.due is not None and msg.due > now:
-            self._wait(msg, queue, msg.due)
+        due = msg.due
+        if due is not None and due > now:
+            if tuple(context) == (InsertReason.Received,) and msg.schedule:
+                context = context.add(InsertReason.ScheduledForLater)
+            self._insert_delayed(queue, msg, due, context)
         else:
-            self._spawn(self._attempt(msg, queue))
+            self._insert_ready(queue, msg, context)
 
-    def _wait(self, msg: Message, queue: ScheduledQueue | None, due: float) -> None:
-        msg.data = None  # deferred messages do not keep their body in memory
+    def _insert_delayed(
+        self, queue: ScheduledQueue, msg: Message, due: float, context: InsertContext
+    ) -> None:
+        if context.logs_delayed():
+            now = self._clock.now()
+            content = (
+                f"Context: {context.describe()}. Next due in "
+                f"{format_duration(max(0.0, due - now))} at {rfc3339(due)}"
+            )
+            self._records.log(RecordType.Delayed, msg, response=Response(400, None, content, None))
+        queue.insert_delayed(msg, due)
+
+    def _park(self, msg: Message, delay: float) -> None:
+        """Hold a message whose queue cannot be resolved; it stays spooled meanwhile."""
+        msg.data = None
         loop = asyncio.get_running_loop()
-        delay = max(0.0, due - self._clock.now())
-        handle = loop.call_later(delay, self._due, msg, queue)
-        if queue is not None:
-            queue.delayed[msg.id] = handle
+        self._parked[msg.id] = loop.call_later(delay, self._unpark, msg)
 
-    def _due(self, msg: Message, queue: ScheduledQueue | None) -> None:
-        if queue is not None:
-            queue.delayed.pop(msg.id, None)
+    def _unpark(self, msg: Message) -> None:
+        self._parked.pop(msg.id, None)
         if not self._closing:
-            msg.due = None
-            self.insert(msg)
+            self.insert(msg, InsertContext(InsertReason.DueTimeWasReached))
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+    def _promote(self, queue: ScheduledQueue, batch: list[Message]) -> None:
+        """The maintainer hands over due messages, highest priority first."""
+        if self._closing:
+            return
+        with contextlib.suppress(KumoqError):  # a failure keeps the last good config
+            queue = self.resolve(queue.name)  # refresh the config if it is time
+        context = InsertContext(InsertReason.DueTimeWasReached)
+        for msg in batch:
+            msg.due = None
+            self._insert_ready(queue, msg, context)
+
+    def _insert_ready(self, queue: ScheduledQueue, msg: Message, context: InsertContext) -> None:
+        """§1.6: the queue's rate gate, then the protocol."""
+        rate = queue.config.max_message_rate
+        if rate is not None:
+            now = self._clock.now()
+            result = self._throttle.check(f"schedq-{queue.name}-message-rate", rate, now)
+            if result.throttled:
+                delay = result.retry_after or 1.0
+                self._requeue_without_increment(
+                    queue, msg, delay, context.add(InsertReason.MessageRateThrottle)
+                )
+                return
+        queue.in_flight += 1
+        queue.idle_since = None
+        task = asyncio.ensure_future(self._attempt(msg, queue))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -196,7 +260,10 @@ class QueueManager:
             # A bug must not strand the message: it is still spooled; try again later.
             log.exception("message %s: delivery attempt failed unexpectedly", msg.id)
             if not self._closing:
-                self._wait(msg, queue, self._clock.now() + FAILED_RESOLVE_TTL)
+                self._park(msg, FAILED_RESOLVE_TTL)
+        finally:
+            queue.in_flight -= 1
+            self._maybe_idle(queue)
 
     async def _attempt_once(self, msg: Message, queue: ScheduledQueue) -> None:
         protocol = queue.config.protocol
@@ -205,13 +272,14 @@ class QueueManager:
             return
         deliverer = self._deliverers.get(type(protocol))
         if deliverer is None:
+            kind = type(protocol).__name__.removesuffix("Protocol")
             attempt = Attempt(
                 RecordType.TransientFailure,
                 Response(
                     code=451,
                     enhanced_code=(4, 3, 0),
-                    content=f"KumoMTA internal: {_protocol_name(protocol)} delivery is not "
-                    "available in this kumoq build",
+                    content=f"KumoMTA internal: {kind} delivery is not available in this "
+                    "kumoq build",
                     command=None,
                 ),
             )
@@ -221,12 +289,9 @@ class QueueManager:
                     msg.data = await self._spool.load_data(msg.id)
                 except KumoqError as exc:
                     log.error("message %s: cannot load its data: %s", msg.id, exc)
-                    self._wait(msg, queue, self._clock.now() + FAILED_RESOLVE_TTL)
+                    self._park(msg, FAILED_RESOLVE_TTL)
                     return
             attempt = await deliverer.deliver(msg, queue.config)
-        await self._disposition(msg, queue, attempt)
-
-    async def _disposition(self, msg: Message, queue: ScheduledQueue, attempt: Attempt) -> None:
         fields = {
             "site": attempt.site,
             "delivery_protocol": attempt.delivery_protocol,
@@ -235,41 +300,91 @@ class QueueManager:
         }
         self._records.log(attempt.disposition, msg, response=attempt.response, **fields)
         if attempt.disposition is RecordType.TransientFailure:
-            await self._requeue(msg, queue)
+            await self._requeue_with_increment(queue, msg)
         else:
             await self._spool.remove(msg.id)
 
-    async def _requeue(self, msg: Message, queue: ScheduledQueue) -> None:
-        """Back off after a transient failure and persist the new schedule before waiting."""
+    # -- retries and expiry ------------------------------------------------------------------
+
+    async def _requeue_with_increment(self, queue: ScheduledQueue, msg: Message) -> None:
+        """Back off after a transient failure (§3.1), or expire (§3.2); persist the schedule."""
         config = queue.config
-        delay = config.retry_interval * (2**msg.num_attempts)
-        if config.max_retry_interval is not None:
-            delay = min(delay, config.max_retry_interval)
-        msg.num_attempts += 1
-        msg.due = self._clock.now() + delay
-        meta = json.dumps(msg.to_spool_meta()).encode()
+        now = self._clock.now()
+        delay, attempts = next_attempt(
+            msg.num_attempts, config.retry_interval, config.max_retry_interval, now, self._rng
+        )
+        due = next_allowed(now + delay, msg.schedule)
+        expired = expiry_after_increment(
+            msg.created, now, delay, config.max_age, expires_of(msg.schedule), next_due=due
+        )
+        msg.num_attempts = attempts  # as KumoMTA: an Expiration counts the failed attempt
+        if expired is not None:
+            await self._expire(msg, expired)
+            return
+        msg.due = due
+        msg.data = None
         try:
-            await self._spool.store(msg.id, None, meta)
+            await self._spool.store(msg.id, None, json.dumps(msg.to_spool_meta()).encode())
         except KumoqError as exc:
             log.error("message %s: cannot persist its schedule: %s", msg.id, exc)
-        self._wait(msg, queue, msg.due)
+        if self._closing:
+            return
+        context = InsertContext(
+            InsertReason.FailedToInsertIntoReadyQueue, InsertReason.LoggedTransientFailure
+        )
+        self.insert(msg, context)
+
+    def _requeue_without_increment(
+        self, queue: ScheduledQueue, msg: Message, delay: float, context: InsertContext
+    ) -> None:
+        """Throttled or held: back into the queue after ``delay``, attempts unchanged; not
+        persisted (a restart makes it due at its persisted, earlier, time)."""
+        now = self._clock.now()
+        due = next_allowed(now + delay, msg.schedule)
+        if expires_of(msg.schedule) is None:
+            expired = expiry_without_increment(msg.created, due, queue.config.max_age)
+            if expired is not None:
+                self._spawn_expire(msg, expired)
+                return
+        self._insert_delayed(queue, msg, due, context)
+
+    def _spawn_expire(self, msg: Message, expired: Expired) -> None:
+        task = asyncio.ensure_future(self._expire(msg, expired))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _expire(self, msg: Message, expired: Expired) -> None:
+        response = Response(expired.code, expired.enhanced_code, expired.content, None)
+        self._records.log(RecordType.Expiration, msg, response=response, site=expired.site)
+        await self._spool.remove(msg.id)
+
+    # -- reaping -----------------------------------------------------------------------------
+
+    def _maybe_idle(self, queue: ScheduledQueue) -> None:
+        if len(queue) or queue.in_flight or self._closing:
+            return
+        queue.idle_since = self._clock.monotonic()
+        loop = asyncio.get_running_loop()
+        loop.call_later(queue.config.reap_interval, self._reap, queue.name, queue.idle_since)
+
+    def _reap(self, name: str, idle_since: float) -> None:
+        queue = self._queues.get(name)
+        if queue is None or queue.idle_since != idle_since or len(queue) or queue.in_flight:
+            return
+        queue.close()
+        del self._queues[name]
+        log.info("reaped idle queue %s", name)
 
     async def close(self, drain_seconds: float = 30.0) -> None:
-        """Stop timers and let attempts in flight finish (their messages stay spooled)."""
+        """Stop maintainers and let attempts in flight finish (every message stays spooled)."""
         self._closing = True
+        for handle in self._parked.values():
+            handle.cancel()
+        self._parked.clear()
         for queue in self._queues.values():
-            for handle in queue.delayed.values():
-                handle.cancel()
-            queue.delayed.clear()
+            queue.close()
+        self._singleton.close()
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=drain_seconds)
             for task in pending:
                 task.cancel()
-
-
-def _protocol_name(protocol: SmtpProtocol | MaildirProtocol | CustomLuaProtocol) -> str:
-    if isinstance(protocol, SmtpProtocol):
-        return "SMTP"
-    if isinstance(protocol, CustomLuaProtocol):
-        return "custom_lua"
-    return "maildir"
