@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-integration lint fmt bench validate-examples clean docs
+.PHONY: setup run test test-integration lint fmt bench bench-e2e clean docs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -35,6 +35,11 @@ fmt: $(STAMP)
 	$(BIN)/ruff check --fix kumoq tests bench
 
 bench: $(STAMP)
+	$(BIN)/python -m bench.timeq
+	$(BIN)/python -m bench.scheduling
+	$(BIN)/python -m bench.run
+
+bench-e2e: $(STAMP)
 	$(BIN)/python -m bench.run
 
 docs: $(STAMP)

@@ -200,3 +200,19 @@ def test_higher_priority_overtakes_bulk_sharing_a_throttle(kumoq):
     deliveries = daemon.wait_for_records("Delivery", 41, timeout=30)
     order = [r["recipient"] for r in sorted(deliveries, key=event_time)]
     assert order.index("urgent@example.com") < 15, order
+
+
+def test_first_attempt_holds_the_message_until_then(kumoq):
+    later = """
+kumo.on('smtp_server_message_received', function(msg, conn_meta)
+  msg:set_scheduling { first_attempt = os.date('!%Y-%m-%dT%H:%M:%SZ', os.time() + 3) }
+end)
+"""
+    daemon = kumoq(policy(later, blockable()))
+    sent = time.time()
+    daemon.send("s@example.com", ["r@example.com"])
+    (delayed,) = daemon.wait_for_records("Delayed", 1)
+    assert "Context: Received, ScheduledForLater" in delayed["response"]["content"]
+    (delivery,) = daemon.wait_for_records("Delivery", 1, timeout=15)
+    # os.time() has whole seconds: the first attempt is 2 to 3 s after the send.
+    assert event_time(delivery) >= sent + 2
