@@ -198,16 +198,12 @@ class ScheduledQueue:
         self._count -= len(batch)
         self._promote(self, by_priority(batch))
 
-    def close(self) -> list[Message]:
-        """Stop the maintainer; return the messages that were waiting (they stay spooled)."""
+    def close(self) -> None:
+        """Stop the maintainer. O(1): waiting messages are simply forgotten (they are spooled,
+        with their due time, and come back at the next start)."""
         if self._task is not None:
             self._task.cancel()
             self._task = None
-        if self._structure is not None:
-            return self._structure.drain()
-        if self._singleton is not None:
-            return self._singleton.drain_queue(self)
-        return []
 
 
 class SingletonWheel:
@@ -239,15 +235,6 @@ class SingletonWheel:
     def remove(self, msg_id: str) -> Message | None:
         self._owner.pop(msg_id, None)
         return self._wheel.remove(msg_id)
-
-    def drain_queue(self, queue: ScheduledQueue) -> list[Message]:
-        ids = [mid for mid, q in self._owner.items() if q is queue]
-        out = []
-        for mid in ids:
-            msg = self.remove(mid)
-            if msg is not None:
-                out.append(msg)
-        return out
 
     async def _maintain(self) -> None:
         while True:
