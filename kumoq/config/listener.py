@@ -21,6 +21,7 @@ from kumoq.config.values import (
     parse_bool,
     parse_cidr_list,
     parse_duration,
+    parse_enum,
     parse_int,
     parse_size,
     parse_str,
@@ -54,19 +55,6 @@ class BatchHandling(StrEnum):
 
     BIFURCATE_ALWAYS = "BifurcateAlways"
     BATCH_BY_DOMAIN = "BatchByDomain"
-
-
-def _enum(enum: type[StrEnum]) -> Any:
-    def parse(key: str, value: Any) -> StrEnum:
-        try:
-            return enum(value)
-        except ValueError:
-            allowed = ", ".join(repr(m.value) for m in enum)
-            raise ConfigError(
-                f"{key}: invalid value {value!r}; expected one of {allowed}"
-            ) from None
-
-    return parse
 
 
 def parse_listen(key: str, value: Any) -> str:
@@ -218,10 +206,10 @@ class EsmtpListenerConfig:
                 "data_processing_timeout": positive_duration,
                 "trace_headers": lambda key, value: TraceHeaders.from_mapping(value),
                 "deferred_spool": parse_bool,
-                "invalid_line_endings": _enum(InvalidLineEndings),
+                "invalid_line_endings": parse_enum(InvalidLineEndings),
                 "line_length_hard_limit": positive,
                 "max_connections": positive,
-                "batch_handling": _enum(BatchHandling),
+                "batch_handling": parse_enum(BatchHandling),
                 "tls_certificate": _parse_key_source,
                 "tls_private_key": _parse_key_source,
                 "meta": _parse_table,

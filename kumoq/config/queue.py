@@ -16,6 +16,7 @@ from kumoq.config.values import (
     build,
     parse_bool,
     parse_duration,
+    parse_enum,
     parse_int,
     parse_str,
 )
@@ -46,18 +47,6 @@ class QueueStrategy(StrEnum):
 class RefreshStrategy(StrEnum):
     TTL = "Ttl"
     EPOCH = "Epoch"
-
-
-def _enum(enum: type[StrEnum]) -> Any:
-    def parse(key: str, value: Any) -> StrEnum:
-        try:
-            return enum(value)
-        except ValueError:
-            allowed = ", ".join(repr(m.value) for m in enum)
-            msg = f"{key}: invalid value {value!r}; expected one of {allowed}"
-            raise ConfigError(msg) from None
-
-    return parse
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -230,11 +219,11 @@ class QueueConfig:
                 "egress_pool": parse_str,
                 "max_message_rate": ThrottleSpec.parse,
                 "protocol": _protocol,
-                "strategy": _enum(QueueStrategy),
+                "strategy": parse_enum(QueueStrategy),
                 "timerwheel_tick_interval": parse_duration,
                 "reap_interval": parse_duration,
                 "refresh_interval": parse_duration,
-                "refresh_strategy": _enum(RefreshStrategy),
+                "refresh_strategy": parse_enum(RefreshStrategy),
                 "provider_name": parse_str,
                 "shrink_policy": _shrink_policy,
             },

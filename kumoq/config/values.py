@@ -15,6 +15,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, TypeVar
 
 from kumoq.errors import ConfigError
@@ -27,6 +28,7 @@ __all__ = [
     "parse_bool",
     "parse_cidr_list",
     "parse_duration",
+    "parse_enum",
     "parse_int",
     "parse_optional",
     "parse_size",
@@ -138,6 +140,24 @@ def parse_str_list(key: str, value: Any) -> tuple[str, ...]:
     if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
     return tuple(value)
+
+
+E = TypeVar("E", bound=StrEnum)
+
+
+def parse_enum(enum: type[E]) -> Callable[[str, Any], E]:
+    """A parser for one of ``enum``'s values; the error names every allowed value."""
+
+    def parse(key: str, value: Any) -> E:
+        try:
+            return enum(value)
+        except ValueError:
+            allowed = ", ".join(repr(m.value) for m in enum)
+            raise ConfigError(
+                f"{key}: invalid value {value!r}; expected one of {allowed}"
+            ) from None
+
+    return parse
 
 
 def parse_optional(parser: Parser) -> Parser:
