@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from kumoq.clock import Clock, SystemClock
+from kumoq.config.egress import EgressPathConfig, EgressPool, EgressSource
 from kumoq.config.listener import EsmtpListenerConfig
 from kumoq.config.logs import LocalLogsConfig
 from kumoq.config.queue import MaildirProtocol, QueueConfig
@@ -101,6 +102,9 @@ BUILDERS = {
     "define_spool": SpoolDefinition.from_mapping,
     "configure_local_logs": LocalLogsConfig.from_mapping,
     "make_queue_config": QueueConfig.from_mapping,
+    "make_egress_pool": EgressPool.from_mapping,
+    "make_egress_source": EgressSource.from_mapping,
+    "make_egress_path": EgressPathConfig.from_mapping,
     "start_http_listener": _http_listener,
 }
 
