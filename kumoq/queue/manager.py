@@ -361,19 +361,27 @@ class QueueManager:
     # -- reaping -----------------------------------------------------------------------------
 
     def _maybe_idle(self, queue: ScheduledQueue) -> None:
+        """Note that ``queue`` became empty; at most one reap timer per queue is pending."""
         if len(queue) or queue.in_flight or self._closing:
             return
         queue.idle_since = self._clock.monotonic()
-        loop = asyncio.get_running_loop()
-        loop.call_later(queue.config.reap_interval, self._reap, queue.name, queue.idle_since)
+        if queue.reap_timer is None:
+            loop = asyncio.get_running_loop()
+            queue.reap_timer = loop.call_later(queue.config.reap_interval, self._reap, queue)
 
-    def _reap(self, name: str, idle_since: float) -> None:
-        queue = self._queues.get(name)
-        if queue is None or queue.idle_since != idle_since or len(queue) or queue.in_flight:
+    def _reap(self, queue: ScheduledQueue) -> None:
+        queue.reap_timer = None
+        if self._queues.get(queue.name) is not queue or self._closing:
+            return
+        if len(queue) or queue.in_flight or queue.idle_since is None:
+            return  # busy again: the next time it empties, a new timer is set
+        remaining = queue.idle_since + queue.config.reap_interval - self._clock.monotonic()
+        if remaining > 0:  # it was busy in between; wait for the rest of the idle time
+            queue.reap_timer = asyncio.get_running_loop().call_later(remaining, self._reap, queue)
             return
         queue.close()
-        del self._queues[name]
-        log.info("reaped idle queue %s", name)
+        del self._queues[queue.name]
+        log.info("reaped idle queue %s", queue.name)
 
     async def close(self, drain_seconds: float = 30.0) -> None:
         """Stop maintainers and let attempts in flight finish (every message stays spooled)."""

@@ -115,6 +115,7 @@ class ScheduledQueue:
         self.strategy = config.strategy
         self.in_flight = 0
         self.idle_since: float | None = None
+        self.reap_timer: asyncio.TimerHandle | None = None
         self._clock = clock
         self._promote = promote
         self._singleton: SingletonWheel | None = None
@@ -204,6 +205,9 @@ class ScheduledQueue:
         if self._task is not None:
             self._task.cancel()
             self._task = None
+        if self.reap_timer is not None:
+            self.reap_timer.cancel()
+            self.reap_timer = None
 
 
 class SingletonWheel:

@@ -77,3 +77,14 @@ async def test_new_queue_failure_is_cached_for_60_seconds(setup):
     source.fail = False
     clock.advance(31)
     assert manager.resolve("broken.example").config.retry_interval == 2
+
+
+async def test_a_queue_that_keeps_emptying_has_one_reap_timer(setup):
+    clock, _source, manager = setup
+    queue = manager.resolve("example.com")
+    first = queue.reap_timer
+    assert first is not None
+    for _ in range(100):  # every delivery that leaves the queue empty
+        clock.advance(0.01)
+        manager._maybe_idle(queue)
+    assert queue.reap_timer is first
