@@ -13,6 +13,7 @@ Pure: imports only kumoq.errors; time comes in as arguments.
 from __future__ import annotations
 
 import os
+import random
 from dataclasses import dataclass
 from typing import Any, Final, final
 
@@ -24,6 +25,7 @@ __all__ = [
     "Message",
     "QueueNameParts",
     "compute_queue_name",
+    "new_session_id",
     "new_spool_id",
     "parse_queue_name",
     "spool_id_created",
@@ -54,6 +56,14 @@ def new_spool_id(now: float) -> str:
     time_hi_version = ((ts >> 48) & 0x0FFF) | 0x1000
     seq = _clock_seq | 0x8000
     return f"{time_low:08x}{time_mid:04x}{time_hi_version:04x}{seq:04x}{_NODE:012x}"
+
+
+def new_session_id() -> str:
+    """A random (version 4) UUID as 32 hex digits, without ``uuid.uuid4()``'s ``os.urandom``
+    call (a syscall that releases the GIL, costly while other threads are busy)."""
+    n = random.getrandbits(128)
+    n = (n & ~(0xF000 << 64) | (0x4000 << 64)) & ~(0xC000 << 48) | (0x8000 << 48)
+    return f"{n:032x}"
 
 
 def spool_id_created(spool_id: str) -> float:

@@ -7,12 +7,10 @@ the message for the retry.
 
 from __future__ import annotations
 
-import uuid
-
 from kumoq.config.queue import MaildirProtocol, QueueConfig
 from kumoq.delivery.maildir import MaildirDeliverer
 from kumoq.logs.records import RecordType, Response
-from kumoq.message import Message
+from kumoq.message import Message, new_session_id
 from kumoq.queue.manager import Attempt
 
 __all__ = ["MaildirDispatch"]
@@ -28,7 +26,7 @@ class MaildirDispatch:
         protocol = config.protocol
         assert isinstance(protocol, MaildirProtocol)
         result = await self._writer.deliver(msg, protocol)
-        session_id = uuid.uuid4().hex
+        session_id = new_session_id()
         if result.ok:
             content = result.delivery_content or ""
             return Attempt(

@@ -29,14 +29,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import socket
 from collections.abc import Coroutine
 from typing import Any, Final, Protocol, TypeAlias, cast, final
 
 from kumoq.config.listener import EsmtpListenerConfig
 from kumoq.errors import ListenerError, RejectError
-from kumoq.message import EnvelopeAddress
+from kumoq.message import EnvelopeAddress, new_session_id
 from kumoq.smtp import replies as R
 from kumoq.smtp.replies import Reply
 from kumoq.smtp.session import (
@@ -127,13 +126,6 @@ def _format_addr(addr: Any) -> str:
         host, port = addr[0], addr[1]
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     return str(addr)
-
-
-def _session_id() -> str:
-    """A random (version 4) UUID as 32 hex digits, without the cost of ``uuid.uuid4()``."""
-    n = random.getrandbits(128)
-    n = (n & ~(0xF000 << 64) | (0x4000 << 64)) & ~(0xC000 << 48) | (0x8000 << 48)
-    return f"{n:032x}"
 
 
 @final
@@ -263,7 +255,7 @@ class _SmtpConnection(asyncio.Protocol):
         conn["received_via"] = _format_addr(transport.get_extra_info("sockname"))
         conn["hostname"] = config.hostname
         conn["reception_protocol"] = "ESMTP"
-        conn["session_id"] = _session_id()
+        conn["session_id"] = new_session_id()
         if config.meta:
             conn.update(config.meta)
 
