@@ -20,6 +20,7 @@ from typing import Any, Final, final
 from kumoq.errors import AddressError, QueueNameError
 
 __all__ = [
+    "DEFAULT_PRIORITY",
     "NULL_QUEUE",
     "EnvelopeAddress",
     "Message",
@@ -28,6 +29,7 @@ __all__ = [
     "new_session_id",
     "new_spool_id",
     "parse_queue_name",
+    "priority_of",
     "spool_id_created",
 ]
 
@@ -165,6 +167,18 @@ def parse_queue_name(name: str) -> QueueNameParts:
         campaign=campaign,
         routing_domain=routing if bang else None,
     )
+
+
+DEFAULT_PRIORITY: Final = 1
+
+
+def priority_of(msg: Message) -> int:
+    """The ``priority`` meta (a kumoq extension: 0 low, 1 normal, 2 high, 3 critical), or 1 when
+    absent or not one of those integers."""
+    value = msg.meta.get("priority", DEFAULT_PRIORITY)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 3:
+        return value
+    return DEFAULT_PRIORITY
 
 
 @final

@@ -26,7 +26,7 @@ from typing import Final, Protocol
 
 from kumoq.clock import Clock
 from kumoq.config.queue import QueueConfig, QueueStrategy
-from kumoq.message import Message, QueueNameParts
+from kumoq.message import DEFAULT_PRIORITY, Message, QueueNameParts, priority_of
 from kumoq.queue.skiplist import SkipList
 from kumoq.queue.timeq import DueNow, Empty, Items, Sleep
 from kumoq.queue.timerwheel import TimerWheel
@@ -42,18 +42,9 @@ __all__ = [
 
 log = logging.getLogger("kumoq.queue")
 
-DEFAULT_PRIORITY: Final = 1
 SINGLETON_TICK: Final = 3.0
 
 Promote = Callable[["ScheduledQueue", list[Message]], None]
-
-
-def priority_of(msg: Message) -> int:
-    """The message's ``priority`` meta (0..3), or 1 when absent or not a valid priority."""
-    value = msg.meta.get("priority", DEFAULT_PRIORITY)
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 3:
-        return value
-    return DEFAULT_PRIORITY
 
 
 def by_priority(batch: list[Message]) -> list[Message]:
