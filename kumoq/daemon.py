@@ -24,15 +24,17 @@ from kumoq.clock import Clock, SystemClock
 from kumoq.config.egress import EgressPathConfig, EgressPool, EgressSource
 from kumoq.config.listener import EsmtpListenerConfig
 from kumoq.config.logs import LocalLogsConfig
-from kumoq.config.queue import MaildirProtocol, QueueConfig
+from kumoq.config.queue import MaildirProtocol, QueueConfig, SmtpProtocol
 from kumoq.config.spool import SpoolDefinition, check_spool_pair
 from kumoq.delivery.maildir import MaildirDeliverer
+from kumoq.dns.resolver import DnsPythonResolver, MxCache
 from kumoq.errors import ConfigError, KumoqError
 from kumoq.logs.writer import LocalLogWriter
 from kumoq.lua.events import PolicyEvents
 from kumoq.lua.runtime import PolicyRuntime
 from kumoq.message import Message, QueueNameParts
 from kumoq.queue.context import InsertContext, InsertReason
+from kumoq.queue.egress_dispatch import SmtpDispatch
 from kumoq.queue.maildir import MaildirDispatch
 from kumoq.queue.manager import Deliverer, QueueManager
 from kumoq.reception import Reception
@@ -118,6 +120,43 @@ def load_policy(path: Path) -> tuple[PolicyRuntime, PolicyEvents, Declarations]:
     return runtime, PolicyEvents(runtime), declarations
 
 
+class _PolicyEgress:
+    """``EgressPolicy`` through the policy's events (reference §2.1, §2.4)."""
+
+    def __init__(self, events: PolicyEvents) -> None:
+        self._events = events
+
+    def _made(self, event: str, kind: type, name: str) -> Any:
+        if not self._events.has_handler(event):
+            raise ConfigError(f"{event} is not defined, so the egress {kind.__name__} "
+                              f"{name!r} cannot be resolved")  # fmt: skip
+        value = self._events.call(event, name)
+        if not isinstance(value, kind):
+            raise ConfigError(f"{event}({name!r}) must return kumo.make_{kind.__name__[6:].lower()}"
+                              f"{{...}}, got {value!r}")  # fmt: skip
+        return value
+
+    def get_egress_pool(self, name: str) -> EgressPool:
+        pool: EgressPool = self._made("get_egress_pool", EgressPool, name)
+        return pool
+
+    def get_egress_source(self, name: str) -> EgressSource:
+        source: EgressSource = self._made("get_egress_source", EgressSource, name)
+        return source
+
+    def get_egress_path_config(
+        self, routing_domain: str, source: str, site_name: str
+    ) -> EgressPathConfig | None:
+        if not self._events.has_handler("get_egress_path_config"):
+            return None
+        value = self._events.call("get_egress_path_config", routing_domain, source, site_name)
+        if value is not None and not isinstance(value, EgressPathConfig):
+            raise ConfigError(
+                f"get_egress_path_config must return kumo.make_egress_path{{...}}, got {value!r}"
+            )
+        return value
+
+
 class _PolicyQueueConfigs:
     def __init__(self, events: PolicyEvents) -> None:
         self._events = events
@@ -170,7 +209,16 @@ class Daemon:
             raise
         records = RecordLogger(list(zip(writers, decl.logs, strict=True)), nodeid, self.clock)
         maildir = MaildirDeliverer()
-        deliverers: dict[type, Deliverer] = {MaildirProtocol: MaildirDispatch(maildir)}
+        mx = MxCache(DnsPythonResolver())
+        hostname = decl.listeners[0].hostname if decl.listeners else None
+        smtp = SmtpDispatch(
+            policy=_PolicyEgress(events), mx=mx, resolver=lambda: mx.resolver,
+            clock=self.clock, hostname=hostname,
+        )  # fmt: skip
+        deliverers: dict[type, Deliverer] = {
+            MaildirProtocol: MaildirDispatch(maildir),
+            SmtpProtocol: smtp,
+        }
         queues = QueueManager(
             configs=_PolicyQueueConfigs(events),
             deliverers=deliverers,
@@ -202,6 +250,7 @@ class Daemon:
         finally:
             for listener in self.listeners:
                 await listener.close()
+            await smtp.close()
             await queues.close()
             await maildir.close()
             await spool.close()

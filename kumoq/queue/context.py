@@ -19,6 +19,7 @@ class InsertReason(StrEnum):
     ScheduledForLater = "ScheduledForLater"
     MessageRateThrottle = "MessageRateThrottle"
     ReadyQueueWasFull = "ReadyQueueWasFull"
+    ConnectionRateThrottle = "ConnectionRateThrottle"
     FailedToInsertIntoReadyQueue = "FailedToInsertIntoReadyQueue"
     MessageGetQueueNameFailed = "MessageGetQueueNameFailed"
     DueTimeWasReached = "DueTimeWasReached"

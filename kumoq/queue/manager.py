@@ -23,8 +23,8 @@ import contextlib
 import json
 import logging
 import random
-from collections.abc import Awaitable, Iterator
-from dataclasses import dataclass
+from collections.abc import Awaitable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 from kumoq.clock import Clock
@@ -68,12 +68,18 @@ class QueueConfigSource(Protocol):
 class Attempt:
     """The outcome of one delivery attempt for one message."""
 
-    disposition: RecordType  # Delivery, TransientFailure or Bounce
+    disposition: RecordType  # Delivery, TransientFailure, Bounce; or Delayed (see requeue_delay)
     response: Response
     site: str = ""
     delivery_protocol: str | None = None
-    peer_address: dict[str, str] | None = None
+    peer_address: Any = None
     session_id: str | None = None
+    #: more record fields (egress_pool, egress_source, source_address, tls_*)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    #: with ``Delayed``: not attempted (the ready queue was full or throttled); back into the
+    #: scheduled queue after this many seconds, attempts not incremented, for ``reason``
+    requeue_delay: float | None = None
+    reason: InsertReason | None = None
 
 
 class Deliverer(Protocol):
@@ -292,11 +298,18 @@ class QueueManager:
                     self._park(msg, FAILED_RESOLVE_TTL)
                     return
             attempt = await deliverer.deliver(msg, queue.config)
+        if attempt.disposition is RecordType.Delayed:
+            reason = attempt.reason or InsertReason.ReadyQueueWasFull
+            delay = attempt.requeue_delay or 0.0
+            if not self._closing:
+                self._requeue_without_increment(queue, msg, delay, InsertContext(reason))
+            return
         fields = {
             "site": attempt.site,
             "delivery_protocol": attempt.delivery_protocol,
             "peer_address": attempt.peer_address,
             "session_id": attempt.session_id,
+            **attempt.extra,
         }
         self._records.log(attempt.disposition, msg, response=attempt.response, **fields)
         if attempt.disposition is RecordType.TransientFailure:

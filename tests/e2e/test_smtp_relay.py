@@ -1,0 +1,143 @@
+"""End to end: SMTP in -> spool -> ready queue -> SMTP out to a real aiosmtpd sink."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import pytest
+from aiosmtpd.controller import Controller
+
+from tests.e2e.policies import policy
+
+pytestmark = pytest.mark.integration
+
+
+class Sink:
+    """An aiosmtpd handler: 450 for 'tempfail' local parts, 550 for 'permfail', else 250.
+
+    Counts connections and the most sessions open at once."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, list[str], bytes]] = []
+        self.connections = 0
+        self.open = 0
+        self.max_open = 0
+        self._lock = threading.Lock()
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        local = address.partition("@")[0]
+        if "tempfail" in local:
+            return "450 4.2.0 tempfail requested"
+        if "permfail" in local:
+            return "550 5.1.1 permfail requested"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        with self._lock:
+            self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+        return "250 2.0.0 queued"
+
+
+class CountingController(Controller):
+    def factory(self):
+        smtp = super().factory()
+        sink: Sink = self.handler
+        original_made, original_lost = smtp.connection_made, smtp.connection_lost
+
+        def made(transport):
+            with sink._lock:
+                sink.connections += 1
+                sink.open += 1
+                sink.max_open = max(sink.max_open, sink.open)
+            original_made(transport)
+
+        def lost(exc):
+            with sink._lock:
+                sink.open -= 1
+            original_lost(exc)
+
+        smtp.connection_made, smtp.connection_lost = made, lost
+        return smtp
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def sink():
+    handler = Sink()
+    controller = CountingController(handler, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    handler.port = controller.port
+    yield handler
+    controller.stop()
+
+
+def relay_policy(port: int, path: str = "prohibited_hosts = {}, enable_tls = 'Disabled',") -> str:
+    return policy(
+        f"""
+kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
+  return kumo.make_queue_config {{
+    retry_interval = '1s', protocol = {{ smtp = {{ mx_list = {{ '127.0.0.1:{port}' }} }} }},
+  }}
+end)
+kumo.on('get_egress_path_config', function(routing_domain, source, site)
+  return kumo.make_egress_path {{ {path} }}
+end)
+"""
+    )
+
+
+def test_relays_to_the_sink_with_kumomta_record_fields(kumoq, sink):
+    daemon = kumoq(relay_policy(sink.port))
+    daemon.send("s@example.com", ["r@example.com"])
+    (delivery,) = daemon.wait_for_records("Delivery", 1)
+    assert len(sink.messages) == 1
+    mail_from, rcpts, content = sink.messages[0]
+    assert (mail_from, rcpts) == ("s@example.com", ["r@example.com"])
+    assert b"This is the body." in content
+    assert delivery["site"] == f"unspecified->mx_list:127.0.0.1:{sink.port}@smtp_client"
+    assert delivery["delivery_protocol"] == "ESMTP"
+    assert delivery["egress_pool"] == "unspecified"
+    assert delivery["egress_source"] == "unspecified"
+    assert delivery["peer_address"]["addr"] == "127.0.0.1"
+    assert delivery["response"]["code"] == 250
+    assert delivery["response"]["enhanced_code"] == {"class": 2, "subject": 0, "detail": 0}
+
+
+def test_4xx_is_retried_and_5xx_bounces(kumoq, sink):
+    daemon = kumoq(relay_policy(sink.port))
+    daemon.send("s@example.com", ["tempfail@example.com", "permfail@example.com"])
+    (bounce,) = daemon.wait_for_records("Bounce", 1)
+    assert bounce["recipient"] == "permfail@example.com"
+    assert bounce["response"]["code"] == 550
+    failures = daemon.wait_for_records("TransientFailure", 2, timeout=15)
+    assert {f["recipient"] for f in failures} == {"tempfail@example.com"}
+    assert [f["num_attempts"] for f in failures[:2]] == [0, 1]
+
+
+def test_loopback_is_prohibited_by_default(kumoq, sink):
+    daemon = kumoq(relay_policy(sink.port, path="enable_tls = 'Disabled',"))
+    daemon.send("s@example.com", ["r@example.com"])
+    (bounce,) = daemon.wait_for_records("Bounce", 1)
+    assert bounce["response"]["code"] == 550
+    assert "prohibited_hosts" in bounce["response"]["content"]
+    assert sink.messages == []
+
+
+def test_sessions_are_reused_and_connection_limit_holds(kumoq, sink):
+    daemon = kumoq(
+        relay_policy(
+            sink.port, path="prohibited_hosts = {}, enable_tls = 'Disabled', connection_limit = 2,"
+        )
+    )
+    daemon.send("s@example.com", [f"r{i}@example.com" for i in range(30)])
+    daemon.wait_for_records("Delivery", 30, timeout=30)
+    assert len(sink.messages) == 30
+    assert sink.max_open <= 2
+    assert sink.connections < 30  # several messages per session
