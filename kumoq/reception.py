@@ -13,6 +13,7 @@ import asyncio
 import email.utils
 import json
 import logging
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -171,7 +172,7 @@ class Reception:
             )
             if name != NULL_QUEUE:
                 self._queues.insert(msg)
-        return Reply(250, None, "OK ids=" + " ".join(m.id for m in messages))
+        return Reply(250, None, _ids_text(m.id for m in messages))
 
     async def _store(self, msg: Message) -> None:
         await self._spool.store(msg.id, msg.data, json.dumps(msg.to_spool_meta()).encode())
@@ -201,3 +202,14 @@ def _response(reply: Reply, command: str | None) -> Response:
         if len(parts) == 3 and all(p.isdigit() for p in parts):
             enhanced = (int(parts[0]), int(parts[1]), int(parts[2]))
     return Response(code=reply.code, enhanced_code=enhanced, content=reply.text, command=command)
+
+
+IDS_PER_LINE = 12  # 12 ids keep a reply line well under RFC 5321's 512 octets
+
+
+def _ids_text(ids: Iterable[str]) -> str:
+    """``OK ids=<id> <id> ...``; past 12 ids, continued on further lines of a multi-line reply
+    (one long line would break clients such as smtplib, which stops at 8 KB)."""
+    all_ids = list(ids)
+    lines = [" ".join(all_ids[i : i + IDS_PER_LINE]) for i in range(0, len(all_ids), IDS_PER_LINE)]
+    return "OK ids=" + "\n".join(lines)

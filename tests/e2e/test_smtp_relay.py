@@ -141,3 +141,55 @@ def test_sessions_are_reused_and_connection_limit_holds(kumoq, sink):
     assert len(sink.messages) == 30
     assert sink.max_open <= 2
     assert sink.connections < 30  # several messages per session
+
+
+class PeerCountingSink(Sink):
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_peer: dict[str, int] = {}
+
+    async def handle_DATA(self, server, session, envelope):
+        with self._lock:
+            peer = session.peer[0]
+            self.by_peer[peer] = self.by_peer.get(peer, 0) + 1
+        return await super().handle_DATA(server, session, envelope)
+
+
+def test_egress_pool_spreads_messages_by_source_weight(kumoq):
+    handler = PeerCountingSink()
+    controller = CountingController(handler, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        pools = f"""
+kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
+  return kumo.make_queue_config {{
+    egress_pool = 'pool-1',
+    protocol = {{ smtp = {{ mx_list = {{ '127.0.0.1:{controller.port}' }} }} }},
+  }}
+end)
+kumo.on('get_egress_pool', function(name)
+  return kumo.make_egress_pool {{
+    name = name, entries = {{ {{ name = 'ip-2', weight = 1 }}, {{ name = 'ip-3', weight = 2 }} }},
+  }}
+end)
+kumo.on('get_egress_source', function(name)
+  local addr = {{ ['ip-2'] = '127.0.0.2', ['ip-3'] = '127.0.0.3' }}
+  return kumo.make_egress_source {{ name = name, source_address = addr[name] }}
+end)
+kumo.on('get_egress_path_config', function(routing_domain, source, site)
+  return kumo.make_egress_path {{ prohibited_hosts = {{}}, enable_tls = 'Disabled' }}
+end)
+"""
+        daemon = kumoq(policy(pools))
+        daemon.send("s@example.com", [f"r{i}@example.com" for i in range(300)])
+        deliveries = daemon.wait_for_records("Delivery", 300, timeout=60)
+        # egress_pool took effect: both sources were used, bound to their addresses ...
+        assert set(handler.by_peer) == {"127.0.0.2", "127.0.0.3"}
+        # ... in proportion to their weights (1:2), within 10%.
+        assert abs(handler.by_peer["127.0.0.2"] - 100) <= 10, handler.by_peer
+        assert abs(handler.by_peer["127.0.0.3"] - 200) <= 20, handler.by_peer
+        sources = {d["egress_source"] for d in deliveries}
+        assert sources == {"ip-2", "ip-3"}
+        assert {d["egress_pool"] for d in deliveries} == {"pool-1"}
+    finally:
+        controller.stop()
