@@ -27,7 +27,7 @@ from kumoq.config.logs import LocalLogsConfig
 from kumoq.config.queue import MaildirProtocol, QueueConfig, SmtpProtocol
 from kumoq.config.spool import SpoolDefinition, check_spool_pair
 from kumoq.delivery.maildir import MaildirDeliverer
-from kumoq.dns.resolver import DnsPythonResolver, MxCache
+from kumoq.dns.resolver import DnsPythonResolver, MxCache, Resolver, TestResolver
 from kumoq.errors import ConfigError, KumoqError
 from kumoq.logs.writer import LocalLogWriter
 from kumoq.lua.events import PolicyEvents
@@ -58,6 +58,7 @@ class Declarations:
     spools: dict[str, SpoolDefinition] = field(default_factory=dict)
     logs: list[LocalLogsConfig] = field(default_factory=list)
     http_listeners: list[dict[str, Any]] = field(default_factory=list)
+    test_zones: list[str] = field(default_factory=list)
 
     def declare(self, kind: str, value: object) -> None:
         if isinstance(value, EsmtpListenerConfig):
@@ -70,6 +71,8 @@ class Declarations:
             self.logs.append(value)
         elif kind == "start_http_listener" and isinstance(value, dict):
             self.http_listeners.append(value)
+        elif isinstance(value, _TestZones):
+            self.test_zones.extend(value.texts)
 
     def spool_pair(self) -> tuple[SpoolDefinition, SpoolDefinition]:
         missing = [n for n in ("data", "meta") if n not in self.spools]
@@ -99,7 +102,24 @@ def _http_listener(mapping: Any) -> dict[str, Any]:
     return dict(mapping)
 
 
+@dataclass(frozen=True, slots=True)
+class _TestZones:
+    texts: tuple[str, ...]
+
+
+def _test_resolver(mapping: Any) -> _TestZones:
+    """``kumo.dns.configure_test_resolver``: zone texts, checked by parsing them now."""
+    zones = mapping.get("zones") if isinstance(mapping, dict) else None
+    if isinstance(zones, str):
+        zones = [zones]
+    if not isinstance(zones, list) or not all(isinstance(z, str) for z in zones):
+        raise ConfigError(f"configure_test_resolver: expected zone text, got {zones!r}")
+    TestResolver.from_zone_texts(zones)  # a syntax error names the policy line
+    return _TestZones(tuple(zones))
+
+
 BUILDERS = {
+    "configure_test_resolver": _test_resolver,
     "start_esmtp_listener": EsmtpListenerConfig.from_mapping,
     "define_spool": SpoolDefinition.from_mapping,
     "configure_local_logs": LocalLogsConfig.from_mapping,
@@ -209,7 +229,14 @@ class Daemon:
             raise
         records = RecordLogger(list(zip(writers, decl.logs, strict=True)), nodeid, self.clock)
         maildir = MaildirDeliverer()
-        mx = MxCache(DnsPythonResolver())
+        resolver: Resolver = (
+            TestResolver.from_zone_texts(decl.test_zones)
+            if decl.test_zones
+            else DnsPythonResolver()
+        )
+        if decl.test_zones:
+            log.info("DNS answers come from the test resolver (configure_test_resolver)")
+        mx = MxCache(resolver, nxdomain_bounces=True)  # issue 4: NXDOMAIN bounces
         hostname = decl.listeners[0].hostname if decl.listeners else None
         smtp = SmtpDispatch(
             policy=_PolicyEgress(events), mx=mx, resolver=lambda: mx.resolver,

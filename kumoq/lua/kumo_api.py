@@ -44,6 +44,7 @@ DECLARATIONS: Final = (
     "start_http_listener",
     "define_spool",
     "configure_local_logs",
+    "configure_test_resolver",
 )
 MAKERS: Final = ("make_queue_config", "make_egress_pool", "make_egress_source", "make_egress_path")
 
@@ -189,6 +190,18 @@ local function maker(kind)
   end)
 end
 for _, kind in ipairs(M.declarations) do kumo[kind] = declaration(kind) end
+
+-- kumo.dns.configure_test_resolver(zone_text | {zone_text, ...}): answer DNS from zone text
+-- instead of the network (init only), so tests and staging route domains to 127.0.0.x.
+kumo.dns = {}
+local dns_declare = declaration('configure_test_resolver')
+kumo.dns.configure_test_resolver = function(zones)
+  if type(zones) ~= 'string' and type(zones) ~= 'table' then
+    error('configure_test_resolver: expected zone text or a list of zone texts, got '
+      .. type(zones), 2)
+  end
+  dns_declare { zones = zones }
+end
 for _, kind in ipairs(M.makers) do kumo[kind] = maker(kind) end
 
 M.kumo = kumo

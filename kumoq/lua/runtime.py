@@ -102,6 +102,7 @@ class PolicyDeclarations:
     http_listeners: list[Any] = field(default_factory=list)
     spools: list[Any] = field(default_factory=list)
     local_logs: list[Any] = field(default_factory=list)
+    test_resolvers: list[Any] = field(default_factory=list)
 
     def add(self, kind: str, value: object) -> None:
         getattr(self, _DECLARATION_LISTS[kind]).append(value)
@@ -112,6 +113,7 @@ _DECLARATION_LISTS: Final = {
     "start_http_listener": "http_listeners",
     "define_spool": "spools",
     "configure_local_logs": "local_logs",
+    "configure_test_resolver": "test_resolvers",
 }
 
 # Runs first: capture what kumoq's own chunks need, then take it away from the policy.

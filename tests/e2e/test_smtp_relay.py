@@ -193,3 +193,63 @@ end)
         assert {d["egress_pool"] for d in deliveries} == {"pool-1"}
     finally:
         controller.stop()
+
+
+ZONES = """
+$ORIGIN test.
+$TTL 300
+a             MX 10 mx.shared
+b             MX 10 mx.shared
+mx.shared     A  127.0.0.1
+example       MX 10 mx1.example
+example       MX 20 mx2.example
+mx1.example   A  127.0.0.9
+mx2.example   A  127.0.0.1
+nullmx        MX 0 .
+"""
+
+
+def mx_policy(port: int) -> str:
+    return policy(
+        f"""
+kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
+  return kumo.make_queue_config {{ retry_interval = '1s' }}
+end)
+kumo.on('get_egress_path_config', function(routing_domain, source, site)
+  return kumo.make_egress_path {{
+    prohibited_hosts = {{}}, enable_tls = 'Disabled', smtp_port = {port},
+  }}
+end)
+""",
+        listener="",
+    ).replace(
+        "kumo.configure_local_logs {",
+        f"kumo.dns.configure_test_resolver [[{ZONES}]]\n  kumo.configure_local_logs {{",
+    )
+
+
+def test_mx_preference_order_falls_back_to_the_next_host(kumoq, sink):
+    daemon = kumoq(mx_policy(sink.port))
+    daemon.send("s@example.com", ["r@example.test"])
+    (delivery,) = daemon.wait_for_records("Delivery", 1, timeout=20)
+    assert delivery["peer_address"] == {"name": "mx2.example.test", "addr": "127.0.0.1"}
+    assert delivery["site"] == "unspecified->(mx1|mx2).example.test@smtp_client"
+
+
+def test_domains_sharing_mx_hosts_share_one_ready_queue(kumoq, sink):
+    daemon = kumoq(mx_policy(sink.port))
+    daemon.send("s@example.com", ["r@a.test", "r@b.test"])
+    deliveries = daemon.wait_for_records("Delivery", 2, timeout=20)
+    assert {d["queue"] for d in deliveries} == {"a.test", "b.test"}
+    assert {d["site"] for d in deliveries} == {"unspecified->mx.shared.test@smtp_client"}
+
+
+def test_null_mx_and_nxdomain_bounce(kumoq, sink):
+    daemon = kumoq(mx_policy(sink.port))
+    daemon.send("s@example.com", ["r@nullmx.test", "r@nosuch.test"])
+    bounces = daemon.wait_for_records("Bounce", 2, timeout=20)
+    by_rcpt = {b["recipient"]: b["response"] for b in bounces}
+    assert by_rcpt["r@nullmx.test"]["code"] == 556
+    assert by_rcpt["r@nullmx.test"]["enhanced_code"] == {"class": 5, "subject": 1, "detail": 10}
+    assert by_rcpt["r@nosuch.test"]["code"] >= 500
+    assert sink.messages == []
