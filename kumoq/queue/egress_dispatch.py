@@ -39,6 +39,7 @@ from kumoq.config.egress import (
     EgressSource,
 )
 from kumoq.config.queue import QueueConfig, SmtpProtocol
+from kumoq.config.values import ThrottleSpec
 from kumoq.delivery.smtp import ConnectFailure, SmtpClientSession
 from kumoq.dns.resolver import DnsStatus, MxCache, MxFailure, Resolver
 from kumoq.dns.site_name import MailExchanger
@@ -324,33 +325,17 @@ class SmtpDispatch:
                 if item.future.done():
                     continue
                 path = ready.path
-                if path.max_message_rate is not None:
-                    result = self._throttle.check(
-                        f"kumomta.max_message_rate.{ready.name}", path.max_message_rate,
-                        self._clock.now(),
-                    )  # fmt: skip
-                    decision = throttle_decision(result, path.idle_timeout)
-                    if isinstance(decision, SleepInline):
-                        await asyncio.sleep(decision.seconds)
-                    elif isinstance(decision, RequeueQueue):
-                        self._requeue_all(
-                            ready, item, decision.delay, InsertReason.MessageRateThrottle
-                        )
-                        return
+                if path.max_message_rate is not None and not await self._admit(
+                    ready, item, f"kumomta.max_message_rate.{ready.name}",
+                    path.max_message_rate, InsertReason.MessageRateThrottle,
+                ):  # fmt: skip
+                    return
                 if session is None or session.closed:
-                    if path.max_connection_rate is not None:
-                        result = self._throttle.check(
-                            f"{ready.name}-connection-rate", path.max_connection_rate,
-                            self._clock.now(),
-                        )  # fmt: skip
-                        decision = throttle_decision(result, path.idle_timeout)
-                        if isinstance(decision, SleepInline):
-                            await asyncio.sleep(decision.seconds)
-                        elif isinstance(decision, RequeueQueue):
-                            self._requeue_all(
-                                ready, item, decision.delay, InsertReason.ConnectionRateThrottle
-                            )
-                            return
+                    if path.max_connection_rate is not None and not await self._admit(
+                        ready, item, f"{ready.name}-connection-rate",
+                        path.max_connection_rate, InsertReason.ConnectionRateThrottle,
+                    ):  # fmt: skip
+                        return
                     connected = await self._connect(ready)
                     if isinstance(connected, Attempt):
                         item.future.set_result(connected)
@@ -376,6 +361,23 @@ class SmtpDispatch:
                 await session.quit()
             if len(ready.fifo) and not self._closing:
                 self._spawn_dispatchers(ready)
+
+    async def _admit(
+        self, ready: ReadyQueue, item: _Item, key: str, spec: ThrottleSpec, reason: InsertReason
+    ) -> bool:
+        """Wait for the path throttle ``spec``: sleep inline while the wait is shorter than
+        ``idle_timeout`` (checking again after each sleep), else requeue the whole ready queue
+        and return False (§3.4)."""
+        while True:
+            result = self._throttle.check(key, spec, self._clock.now())
+            decision = throttle_decision(result, ready.path.idle_timeout)
+            if isinstance(decision, SleepInline):
+                await asyncio.sleep(decision.seconds)
+                continue
+            if isinstance(decision, RequeueQueue):
+                self._requeue_all(ready, item, decision.delay, reason)
+                return False
+            return True
 
     def _requeue_all(
         self, ready: ReadyQueue, item: _Item, delay: float, reason: InsertReason

@@ -31,6 +31,8 @@ class Sink:
             return "450 4.2.0 tempfail requested"
         if "permfail" in local:
             return "550 5.1.1 permfail requested"
+        if local.startswith("421-"):
+            return "421 4.3.2 disconnecting now"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
@@ -253,3 +255,36 @@ def test_null_mx_and_nxdomain_bounce(kumoq, sink):
     assert by_rcpt["r@nullmx.test"]["enhanced_code"] == {"class": 5, "subject": 1, "detail": 10}
     assert by_rcpt["r@nosuch.test"]["code"] >= 500
     assert sink.messages == []
+
+
+def test_421_is_a_transient_failure_that_ends_the_session(kumoq, sink):
+    daemon = kumoq(relay_policy(sink.port))
+    daemon.send("s@example.com", ["421-x@example.com"])
+    failures = daemon.wait_for_records("TransientFailure", 2, timeout=15)
+    assert failures[0]["response"]["code"] == 421
+    # Each attempt needed a new connection: the 421 closed the previous one.
+    assert sink.connections >= 2
+    assert sink.messages == []
+
+
+def test_path_message_rate_holds_20_per_second(kumoq, sink):
+    daemon = kumoq(
+        relay_policy(
+            sink.port,
+            path="prohibited_hosts = {}, enable_tls = 'Disabled', max_message_rate = '20/s',",
+        )
+    )
+    daemon.send("s@example.com", [f"r{i}@example.com" for i in range(100)])
+    deliveries = daemon.wait_for_records("Delivery", 100, timeout=30)
+    times = sorted(_event_time(d) for d in deliveries)
+    t0 = times[0]
+    for k in range(1, 5):
+        assert sum(1 for t in times if t < t0 + k) <= 20 + 20 * k + 1
+    assert times[-1] - t0 >= 3.5  # 80 after the burst at 20/s
+
+
+def _event_time(record) -> float:
+    from datetime import datetime
+
+    head, _, frac = record["event_time"].rstrip("Z").partition(".")
+    return datetime.fromisoformat(f"{head}.{frac[:6]}+00:00").timestamp()
