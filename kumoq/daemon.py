@@ -24,7 +24,7 @@ from kumoq.clock import Clock, SystemClock
 from kumoq.config.egress import EgressPathConfig, EgressPool, EgressSource
 from kumoq.config.listener import EsmtpListenerConfig
 from kumoq.config.logs import LocalLogsConfig
-from kumoq.config.queue import MaildirProtocol, QueueConfig, SmtpProtocol
+from kumoq.config.queue import CustomLuaProtocol, MaildirProtocol, QueueConfig, SmtpProtocol
 from kumoq.config.spool import SpoolDefinition, check_spool_pair
 from kumoq.delivery.maildir import MaildirDeliverer
 from kumoq.dns.resolver import DnsPythonResolver, MxCache, Resolver, TestResolver
@@ -35,6 +35,7 @@ from kumoq.lua.runtime import PolicyRuntime
 from kumoq.message import Message, QueueNameParts
 from kumoq.queue.context import InsertContext, InsertReason
 from kumoq.queue.egress_dispatch import SmtpDispatch
+from kumoq.queue.lua_dispatch import LuaDispatch
 from kumoq.queue.maildir import MaildirDispatch
 from kumoq.queue.manager import Deliverer, QueueManager
 from kumoq.reception import Reception
@@ -210,7 +211,7 @@ class Daemon:
         self.listeners: list[EsmtpListener] = []
 
     async def run(self, stop: asyncio.Event) -> None:
-        _runtime, events, decl = load_policy(self.policy_path)
+        runtime, events, decl = load_policy(self.policy_path)
         data_def, meta_def = decl.spool_pair()
         if decl.http_listeners:
             log.warning("start_http_listener: the HTTP listener is not available in this build")
@@ -242,9 +243,11 @@ class Daemon:
             policy=_PolicyEgress(events), mx=mx, resolver=lambda: mx.resolver,
             clock=self.clock, hostname=hostname,
         )  # fmt: skip
+        lua = LuaDispatch(runtime)
         deliverers: dict[type, Deliverer] = {
             MaildirProtocol: MaildirDispatch(maildir),
             SmtpProtocol: smtp,
+            CustomLuaProtocol: lua,
         }
         queues = QueueManager(
             configs=_PolicyQueueConfigs(events),
@@ -278,6 +281,7 @@ class Daemon:
             for listener in self.listeners:
                 await listener.close()
             await smtp.close()
+            await lua.close()
             await queues.close()
             await maildir.close()
             await spool.close()

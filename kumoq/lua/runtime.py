@@ -260,6 +260,38 @@ function M.invoke(name, shape, ...)
   return finish(xpcall(fire, on_error, name, wrap(shape, 1, ...)))
 end
 
+-- custom_lua delivery: the constructor event's connection table, kept here under a handle so
+-- that Python never holds a Lua table it could leak back, and called as conn:send(msg).
+local CONNS, next_conn = {}, 0
+
+function M.construct(name, ...)
+  local res = table.pack(xpcall(fire, on_error, name, ...))
+  if not res[1] then return finish(false, res[2]) end
+  local conn = res[2]
+  if type(conn) ~= 'table' or type(conn.send) ~= 'function' then
+    return 0, name .. ': the constructor must return a table with a send method, got '
+      .. type(conn)
+  end
+  next_conn = next_conn + 1
+  CONNS[next_conn] = conn
+  return 1, next_conn
+end
+
+function M.conn_send(h, shape, ...)
+  local conn = CONNS[h]
+  if conn == nil then return 0, 'custom_lua connection is closed' end
+  return finish(xpcall(function(...) return conn:send(...) end, on_error, wrap(shape, 1, ...)))
+end
+
+function M.conn_close(h)
+  local conn = CONNS[h]
+  CONNS[h] = nil
+  if conn ~= nil and type(conn.close) == 'function' then
+    return finish(xpcall(function() return conn:close() end, on_error))
+  end
+  return 1, nil
+end
+
 function M.load_policy(src, chunkname)
   local chunk, err = raw_load(src, '@' .. chunkname, 't')
   if chunk == nil then return 0, err end
@@ -333,6 +365,9 @@ class PolicyRuntime:
         load(_CORE_LUA, "=kumoq/core", "t")(M, multi)
         load(kumo_api.LUA_SOURCE, "=kumoq/kumo", "t")(py, M)
         self._invoke = M.invoke
+        self._construct = M.construct
+        self._conn_send = M.conn_send
+        self._conn_close = M.conn_close
         self._set_phase = M.set_phase
         self.handler_names: frozenset[str] = frozenset()
         self._load()
@@ -386,6 +421,25 @@ class PolicyRuntime:
         Returns ``(kind, object)`` for a ``make_*`` result, ``(None, data)`` otherwise.
         """
         return self._result(name, self._call(self._invoke, name, shape, *args), True)
+
+    def construct(self, name: str, *args: str | None) -> int:
+        """Fire a ``custom_lua`` constructor event; return a handle to its connection table.
+        Raises RejectError for ``kumo.reject``, PolicyError otherwise."""
+        _, handle = self._result(name, self._call(self._construct, name, *args))
+        return int(handle)
+
+    def conn_send(self, conn: int, msg: Message) -> Any:
+        """``conn:send(msg)``; returns its first result as Python data. Raises RejectError for
+        ``kumo.reject``, PolicyError for any other error."""
+        h = self.bind_message(msg)
+        try:
+            return self._result("send", self._call(self._conn_send, conn, "m", h))[1]
+        finally:
+            self.unbind(h)
+
+    def conn_close(self, conn: int) -> None:
+        """Forget a connection, calling its ``close`` method when it has one."""
+        self._result("close", self._call(self._conn_close, conn))
 
     def _call(self, fn: Any, *args: object) -> Any:
         try:
