@@ -30,6 +30,7 @@ from kumoq.config.values import (
     parse_bool,
     parse_cidr_list,
     parse_duration,
+    parse_enum,
     parse_int,
     parse_str,
     parse_str_list,
@@ -98,19 +99,6 @@ class MemoryReductionPolicy(StrEnum):
     SHRINK_DATA_AND_META = "ShrinkDataAndMeta"
     SHRINK_DATA = "ShrinkData"
     NO_SHRINK = "NoShrink"
-
-
-def _enum(enum: type[StrEnum]) -> Any:
-    def parse(key: str, value: Any) -> StrEnum:
-        try:
-            return enum(value)
-        except ValueError:
-            allowed = ", ".join(repr(m.value) for m in enum)
-            raise ConfigError(
-                f"{key}: invalid value {value!r}; expected one of {allowed}"
-            ) from None
-
-    return parse
 
 
 def _is_empty_table(value: Any) -> bool:
@@ -398,7 +386,7 @@ _PATH_PARSERS: Final[dict[str, Any]] = {
     "max_deliveries_per_connection": _count,
     "max_ready": _count,
     "consecutive_connection_failures_before_delay": lambda k, v: parse_int(k, v, minimum=0),
-    "enable_tls": _enum(Tls),
+    "enable_tls": parse_enum(Tls),
     "smtp_port": _port,
     "ehlo_domain": parse_str,
     "prohibited_hosts": _cidrs,
@@ -428,9 +416,9 @@ _PATH_PARSERS: Final[dict[str, Any]] = {
     "additional_source_selection_rates": _map_of(ThrottleSpec.parse),
     "source_selection_rate": ThrottleSpec.parse,
     "max_recipients_per_batch": _count,
-    "ip_lookup_strategy": _enum(IpLookupStrategy),
-    "reconnect_strategy": _enum(ReconnectStrategy),
-    "refresh_strategy": _enum(RefreshStrategy),
+    "ip_lookup_strategy": parse_enum(IpLookupStrategy),
+    "reconnect_strategy": parse_enum(ReconnectStrategy),
+    "refresh_strategy": parse_enum(RefreshStrategy),
     **dict.fromkeys(
         (
             "try_next_host_on_transport_error",
@@ -458,8 +446,8 @@ _PATH_PARSERS: Final[dict[str, Any]] = {
     "rustls_cipher_suites": _strs,
     "provider_name": parse_str,
     "readyq_pool_name": parse_str,
-    "dispatcher_wakeup_strategy": _enum(WakeupStrategy),
-    "maintainer_wakeup_strategy": _enum(WakeupStrategy),
-    "low_memory_reduction_policy": _enum(MemoryReductionPolicy),
-    "no_memory_reduction_policy": _enum(MemoryReductionPolicy),
+    "dispatcher_wakeup_strategy": parse_enum(WakeupStrategy),
+    "maintainer_wakeup_strategy": parse_enum(WakeupStrategy),
+    "low_memory_reduction_policy": parse_enum(MemoryReductionPolicy),
+    "no_memory_reduction_policy": parse_enum(MemoryReductionPolicy),
 }
