@@ -3,7 +3,8 @@
 Owns: starting ``python -m kumoq serve`` under a bench policy (``bench/policies/*.lua``) in a
 scratch directory, running ``smtp-source`` against it with the same flags as the peers' scripts
 (``/work/shared/peers/lib/common.sh``), and measuring one run: inject time, end-to-end time
-(until N files are in ``maildir/new``), the daemon's CPU (utime+stime from ``/proc/<pid>/stat``,
+(until N files are in ``maildir/new``, or for the relay policy until the ``smtp-sink`` it
+starts has counted N, as the peers count), the daemon's CPU (utime+stime from ``/proc/<pid>/stat``,
 all its threads), smtp-source's CPU (``wait4`` rusage) and the busy share of all CPUs
 (``/proc/stat``). Every wait is bounded; the daemon is stopped with SIGTERM.
 
@@ -22,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from kumoq.logs.tail import read_all_records
 
 __all__ = [
     "POLICIES",
+    "SMTP_SINK",
     "SMTP_SOURCE",
     "KumoqProcess",
     "Load",
@@ -39,6 +42,7 @@ __all__ = [
 ]
 
 SMTP_SOURCE = "/usr/sbin/smtp-source"
+SMTP_SINK = "/usr/sbin/smtp-sink"
 POLICIES = Path(__file__).resolve().parent / "policies"
 HOST = "127.0.0.1"
 # The peers' defaults (lib/common.sh FROM/TO).
@@ -76,6 +80,7 @@ class RunResult:
     sys_busy_pct: float
     status: str
     window_s: float  # the span sys_busy_pct covers
+    sink_cpu_s: float = 0.0  # smtp-sink's CPU (relay runs only)
 
     @property
     def other_cpu_s(self) -> float:
@@ -85,7 +90,7 @@ class RunResult:
         the machine; a large value flags a run disturbed by other load.
         """
         busy = self.sys_busy_pct / 100.0 * NCPU * self.window_s
-        return busy - self.mta_cpu_s - self.source_cpu_s
+        return busy - self.mta_cpu_s - self.source_cpu_s - self.sink_cpu_s
 
     @property
     def inject_mps(self) -> float:
@@ -106,7 +111,8 @@ class RunResult:
             f"RESULT name={self.name} n={self.n} inject_s={self.inject_s:.3f} e2e_s={e2e} "
             f"inject_mps={self.inject_mps:.1f} e2e_mps={e2e_mps} accepted={self.accepted} "
             f"delivered={self.delivered} mta_cpu_s={self.mta_cpu_s:.2f} "
-            f"source_cpu_s={self.source_cpu_s:.2f} sys_busy_pct={self.sys_busy_pct:.0f} "
+            f"source_cpu_s={self.source_cpu_s:.2f} sink_cpu_s={self.sink_cpu_s:.2f} "
+            f"sys_busy_pct={self.sys_busy_pct:.0f} "
             f"other_cpu_s={self.other_cpu_s:.2f} status={self.status}"
         )
 
@@ -237,6 +243,82 @@ class KumoqProcess:
         return proc.returncode
 
 
+# -- the final destination of relay runs ----------------------------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+class Sink:
+    """Postfix's ``smtp-sink`` on 127.0.0.1, started like the peers' ``start_sink``.
+
+    ``smtp-sink -c -u nobody 127.0.0.1:PORT 1024``: ``-c`` writes running counters
+    (``sess= quit= mesg=``) to stdout, which is counted like the peers' ``sink_count`` (the last
+    ``mesg=N``). Stopped with SIGTERM by pid.
+    """
+
+    def __init__(self, workdir: Path) -> None:
+        self.out = workdir / "sink.out"
+        self.port = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        return self._proc.pid
+
+    def start(self, timeout: float = 10.0) -> None:
+        import socket
+
+        for _ in range(5):
+            self.port = _free_port()
+            argv = [SMTP_SINK, "-c"]
+            if os.geteuid() == 0:
+                argv += ["-u", "nobody"]  # required when started as root
+            argv += [f"{HOST}:{self.port}", "1024"]
+            with open(self.out, "wb") as out, open(self.out.with_suffix(".err"), "wb") as err:
+                self._proc = subprocess.Popen(
+                    argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err
+                )
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and self._proc.poll() is None:
+                with socket.socket() as s:
+                    if s.connect_ex((HOST, self.port)) == 0:
+                        # that connection shows up as sess=1 quit=0 mesg=0; harmless
+                        return
+                time.sleep(0.05)
+            self.stop()
+        raise RuntimeError(f"smtp-sink did not start: {self.out.with_suffix('.err').read_text()}")
+
+    def count(self) -> int:
+        """Messages received so far: the last ``mesg=N`` counter in the output."""
+        try:
+            with open(self.out, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 120))
+                tail = f.read().decode("ascii", "replace")
+        except OSError:
+            return 0
+        m = re.findall(r"mesg=(\d+)", tail)
+        return int(m[-1]) if m else 0
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
 # -- the load generator ---------------------------------------------------------------------
 
 
@@ -279,10 +361,10 @@ def _count_files(path: Path) -> int:
         return 0
 
 
-def _wait_count(path: Path, n: int, deadline: float) -> tuple[int, float]:
-    """Poll the file count of ``path`` every POLL s until it reaches ``n`` or ``deadline``."""
+def _wait_count(count_fn: Callable[[], int], n: int, deadline: float) -> tuple[int, float]:
+    """Poll ``count_fn`` every POLL s until it reaches ``n`` or ``deadline``."""
     while True:
-        count = _count_files(path)
+        count = count_fn()
         now = time.monotonic()
         if count >= n or now > deadline:
             return count, now
@@ -317,45 +399,58 @@ def run_kumoq_case(
 ) -> RunResult:
     """Start kumoq on ``bench/policies/<policy>.lua``, inject ``load``, measure, stop.
 
-    ``deliver``: wait for ``load.n`` files in ``var/maildir/new`` (end-to-end); otherwise stop
+    ``deliver``: wait for ``load.n`` files in ``var/maildir/new`` (end-to-end), or, for the
+    ``relay`` policy, until the smtp-sink this starts has counted ``load.n``; otherwise stop
     once smtp-source has exited (reception only). The run's directory is created under
     ``root`` and left in place: the caller removes it when no run is in progress, because
     deleting thousands of files makes the next file creations slower on some filesystems.
     """
     workdir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=root))
-    daemon = KumoqProcess(
-        workdir,
-        POLICIES / f"{policy}.lua",
-        {"KUMOQ_BENCH_SPOOL": spool_kind, "KUMOQ_BENCH_LISTEN": f"{HOST}:0"},
-        argv_prefix=argv_prefix,
-    )
+    env = {"KUMOQ_BENCH_SPOOL": spool_kind, "KUMOQ_BENCH_LISTEN": f"{HOST}:0"}
+    # The relay policy delivers by SMTP to smtp-sink: counted by the sink's mesg= counter.
+    sink = Sink(workdir) if policy == "relay" else None
     new_dir = workdir / "var" / "maildir" / "new"
+    count_fn: Callable[[], int] = sink.count if sink else (lambda: _count_files(new_dir))
     status = "ok"
+    sink_cpu_s = 0.0
     try:
-        daemon.start()
-        cpu0, sys0 = proc_cpu_seconds(daemon.pid), _sys_cpu()
-        t0 = time.monotonic()
-        deadline = t0 + load.timeout
-        source = _wait_source(_start_source(load, daemon.port, workdir / "source.out"), deadline)
-        if source.rc is None:
-            status = "timeout"
-        elif source.rc != 0:
-            status = "fail"
-        e2e_s: float | None = None
-        if deliver:
-            delivered, t_end = _wait_count(new_dir, load.n, deadline)
-            e2e_s = t_end - t0
-            if delivered < load.n and status == "ok":
+        if sink is not None:
+            sink.start()
+            env["KUMOQ_BENCH_SINK"] = f"{HOST}:{sink.port}"
+        daemon = KumoqProcess(workdir, POLICIES / f"{policy}.lua", env, argv_prefix=argv_prefix)
+        try:
+            daemon.start()
+            cpu0, sys0 = proc_cpu_seconds(daemon.pid), _sys_cpu()
+            sink_cpu0 = proc_cpu_seconds(sink.pid) if sink else 0.0
+            t0 = time.monotonic()
+            deadline = t0 + load.timeout
+            source = _wait_source(
+                _start_source(load, daemon.port, workdir / "source.out"), deadline
+            )
+            if source.rc is None:
                 status = "timeout"
-        sys1, t_sys1 = _sys_cpu(), time.monotonic()
-        # Like the peers, count the MTA's CPU until its work for these messages is done
-        # (the spool removes after the last delivery): wait until it is idle.
-        cpu1 = _wait_idle(daemon.pid, timeout=120.0)
+            elif source.rc != 0:
+                status = "fail"
+            e2e_s: float | None = None
+            if deliver:
+                delivered, t_end = _wait_count(count_fn, load.n, deadline)
+                e2e_s = t_end - t0
+                if delivered < load.n and status == "ok":
+                    status = "timeout"
+            sys1, t_sys1 = _sys_cpu(), time.monotonic()
+            if sink is not None:
+                sink_cpu_s = proc_cpu_seconds(sink.pid) - sink_cpu0
+            # Like the peers, count the MTA's CPU until its work for these messages is done
+            # (the spool removes after the last delivery): wait until it is idle.
+            cpu1 = _wait_idle(daemon.pid, timeout=120.0)
+        finally:
+            rc = daemon.stop()
     finally:
-        rc = daemon.stop()
+        if sink is not None:
+            sink.stop()
     if rc != 0 and status == "ok":
         status = f"exit{rc}"
-    delivered = _count_files(new_dir)
+    delivered = count_fn()
     types: dict[str, int] = {}
     for record in read_all_records(workdir / "var" / "log"):
         types[record["type"]] = types.get(record["type"], 0) + 1
@@ -364,7 +459,7 @@ def run_kumoq_case(
         status = "short"
     if status != "ok":
         sys.stderr.write("\n".join(daemon.stderr_lines[-20:]) + "\n")
-        sys.stderr.write(f"bench: {name}: status {status}; see {workdir}\n")
+        sys.stderr.write(f"bench: {name}: status {status} {types}; see {workdir}\n")
     return RunResult(
         name=name,
         n=load.n,
@@ -377,4 +472,5 @@ def run_kumoq_case(
         sys_busy_pct=_busy_pct(sys0, sys1),
         status=status,
         window_s=t_sys1 - t0,
+        sink_cpu_s=sink_cpu_s,
     )

@@ -1,7 +1,8 @@
 """``make bench``: kumoq end-to-end and reception-only msgs/s under Postfix's ``smtp-source``.
 
     python -m bench.run [--n N] [--conc C] [--size S] [--repeat R] [--spool SQLite|LocalDisk|both]
-                        [--with-postfix] [--with-spool-bench] [--cprofile FILE] [--keep]
+                        [--only e2e|reception|relay] [--with-postfix] [--with-haraka]
+                        [--with-spool-bench] [--cprofile FILE] [--keep]
 
 Each option falls back to an environment variable (N, CONC, SIZE, REPEAT, SPOOL,
 WITH_POSTFIX=1, WITH_SPOOL_BENCH=1), so ``make bench N=10000 WITH_POSTFIX=1`` works.
@@ -14,8 +15,13 @@ maildir) under one scratch root that is removed at the end:
 - ``kumoq-reception-<kind>``: SMTP -> spool, nothing delivered during the run
   (``bench/policies/reception.lua`` schedules the first attempt an hour ahead); timed until
   smtp-source has exited, i.e. every message was acknowledged after its fsync;
+- ``kumoq-relay-<kind>`` (only with ``--only relay``): SMTP -> spool (fsync on) -> SMTP client
+  -> ``smtp-sink`` on 127.0.0.1 (``bench/policies/relay.lua``); timed until the sink's ``-c``
+  counter reaches N, as the peers count;
 - ``postfix-maildir`` (``--with-postfix``): ``../shared/peers/postfix_relay.sh maildir``
-  with the same N/CONC/SIZE, its RESULT line parsed;
+  with the same N/CONC/SIZE, its RESULT line parsed; with ``--only relay`` it is
+  ``postfix-smtp`` (``postfix_relay.sh smtp``) instead;
+- ``haraka-queue`` (``--with-haraka --only relay``): ``haraka_relay.sh queue``;
 - ``--with-spool-bench``: ``python -m bench.spool`` (LocalDisk vs SQLite), its table printed.
 
 The load is the peers' (``smtp-source -c -m N -s CONC -l SIZE -f from@example.com -t
@@ -90,27 +96,35 @@ def _num(fields: dict[str, str], key: str) -> float:
         return float("nan")
 
 
-def run_postfix(load: Load, run_dir: Path) -> RunResult | None:
-    """One ``postfix_relay.sh maildir`` run with the same load; None if it could not run.
+# case name -> (peers' script, its mode argument)
+PEER_CASES = {
+    "postfix-maildir": ("postfix_relay.sh", "maildir"),
+    "postfix-smtp": ("postfix_relay.sh", "smtp"),
+    "haraka-queue": ("haraka_relay.sh", "queue"),
+}
+
+
+def run_postfix(load: Load, run_dir: Path, case: str = "postfix-maildir") -> RunResult | None:
+    """One run of a peer's script (``PEER_CASES[case]``, by default ``postfix_relay.sh
+    maildir``) with the same load; None if it could not run.
 
     ``run_dir`` (the script's RUN_DIR) must not exist yet: a fresh one per run means the script
     deletes no earlier run's files just before it starts, as the kumoq runs do not either.
     """
-    script = PEERS / "postfix_relay.sh"
+    script_name, mode = PEER_CASES[case]
+    script = PEERS / script_name
     if os.geteuid() != 0:
-        print(
-            "bench: --with-postfix needs root (the peers' scripts start Postfix)", file=sys.stderr
-        )
+        print(f"bench: {case} needs root (the peers' scripts start the MTA)", file=sys.stderr)
         return None
-    if not script.is_file() or shutil.which("postfix") is None:
-        print(f"bench: cannot run Postfix: {script} or `postfix` missing", file=sys.stderr)
+    if not script.is_file() or (case.startswith("postfix") and shutil.which("postfix") is None):
+        print(f"bench: cannot run {case}: {script} or `postfix` missing", file=sys.stderr)
         return None
     env = {**os.environ, "N": str(load.n), "CONC": str(load.conc), "SIZE": str(load.size)}
     env["TIMEOUT"] = str(int(load.timeout))
     env["RUN_DIR"] = str(run_dir)
     try:
         proc = subprocess.run(
-            ["bash", str(script), "maildir"],
+            ["bash", str(script), mode],
             env=env,
             stdin=subprocess.DEVNULL,
             capture_output=True,
@@ -118,19 +132,19 @@ def run_postfix(load: Load, run_dir: Path) -> RunResult | None:
             timeout=load.timeout + 300,
         )
     except subprocess.TimeoutExpired:
-        print("bench: postfix_relay.sh did not finish in time", file=sys.stderr)
+        print(f"bench: {script_name} did not finish in time", file=sys.stderr)
         return None
     for line in proc.stderr.splitlines():
-        if "maillog:" in line or "WARNING" in line or "ERROR" in line:
-            print(f"bench: postfix_relay.sh: {line}", file=sys.stderr)
+        if any(w in line for w in ("maillog:", "haraka.log:", "WARNING", "ERROR")):
+            print(f"bench: {script_name}: {line}", file=sys.stderr)
     fields = parse_result_line(proc.stdout)
     if not fields:
-        print(f"bench: postfix_relay.sh printed no RESULT line:\n{proc.stderr[-2000:]}")
+        print(f"bench: {script_name} printed no RESULT line:\n{proc.stderr[-2000:]}")
         return None
     n = int(fields.get("n", load.n))
     delivered = int(_num(fields, "delivered")) if fields.get("delivered") else 0
     return RunResult(
-        name="postfix-maildir",
+        name=case,
         n=n,
         inject_s=_num(fields, "inject_s"),
         e2e_s=_num(fields, "e2e_s"),
@@ -141,6 +155,7 @@ def run_postfix(load: Load, run_dir: Path) -> RunResult | None:
         sys_busy_pct=_num(fields, "sys_busy_pct"),
         status=fields.get("status", "?"),
         window_s=_num(fields, "e2e_s"),
+        sink_cpu_s=_num(fields, "sink_cpu_s") if fields.get("sink_cpu_s") else 0.0,
     )
 
 
@@ -178,8 +193,8 @@ def _fmt(value: float | None, spec: str = ".0f") -> str:
 def markdown_table(cases: list[Case]) -> str:
     head = (
         "| case | median msgs/s | runs (msgs/s) | inject s | end-to-end s | inject msgs/s "
-        "| MTA CPU s (ms/msg) | smtp-source CPU s | all-CPU busy % | other CPU s |\n"
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"
+        "| MTA CPU s (ms/msg) | smtp-source CPU s | sink CPU s | all-CPU busy % | other CPU s |\n"
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     )
     rows = [head]
     for case in cases:
@@ -191,26 +206,34 @@ def markdown_table(cases: list[Case]) -> str:
             f"| {case.what} | **{_fmt(case.figure(m))}** | {runs} | {m.inject_s:.2f} "
             f"| {_fmt(m.e2e_s, '.2f')} | {_fmt(m.inject_mps)} "
             f"| {m.mta_cpu_s:.1f} ({m.cpu_ms_per_msg:.2f}) | {m.source_cpu_s:.2f} "
-            f"| {_fmt(m.sys_busy_pct)} | {m.other_cpu_s:.1f} |"
+            f"| {m.sink_cpu_s:.2f} | {_fmt(m.sys_busy_pct)} | {m.other_cpu_s:.1f} |"
         )
     return "\n".join(rows)
 
 
 def ratios(cases: list[Case]) -> list[str]:
+    """kumoq's e2e cases against postfix-maildir, its relay cases against postfix-smtp."""
     by_name = {c.name: c for c in cases if c.runs}
-    postfix = by_name.get("postfix-maildir")
-    if postfix is None:
-        return []
-    pf = postfix.figure(postfix.median_run())
-    pf_cpu = postfix.median_run().cpu_ms_per_msg
     lines = []
+    for prefix, peer in (("kumoq-e2e", "postfix-maildir"), ("kumoq-relay", "postfix-smtp")):
+        postfix = by_name.get(peer)
+        if postfix is None:
+            continue
+        pf = postfix.figure(postfix.median_run())
+        pf_cpu = postfix.median_run().cpu_ms_per_msg
+        for case in cases:
+            if case.name.startswith(prefix) and case.runs:
+                m = case.median_run()
+                lines.append(
+                    f"{case.name} / {peer}: {case.figure(m) / pf:.2f}x msgs/s "
+                    f"({case.figure(m):.0f} vs {pf:.0f}); CPU per message "
+                    f"{m.cpu_ms_per_msg:.2f} ms vs {pf_cpu:.2f} ms"
+                )
     for case in cases:
-        if case.name.startswith("kumoq-e2e") and case.runs:
+        if case.runs:
             m = case.median_run()
             lines.append(
-                f"{case.name} / postfix-maildir: {case.figure(m) / pf:.2f}x msgs/s "
-                f"({case.figure(m):.0f} vs {pf:.0f}); CPU per message "
-                f"{m.cpu_ms_per_msg:.2f} ms vs {pf_cpu:.2f} ms"
+                f"{case.name}: MTA CPU {m.mta_cpu_s / m.n * 1000:.2f} s per 1,000 messages"
             )
     return lines
 
@@ -244,9 +267,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=os.environ.get("SPOOL", "SQLite"),
         help="spool kind for the kumoq cases",
     )
-    p.add_argument("--only", choices=("e2e", "reception"), help="run only one kumoq case")
+    p.add_argument(
+        "--only",
+        choices=("e2e", "reception", "relay"),
+        help="run only one kumoq case; 'relay' (SMTP in -> SMTP out to smtp-sink) runs only "
+        "when asked for, and then --with-postfix means postfix_relay.sh smtp",
+    )
     p.add_argument("--no-kumoq", action="store_true", help="skip the kumoq cases")
     p.add_argument("--with-postfix", action="store_true", default=_env_flag("WITH_POSTFIX"))
+    p.add_argument(
+        "--with-haraka",
+        action="store_true",
+        default=_env_flag("WITH_HARAKA"),
+        help="with --only relay: also run ../shared/peers/haraka_relay.sh queue",
+    )
     p.add_argument("--with-spool-bench", action="store_true", default=_env_flag("WITH_SPOOL_BENCH"))
     p.add_argument(
         "--cprofile",
@@ -271,9 +305,10 @@ def _profile(args: argparse.Namespace, load: Load, kind: str) -> None:
     prefix = [sys.executable, "-m", "cProfile", "-o", out]
     root = Path(tempfile.mkdtemp(prefix="kumoq-bench-", dir=args.dir))
     try:
+        policy = "relay" if args.only == "relay" else "e2e"
         r = run_kumoq_case(
-            "kumoq-e2e-cprofile",
-            "e2e",
+            f"kumoq-{policy}-cprofile",
+            policy,
             kind,
             load,
             deliver=True,
@@ -298,12 +333,12 @@ def _run_cases(args: argparse.Namespace, load: Load, cases: list[Case], root: Pa
             if busy > args.max_busy:
                 print(f"bench: the machine is {busy:.0f}% busy before {case.name}", file=sys.stderr)
             result: RunResult | None
-            if case.name == "postfix-maildir":
-                result = run_postfix(load, root / f"postfix-{i + 1}")
+            if case.name in PEER_CASES:
+                result = run_postfix(load, root / f"{case.name}-{i + 1}", case.name)
             else:
                 kind = case.name.rsplit("-", 1)[1]
-                policy = "e2e" if case.headline == "e2e" else "reception"
-                deliver = policy == "e2e"
+                policy = case.name.split("-")[1]  # e2e, reception or relay
+                deliver = policy != "reception"
                 result = run_kumoq_case(
                     case.name, policy, kind, load, deliver=deliver, root=str(root)
                 )
@@ -341,9 +376,18 @@ def main(argv: list[str] | None = None) -> int:
             if args.only in (None, "reception"):
                 what = f"kumoq -> spool ({kind}, fsync), reception only"
                 cases.append(Case(f"kumoq-reception-{kind}", what, [], "inject"))
-    if args.with_postfix:
+            if args.only == "relay":
+                what = f"kumoq -> spool ({kind}, fsync) -> SMTP -> smtp-sink, end-to-end"
+                cases.append(Case(f"kumoq-relay-{kind}", what, [], "e2e"))
+    if args.with_postfix and args.only == "relay":
+        what = "Postfix -> disk queue (fsync) -> smtp(8) -> smtp-sink, end-to-end"
+        cases.append(Case("postfix-smtp", what, [], "e2e"))
+    elif args.with_postfix:
         what = "Postfix -> disk queue -> virtual(8) Maildir, end-to-end"
         cases.append(Case("postfix-maildir", what, [], "e2e"))
+    if args.with_haraka and args.only == "relay":
+        what = "Haraka -> outbound queue (no fsync) -> smtp-sink, end-to-end"
+        cases.append(Case("haraka-queue", what, [], "e2e"))
 
     # One scratch root for the whole sitting, removed only at the end: deleting a run's files
     # between runs would slow the next run's file creations (see docs/benchmarks.md).
