@@ -23,6 +23,7 @@ Semantics shared by every structure (KumoMTA's ``crates/timeq``, see reference Â
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import count
@@ -196,7 +197,7 @@ class TimeQ(Protocol[T]):
         ...
 
 
-class KeyedEntries(Generic[T]):
+class KeyedEntries(ABC, Generic[T]):
     """The bookkeeping TimerWheel and SkipList share: the key index and lazy deletion.
 
     ``_entries`` maps each live key to its stored entry tuple. Removing an entry only deletes
@@ -248,11 +249,13 @@ class KeyedEntries(Generic[T]):
                 raise AssertionError(f"page() did not advance past {cursor}")
             cursor = page.next
 
+    @abstractmethod
     def page(self, after: Cursor | None, limit: int) -> Page[T]:
-        raise NotImplementedError
+        """Each structure lists its own storage in pop order."""
 
+    @abstractmethod
     def _compact(self) -> None:
-        raise NotImplementedError
+        """Each structure sweeps dead entries out of its own storage."""
 
     def _due_now(self, key: str) -> DueNow:
         """``insert``'s answer for ``due <= now``: nothing is stored, but the key is checked."""
