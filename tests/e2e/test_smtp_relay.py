@@ -76,6 +76,7 @@ def sink():
     controller = CountingController(handler, hostname="127.0.0.1", port=free_port())
     controller.start()
     handler.port = controller.port
+    handler.baseline = handler.connections  # Controller.start() connects once to check itself
     yield handler
     controller.stop()
 
@@ -288,3 +289,38 @@ def _event_time(record) -> float:
 
     head, _, frac = record["event_time"].rstrip("Z").partition(".")
     return datetime.fromisoformat(f"{head}.{frac[:6]}+00:00").timestamp()
+
+
+def test_full_ready_queue_sends_messages_back_without_counting_an_attempt(kumoq, sink):
+    daemon = kumoq(
+        relay_policy(
+            sink.port,
+            path="prohibited_hosts = {}, enable_tls = 'Disabled', max_ready = 1,"
+            " connection_limit = 1,",
+        )
+    )
+    daemon.send("s@example.com", [f"r{i}@example.com" for i in range(8)])
+    delayed = daemon.wait_for(
+        lambda: [
+            r for r in daemon.records("Delayed") if "ReadyQueueWasFull" in r["response"]["content"]
+        ],
+        what="a ReadyQueueWasFull Delayed record",
+    )
+    assert all(r["num_attempts"] == 0 for r in delayed)
+    daemon.wait_for_records("Delivery", 1)  # the one that fitted is delivered meanwhile
+
+
+def test_connection_rate_limits_new_sessions(kumoq, sink):
+    daemon = kumoq(
+        relay_policy(
+            sink.port,
+            path="prohibited_hosts = {}, enable_tls = 'Disabled', max_connection_rate = '2/s',"
+            " max_deliveries_per_connection = 1,",
+        )
+    )
+    daemon.send("s@example.com", [f"r{i}@example.com" for i in range(6)])
+    deliveries = daemon.wait_for_records("Delivery", 6, timeout=20)
+    times = sorted(_event_time(d) for d in deliveries)
+    assert sink.connections - sink.baseline == 6  # one message per connection
+    # 2 connections at once, then 2 per second: 6 connections need about 2 s.
+    assert times[-1] - times[0] >= 1.5
