@@ -243,7 +243,7 @@ class Daemon:
             policy=_PolicyEgress(events), mx=mx, resolver=lambda: mx.resolver,
             clock=self.clock, hostname=hostname,
         )  # fmt: skip
-        lua = LuaDispatch(runtime)
+        lua = LuaDispatch(runtime, clock=self.clock)
         deliverers: dict[type, Deliverer] = {
             MaildirProtocol: MaildirDispatch(maildir),
             SmtpProtocol: smtp,

@@ -115,6 +115,15 @@ class CustomLuaProtocol:
     min_batch_size: int = 1
     max_batch_latency: float = 0.0
 
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size: must be at least 1, got {self.batch_size!r}")
+        if not 1 <= self.min_batch_size <= self.batch_size:
+            raise ConfigError(
+                f"min_batch_size: must be between 1 and batch_size ({self.batch_size}), "
+                f"got {self.min_batch_size!r}"
+            )
+
     @classmethod
     def from_mapping(cls, mapping: Any) -> CustomLuaProtocol:
         return build(

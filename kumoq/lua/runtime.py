@@ -33,7 +33,7 @@ from __future__ import annotations
 import itertools
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, NoReturn, final
@@ -261,16 +261,18 @@ function M.invoke(name, shape, ...)
 end
 
 -- custom_lua delivery: the constructor event's connection table, kept here under a handle so
--- that Python never holds a Lua table it could leak back, and called as conn:send(msg).
+-- that Python never holds a Lua table it could leak back, and called as conn:send(msg) or
+-- conn:send_batch(msgs).
 local CONNS, next_conn = {}, 0
 
 function M.construct(name, ...)
   local res = table.pack(xpcall(fire, on_error, name, ...))
   if not res[1] then return finish(false, res[2]) end
   local conn = res[2]
-  if type(conn) ~= 'table' or type(conn.send) ~= 'function' then
-    return 0, name .. ': the constructor must return a table with a send method, got '
-      .. type(conn)
+  if type(conn) ~= 'table'
+    or (type(conn.send) ~= 'function' and type(conn.send_batch) ~= 'function') then
+    return 0, name .. ': the constructor must return a table with a send or send_batch '
+      .. 'method, got ' .. type(conn)
   end
   next_conn = next_conn + 1
   CONNS[next_conn] = conn
@@ -281,6 +283,17 @@ function M.conn_send(h, shape, ...)
   local conn = CONNS[h]
   if conn == nil then return 0, 'custom_lua connection is closed' end
   return finish(xpcall(function(...) return conn:send(...) end, on_error, wrap(shape, 1, ...)))
+end
+
+function M.conn_send_batch(h, ...)
+  local conn = CONNS[h]
+  if conn == nil then return 0, 'custom_lua connection is closed' end
+  if type(conn.send_batch) ~= 'function' then
+    return 0, 'custom_lua: batch_size > 1 needs a send_batch method on the connection table'
+  end
+  local msgs = {...}
+  for i = 1, #msgs do msgs[i] = wrap('m', 1, msgs[i]) end
+  return finish(xpcall(function() return conn:send_batch(msgs) end, on_error))
 end
 
 function M.conn_close(h)
@@ -367,6 +380,7 @@ class PolicyRuntime:
         self._invoke = M.invoke
         self._construct = M.construct
         self._conn_send = M.conn_send
+        self._conn_send_batch = M.conn_send_batch
         self._conn_close = M.conn_close
         self._set_phase = M.set_phase
         self.handler_names: frozenset[str] = frozenset()
@@ -436,6 +450,17 @@ class PolicyRuntime:
             return self._result("send", self._call(self._conn_send, conn, "m", h))[1]
         finally:
             self.unbind(h)
+
+    def conn_send_batch(self, conn: int, msgs: Sequence[Message]) -> Any:
+        """``conn:send_batch(msgs)`` with a Lua array of the messages, in order; returns its
+        first result as Python data. Raises RejectError for ``kumo.reject``, PolicyError for
+        any other error (also when the connection has no ``send_batch`` method)."""
+        handles = [self.bind_message(msg) for msg in msgs]
+        try:
+            res = self._call(self._conn_send_batch, conn, *handles)
+            return self._result("send_batch", res)[1]
+        finally:
+            self.unbind(*handles)
 
     def conn_close(self, conn: int) -> None:
         """Forget a connection, calling its ``close`` method when it has one."""

@@ -1,8 +1,11 @@
-"""Custom Lua delivery: ``protocol = {custom_lua = {constructor = 'make.x'}}`` (reference §1.9).
+"""Custom Lua delivery: ``protocol = {custom_lua = {constructor = 'make.x', ...}}`` (§1.9).
 
 The constructor event ``make.x(domain, tenant, campaign)`` returns a connection table; kumoq keeps
-one connection per ready queue ``<source>-><routing_domain>@lua:<constructor>`` and calls
-``conn:send(msg)`` for each message:
+one connection per ready queue ``<source>-><routing_domain>@lua:<constructor>``. With
+``batch_size = 1`` (the default) each message is sent as it comes, by ``conn:send(msg)``. With
+``batch_size > 1`` messages wait in the ready queue's batch and go out together by
+``conn:send_batch(msgs)`` (a Lua array, oldest first); the same outcome applies to every message
+of the call:
 
 - a string result is a ``Delivery`` (code 200, content = the string);
 - ``kumo.reject(4xx, text)`` is a ``TransientFailure`` (a 421 also closes the connection);
@@ -10,23 +13,35 @@ one connection per ready queue ``<source>-><routing_domain>@lua:<constructor>`` 
 - any other Lua error closes the connection and is a ``TransientFailure``
   ``400 KumoMTA internal: error in deliver_message: <error>``.
 
+Batch assembly (``plan_batch``, pure): up to ``batch_size`` waiting messages go out at once when
+at least ``min_batch_size`` wait; fewer wait until ``min_batch_size`` have arrived or
+``max_batch_latency`` has passed since the oldest waiting one arrived. Messages that arrive in
+the same event-loop turn join the same batch, even with a latency of 0.
+
 Records carry ``delivery_protocol="Lua"`` and ``peer_address={name="Lua via <ctor>",
-addr="0.0.0.0"}``. ``batch_size > 1`` (``send_batch``) is not supported yet: messages are sent
-one at a time (docs/deviations.md).
+addr="0.0.0.0"}``. The Lua calls are synchronous, on the event loop thread.
+
+L2: imports kumoq.config, kumoq.errors, kumoq.logs, kumoq.message, kumoq.clock and the queue
+manager's ``Attempt``; never kumoq.lua (the runtime comes in through ``LuaConnections``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import Any, Protocol
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, final
 
+from kumoq.clock import Clock, SystemClock
 from kumoq.config.queue import CustomLuaProtocol, QueueConfig
 from kumoq.errors import PolicyError, RejectError
 from kumoq.logs.records import RecordType, Response
-from kumoq.message import Message, new_session_id, parse_queue_name
+from kumoq.message import Message, QueueNameParts, new_session_id, parse_queue_name
 from kumoq.queue.manager import Attempt
 
-__all__ = ["LuaConnections", "LuaDispatch"]
+__all__ = ["Idle", "LuaConnections", "LuaDispatch", "SendNow", "WaitFor", "plan_batch"]
 
 log = logging.getLogger("kumoq.egress")
 
@@ -38,61 +53,188 @@ class LuaConnections(Protocol):
 
     def conn_send(self, conn: int, msg: Message) -> Any: ...
 
+    def conn_send_batch(self, conn: int, msgs: Sequence[Message]) -> Any: ...
+
     def conn_close(self, conn: int) -> None: ...
 
 
-class LuaDispatch:
-    """``Deliverer`` for ``protocol = {custom_lua = ...}``."""
+# -- batch assembly (pure) -------------------------------------------------------------------
 
-    def __init__(self, runtime: LuaConnections) -> None:
+
+@dataclass(frozen=True, slots=True)
+class SendNow:
+    """Send the ``count`` oldest waiting messages now."""
+
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class WaitFor:
+    """Too few messages wait: look again after ``seconds``, or when one more arrives."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Idle:
+    """Nothing waits."""
+
+
+BatchPlan = SendNow | WaitFor | Idle
+
+
+def plan_batch(
+    waiting: int, oldest_arrival: float, now: float, protocol: CustomLuaProtocol
+) -> BatchPlan:
+    """What to do with ``waiting`` messages, the oldest of which arrived at ``oldest_arrival``
+    (monotonic seconds, like ``now``). O(1)."""
+    if waiting <= 0:
+        return Idle()
+    if waiting >= protocol.min_batch_size:
+        return SendNow(min(waiting, protocol.batch_size))
+    remaining = oldest_arrival + protocol.max_batch_latency - now
+    if remaining <= 0:
+        return SendNow(waiting)  # fewer than min_batch_size <= batch_size
+    return WaitFor(remaining)
+
+
+# -- dispatch --------------------------------------------------------------------------------
+
+
+@dataclass(slots=True, eq=False)
+class _Waiting:
+    msg: Message
+    parts: QueueNameParts
+    future: asyncio.Future[Attempt]
+    arrived: float
+
+
+@dataclass(slots=True, eq=False)
+class _Batch:
+    """The messages of one ready queue waiting for ``send_batch``, and its sender task."""
+
+    site: str
+    protocol: CustomLuaProtocol  # the latest message's; a refreshed config applies at once
+    waiting: deque[_Waiting] = field(default_factory=deque)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
+@final
+class LuaDispatch:
+    """``Deliverer`` for ``protocol = {custom_lua = ...}``.
+
+    ``close()`` stops the sender tasks and cancels the attempts still waiting for a batch, and
+    ``deliver`` raises ``CancelledError`` once closed: those messages get no record and stay
+    spooled for the next start (as in SMTP's ready queues). A Lua call is never interrupted.
+    """
+
+    def __init__(self, runtime: LuaConnections, *, clock: Clock | None = None) -> None:
         self._runtime = runtime
+        self._clock: Clock = clock or SystemClock()
         self._conns: dict[str, tuple[int, str]] = {}  # ready queue -> (handle, session id)
+        self._batches: dict[str, _Batch] = {}
+        self._closing = False
 
     async def deliver(self, msg: Message, config: QueueConfig) -> Attempt:
         protocol = config.protocol
         assert isinstance(protocol, CustomLuaProtocol)
-        ctor = protocol.constructor
         parts = parse_queue_name(msg.queue_name())
-        site = f"unspecified->{parts.routing_domain or parts.domain}@lua:{ctor}"
-        peer = {"name": f"Lua via {ctor}", "addr": "0.0.0.0"}
+        site = f"unspecified->{parts.routing_domain or parts.domain}@lua:{protocol.constructor}"
+        if self._closing:
+            raise asyncio.CancelledError  # not attempted: the message stays spooled
+        if protocol.batch_size == 1 and site not in self._batches:
+            return self._send(site, protocol, parts, [msg])
+        batch = self._batches.get(site)
+        if batch is None:
+            batch = self._batches[site] = _Batch(site, protocol)
+        batch.protocol = protocol
+        future: asyncio.Future[Attempt] = asyncio.get_running_loop().create_future()
+        batch.waiting.append(_Waiting(msg, parts, future, self._clock.monotonic()))
+        if batch.task is None:
+            batch.task = asyncio.create_task(self._run(batch), name=f"lua-batch {site}")
+        batch.wake.set()
+        return await future
 
-        def attempt(disposition: RecordType, response: Response, session_id: str) -> Attempt:
-            return Attempt(
-                disposition,
-                response,
-                site=site,
-                delivery_protocol="Lua",
-                peer_address=peer,
-                session_id=session_id,
-                extra={"egress_pool": "unspecified", "egress_source": "unspecified"},
-            )
+    def poke(self) -> None:
+        """Look at every batch again now. The sender's own timer does this when a latency
+        expires; tests with a ``FakeClock`` call it after ``advance``."""
+        for batch in self._batches.values():
+            batch.wake.set()
 
+    async def _run(self, batch: _Batch) -> None:
+        """The sender of one ready queue; ends when nothing waits (and ``deliver`` starts a new
+        one for the next message)."""
+        waiting = batch.waiting
+        try:
+            while not self._closing:
+                while waiting and waiting[0].future.done():  # its attempt was cancelled
+                    waiting.popleft()
+                batch.wake.clear()
+                oldest = waiting[0].arrived if waiting else 0.0
+                match plan_batch(len(waiting), oldest, self._clock.monotonic(), batch.protocol):
+                    case SendNow(count):
+                        items = [waiting.popleft() for _ in range(count)]
+                        items = [it for it in items if not it.future.done()]
+                        if items:
+                            self._send_batch(batch, items)
+                        await asyncio.sleep(0)  # let new arrivals and other work in
+                    case WaitFor(seconds):
+                        try:
+                            async with asyncio.timeout(seconds):
+                                await batch.wake.wait()
+                        except TimeoutError:
+                            pass
+                    case Idle():
+                        break
+        finally:
+            batch.task = None
+            if not waiting and self._batches.get(batch.site) is batch:
+                del self._batches[batch.site]
+
+    def _send_batch(self, batch: _Batch, items: list[_Waiting]) -> None:
+        """Send ``items`` and resolve their attempts (a bug fails them, never strands them)."""
+        msgs = [it.msg for it in items]
+        try:
+            attempt = self._send(batch.site, batch.protocol, items[0].parts, msgs)
+        except Exception as exc:
+            for it in items:
+                it.future.set_exception(exc)  # the queue manager logs it and retries later
+            return
+        for it in items:
+            it.future.set_result(attempt)
+
+    def _send(
+        self, site: str, protocol: CustomLuaProtocol, parts: QueueNameParts, msgs: list[Message]
+    ) -> Attempt:
+        """``conn:send(msg)`` when ``batch_size`` is 1, else ``conn:send_batch(msgs)``, on the
+        ready queue's connection (constructed on first use from ``parts``); the outcome of every
+        message in ``msgs``."""
+        ctor = protocol.constructor
         conn = self._conns.get(site)
         session_id = conn[1] if conn is not None else new_session_id()
+        attempt = _attempt_factory(site, ctor, session_id)
         try:
             if conn is None:
                 handle = self._runtime.construct(ctor, parts.domain, parts.tenant, parts.campaign)
                 conn = self._conns[site] = (handle, session_id)
-            result = self._runtime.conn_send(conn[0], msg)
-        except RejectError as exc:
-            enhanced, _, text = exc.reply_text.partition(" ")
-            code_parts = enhanced.split(".")
-            if len(code_parts) == 3 and all(p.isdigit() for p in code_parts):
-                response = Response(exc.code, tuple(map(int, code_parts)), text, None)  # type: ignore[arg-type]
+            if protocol.batch_size == 1:
+                (msg,) = msgs
+                result = self._runtime.conn_send(conn[0], msg)
             else:
-                response = Response(exc.code, None, exc.reply_text, None)
+                result = self._runtime.conn_send_batch(conn[0], msgs)
+        except RejectError as exc:
             if exc.code == 421:
                 self._close(site)
             kind = RecordType.TransientFailure if 400 <= exc.code < 500 else RecordType.Bounce
-            return attempt(kind, response, session_id)
+            return attempt(kind, _reject_response(exc))
         except PolicyError as exc:
             self._close(site)
             return attempt(
                 RecordType.TransientFailure,
                 Response(400, None, f"KumoMTA internal: error in deliver_message: {exc}", None),
-                session_id,
             )
-        return attempt(RecordType.Delivery, Response(200, None, str(result), None), session_id)
+        return attempt(RecordType.Delivery, Response(200, None, str(result), None))
 
     def _close(self, site: str) -> None:
         conn = self._conns.pop(site, None)
@@ -103,5 +245,46 @@ class LuaDispatch:
                 log.warning("custom_lua connection %s: close failed: %s", site, exc)
 
     async def close(self) -> None:
+        """Stop the senders, cancel the attempts still waiting (their messages stay spooled),
+        then close every connection."""
+        self._closing = True
+        tasks = [b.task for b in self._batches.values() if b.task is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for batch in self._batches.values():
+            for it in batch.waiting:
+                it.future.cancel()
+            batch.waiting.clear()
+        self._batches.clear()
         for site in list(self._conns):
             self._close(site)
+
+
+def _reject_response(exc: RejectError) -> Response:
+    enhanced, _, text = exc.reply_text.partition(" ")
+    code_parts = enhanced.split(".")
+    if len(code_parts) == 3 and all(p.isdigit() for p in code_parts):
+        return Response(exc.code, tuple(map(int, code_parts)), text, None)  # type: ignore[arg-type]
+    return Response(exc.code, None, exc.reply_text, None)
+
+
+def _attempt_factory(
+    site: str, ctor: str, session_id: str
+) -> Callable[[RecordType, Response], Attempt]:
+    peer = {"name": f"Lua via {ctor}", "addr": "0.0.0.0"}
+    extra = {"egress_pool": "unspecified", "egress_source": "unspecified"}
+
+    def attempt(disposition: RecordType, response: Response) -> Attempt:
+        return Attempt(
+            disposition,
+            response,
+            site=site,
+            delivery_protocol="Lua",
+            peer_address=peer,
+            session_id=session_id,
+            extra=extra,
+        )
+
+    return attempt

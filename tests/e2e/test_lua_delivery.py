@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pytest
 
 from tests.e2e.policies import policy
@@ -59,3 +61,103 @@ def test_custom_lua_delivery_success_reject_and_error(kumoq):
     assert boom["code"] == 400
     assert "error in deliver_message" in boom["content"]
     assert "webhook exploded" in boom["content"]
+
+
+BATCHES = """
+kumo.on('make.batch', function(domain, tenant, campaign)
+  local conn = { batches = 0 }
+  function conn:send_batch(msgs)
+    if domain == 'temp.test' then kumo.reject(450, '4.2.0 batch of ' .. #msgs .. ' deferred') end
+    if domain == 'perm.test' then kumo.reject(550, '5.1.1 batch of ' .. #msgs .. ' refused') end
+    if domain == 'boom.test' then error('batch of ' .. #msgs .. ' exploded') end
+    self.batches = self.batches + 1
+    local users = {}
+    for i, msg in ipairs(msgs) do users[i] = msg:recipient().user end
+    return 'batch #' .. self.batches .. ' of ' .. #msgs .. ': ' .. table.concat(users, ',')
+  end
+  return conn
+end)
+kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
+  local batch = { constructor = 'make.batch', batch_size = 3, min_batch_size = 3,
+    max_batch_latency = '1s' }
+  if domain ~= 'hook.test' then batch.min_batch_size = 2; batch.max_batch_latency = '5s' end
+  return kumo.make_queue_config { retry_interval = '1m', protocol = { custom_lua = batch } }
+end)
+"""
+
+
+def event_time(record: dict) -> datetime:
+    return datetime.fromisoformat(record["event_time"][:26] + "+00:00")
+
+
+def test_send_batch_groups_messages_up_to_batch_size(kumoq):
+    daemon = kumoq(policy(BATCHES))
+    users = [f"u{i}" for i in range(7)]
+    daemon.send("s@example.com", [f"{u}@hook.test" for u in users])
+    deliveries = daemon.wait_for_records("Delivery", 7)
+    received = {r["id"]: event_time(r) for r in daemon.records("Reception")}
+    batches: dict[str, list[dict]] = {}
+    for d in deliveries:
+        assert d["response"]["code"] == 200
+        assert d["site"] == "unspecified->hook.test@lua:make.batch"
+        assert d["delivery_protocol"] == "Lua"
+        batches.setdefault(d["response"]["content"], []).append(d)
+    assert sorted(d["recipient"].split("@")[0] for d in deliveries) == users
+    sizes = []
+    for content, members in batches.items():
+        size = int(content.split(" of ")[1].split(":")[0])
+        assert size == len(members) <= 3, content
+        assert sorted(content.split(": ")[1].split(",")) == sorted(
+            m["recipient"].split("@")[0] for m in members
+        )
+        sizes.append(size)
+        if size < 3:  # a partial batch waited max_batch_latency for its oldest message
+            oldest = min(received[m["id"]] for m in members)
+            assert (event_time(members[0]) - oldest).total_seconds() >= 1.0, content
+    assert sum(sizes) == 7
+    assert 3 in sizes
+    assert len({d["session_id"] for d in deliveries}) == 1
+
+
+def test_send_batch_reject_and_error_apply_to_the_whole_batch(kumoq):
+    daemon = kumoq(policy(BATCHES))
+    daemon.send(
+        "s@example.com",
+        [f"{u}@{d}" for d in ("temp.test", "perm.test", "boom.test") for u in ("a", "b")],
+    )
+    bounces = daemon.wait_for_records("Bounce", 2)
+    assert {b["recipient"] for b in bounces} == {"a@perm.test", "b@perm.test"}
+    assert {(b["response"]["code"], b["response"]["content"]) for b in bounces} == {
+        (550, "batch of 2 refused")
+    }
+    failures = daemon.wait_for_records("TransientFailure", 4)
+    by_domain: dict[str, list[dict]] = {}
+    for f in failures:
+        by_domain.setdefault(f["recipient"].split("@")[1], []).append(f["response"])
+    assert [(r["code"], r["content"]) for r in by_domain["temp.test"]] == [
+        (450, "batch of 2 deferred")
+    ] * 2
+    boom = by_domain["boom.test"]
+    assert len(boom) == 2
+    for r in boom:
+        assert r["code"] == 400
+        assert r["content"].startswith("KumoMTA internal: error in deliver_message: ")
+        assert "batch of 2 exploded" in r["content"]
+
+
+def test_messages_waiting_for_a_batch_stay_spooled_over_a_restart(kumoq):
+    slow = BATCHES.replace("max_batch_latency = '1s'", "max_batch_latency = '1h'")
+    daemon = kumoq(policy(slow))
+    daemon.send("s@example.com", ["a@hook.test", "b@hook.test"])
+    daemon.wait_for_records("Reception", 2)
+    assert daemon.stop() == 0
+    assert "Delivery" not in daemon.record_counts()
+    assert not [line for line in daemon.stderr_lines if "Traceback" in line]
+    daemon.policy_path.write_text(
+        policy(BATCHES.replace("min_batch_size = 3", "min_batch_size = 2"))
+    )
+    daemon.start()
+    deliveries = daemon.wait_for_records("Delivery", 2)
+    assert {d["recipient"] for d in deliveries} == {"a@hook.test", "b@hook.test"}
+    (content,) = {d["response"]["content"] for d in deliveries}  # one batch of both
+    assert content in ("batch #1 of 2: a,b", "batch #1 of 2: b,a")
