@@ -6,27 +6,27 @@ transaction per message and classifies every recipient's reply as KumoMTA's
 ``classify_record`` does. Expected failures are return values (``ConnectFailure``, per-recipient
 ``TransientFailure``/``Bounce``), never exceptions.
 
-Commands are sent one at a time (no PIPELINING): aiosmtplib's ``SMTPProtocol`` pairs one
-``read_response()`` with each write and drops replies that arrive unasked. Each command is
-bounded by its own ``*_timeout`` from the egress path.
+When the server offers PIPELINING (RFC 2920) and ``enable_pipelining`` is true, a transaction
+is two writes: ``RSET`` (on a reused connection, unless ``enable_rset`` is false), ``MAIL``,
+every ``RCPT`` and ``DATA`` together, then the body with its final dot. Otherwise each command
+waits for its reply. Either way each reply is bounded by its command's own ``*_timeout`` from the
+egress path, and is read by ``ClientConnection``
+(kumoq.delivery.client_connection), which keeps replies that arrive together.
 
-L2: asyncio + aiosmtplib. Imports kumoq.config, kumoq.logs.records and kumoq.message; must not
-import the policy bridge (kumoq.lua), the queues or the daemon.
+L2: asyncio. Imports kumoq.config, kumoq.logs.records, kumoq.message and kumoq.smtp's reply
+reader; must not import the policy bridge (kumoq.lua), the queues or the daemon.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import re
 import ssl
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, cast
-
-from aiosmtplib import SMTPException, SMTPResponse, SMTPResponseException
-from aiosmtplib.protocol import SMTPProtocol
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from kumoq.config.egress import Tls
+from kumoq.delivery.client_connection import ClientConnection, ConnectionBroken
 from kumoq.errors import LocalProtocolError
 from kumoq.logs.records import PeerAddress, RecordType, Response
 from kumoq.message import new_session_id
@@ -116,8 +116,7 @@ class SmtpClientSession:
     """One outbound SMTP connection. Create with ``await SmtpClientSession.connect(...)``."""
 
     __slots__ = (
-        "_lost",
-        "_protocol",
+        "_conn",
         "_transactions",
         "closed",
         "extensions",
@@ -128,24 +127,21 @@ class SmtpClientSession:
         "tls",
     )
 
-    def __init__(
-        self,
-        protocol: SMTPProtocol,
-        lost: asyncio.Event,
-        peer: PeerAddress,
-        path: EgressPathConfig,
-        local: str,
-    ) -> None:
-        self._protocol = protocol
-        self._lost = lost
+    def __init__(self, conn: ClientConnection, peer: PeerAddress, path: EgressPathConfig) -> None:
+        self._conn = conn
         self._transactions = 0
         self.closed = False
         self.extensions: frozenset[str] = frozenset()
         self.path = path
         self.peer = peer
         self.session_id = new_session_id()
-        self.source_address = local
+        self.source_address = conn.local_address
         self.tls: TlsInfo | None = None
+
+    @property
+    def pipelining(self) -> bool:
+        """True when the server offered PIPELINING (RFC 2920) and the path allows it."""
+        return self.path.enable_pipelining and "pipelining" in self.extensions
 
     @classmethod
     async def connect(
@@ -164,22 +160,16 @@ class SmtpClientSession:
         ``ehlo_domain`` is already resolved by the caller (path > source > hostname).
         ``tls_context`` replaces the verifying default context (tests trust their own CA).
         """
-        loop = asyncio.get_running_loop()
-        lost = asyncio.Event()
-        protocol = SMTPProtocol(loop=loop, connection_lost_callback=lambda _p: lost.set())
         local_addr = (source.source_address, 0) if source.source_address else None
         try:
-            transport, _ = await asyncio.wait_for(
-                loop.create_connection(lambda: protocol, addr, port, local_addr=local_addr),
-                path.connect_timeout,
+            conn = await ClientConnection.open(
+                addr, port, local_addr=local_addr, deadline=path.connect_timeout
             )
         except TimeoutError:
             return ConnectFailure(f"timed out connecting to {host} {addr}:{port}")
         except OSError as exc:
             return ConnectFailure(f"failed to connect to {host} {addr}:{port}: {exc}")
-        sockname = transport.get_extra_info("sockname")
-        local = f"{sockname[0]}:{sockname[1]}" if sockname else ""
-        session = cls(protocol, lost, PeerAddress(host, addr), path, local)
+        session = cls(conn, PeerAddress(host, addr), path)
         try:
             failure = await session._handshake(host, ehlo_domain, tls_context)
         except _TransportError as exc:
@@ -192,7 +182,7 @@ class SmtpClientSession:
         self, host: str, ehlo_domain: str, tls_context: ssl.SSLContext | None
     ) -> ConnectFailure | None:
         path = self.path
-        banner = await self._command(None, path.banner_timeout)
+        banner = await self._read(None, path.banner_timeout)
         if banner.code != 220:
             return ConnectFailure(f"unexpected banner from {host}", response=banner)
         failure = await self._ehlo(ehlo_domain)
@@ -205,30 +195,28 @@ class SmtpClientSession:
             if mode in _TLS_REQUIRED:
                 return ConnectFailure(f"{host} does not offer STARTTLS and enable_tls={mode}")
             return None
+        reply = await self._command("STARTTLS\r\n", path.starttls_timeout)
+        if reply.code != 220:
+            return ConnectFailure(f"STARTTLS refused by {host}", response=reply)
         verify = mode in _TLS_VERIFY
         ctx = tls_context if verify and tls_context is not None else _default_context(verify)
         try:
-            await self._protocol.start_tls(ctx, server_hostname=host, timeout=path.starttls_timeout)
-        except SMTPException as exc:
-            if isinstance(exc, SMTPResponseException):
-                return ConnectFailure(
-                    f"STARTTLS refused by {host}",
-                    response=Response.from_reply(exc.code, exc.message, "STARTTLS\r\n"),
-                )
-            return ConnectFailure(f"TLS handshake with {host} failed: {exc}")
-        except (ssl.SSLError, OSError) as exc:
-            return ConnectFailure(f"TLS handshake with {host} failed: {exc}")
-        transport = self._protocol.transport
-        sslobj = transport.get_extra_info("ssl_object") if transport is not None else None
+            await self._conn.start_tls(ctx, host, path.starttls_timeout)
+        except (ssl.SSLError, OSError, TimeoutError, ConnectionBroken) as exc:
+            return ConnectFailure(
+                f"TLS handshake with {host} failed: {str(exc) or type(exc).__name__}"
+            )
+        sslobj = self._conn.ssl_object
         if sslobj is not None:
             cipher = sslobj.cipher()
-            cert = sslobj.getpeercert() if verify else None
+            cert = cast("dict[str, Any] | None", sslobj.getpeercert()) if verify else None
             subject = None
             if cert:
                 names = [v for rdn in cert.get("subject", ()) for k, v in rdn if k == "commonName"]
                 names += [v for k, v in cert.get("subjectAltName", ()) if k == "DNS"]
                 subject = tuple(names)
             self.tls = TlsInfo(cipher[0] if cipher else "", sslobj.version() or "", subject)
+        self.extensions = frozenset()
         return await self._ehlo(ehlo_domain)
 
     async def _ehlo(self, ehlo_domain: str) -> ConnectFailure | None:
@@ -237,31 +225,43 @@ class SmtpClientSession:
             return ConnectFailure(f"EHLO rejected by {self.peer.name}", response=reply)
         return None
 
-    async def _command(self, line: str | None, limit: float) -> Response:
-        """Send ``line`` (``None``: just read, for the banner) and read one reply."""
-        protocol = self._protocol
-        if line is not None and ("\r" in line[:-2] or "\n" in line[:-2]):
-            raise LocalProtocolError(f"refusing to send a command containing CR/LF: {line!r}")
+    def _send(self, *lines: str) -> None:
+        """Write ``lines`` in one go (one command, or a PIPELINING group)."""
+        for line in lines:
+            if "\r" in line[:-2] or "\n" in line[:-2]:
+                raise LocalProtocolError(f"refusing to send a command containing CR/LF: {line!r}")
         try:
-            if line is not None:
-                protocol.write(line.encode())
-            raw: SMTPResponse = await protocol.read_response(timeout=limit)
-        except SMTPException as exc:
+            self._conn.write("".join(lines).encode())
+        except ConnectionBroken as exc:
+            self.closed = True
+            raise _TransportError(str(exc)) from exc
+
+    async def _read(self, line: str | None, limit: float) -> Response:
+        """Read the reply to ``line`` (already sent; ``None`` for the banner)."""
+        try:
+            reply = await self._conn.read_reply(limit)
+        except ConnectionBroken as exc:
             self.closed = True
             raise _TransportError(str(exc)) from exc
         if line is not None and line.startswith("EHLO "):
-            self._parse_extensions(raw.message)
-        response = Response.from_reply(raw.code, raw.message, line)
-        if raw.code == 421:
+            self.extensions = frozenset(
+                ln.split(" ", 1)[0].strip().lower() for ln in reply.lines[1:] if ln
+            )
+        if reply.code == 421:
             self.closed = True
-        return response
+        return Response.from_reply(reply.code, reply.lines, line)
 
-    def _parse_extensions(self, text: str) -> None:
-        lines = text.split("\n")[1:]
-        self.extensions = frozenset(ln.split(" ", 1)[0].strip().lower() for ln in lines if ln)
+    async def _command(self, line: str, limit: float) -> Response:
+        self._send(line)
+        return await self._read(line, limit)
 
     async def deliver(self, msg: Message) -> DeliveryOutcome:
-        """One transaction for ``msg``: RSET (when reusing), MAIL, RCPT per recipient, DATA."""
+        """One transaction for ``msg``: RSET (when reusing, unless ``enable_rset`` is false), MAIL,
+        RCPT per recipient, DATA.
+
+        With PIPELINING the envelope commands up to DATA go out in one write (RFC 2920 §3.1)
+        and the body with its final dot in a second; otherwise each command waits for its reply.
+        """
         results: dict[int, tuple[RecordType, Response]] = {}
         try:
             await self._transaction(msg, results)
@@ -292,50 +292,57 @@ class SmtpClientSession:
         recipients = msg.recipients
         if self.closed:
             raise _TransportError("session is closed")
-        if self._transactions:
-            rset = await self._command("RSET\r\n", path.rset_timeout)
-            if rset.code != 250:
-                self.closed = True
-                raise _TransportError(f"RSET failed: {rset}")
+        commands: list[tuple[str, str, float]] = []
+        if self._transactions and path.enable_rset:
+            commands.append(("RSET", "RSET\r\n", path.rset_timeout))
         self._transactions += 1
-
-        def settle_all(indexes: list[int] | range, response: Response) -> None:
-            disposition = classify(response)
-            for i in indexes:
-                results[i] = (disposition, response)
-
-        reply = await self._command(f"MAIL FROM:<{msg.sender.email}>\r\n", path.mail_from_timeout)
-        if reply.code != 250:
-            settle_all(range(len(recipients)), reply)
-            return
-        accepted: list[int] = []
-        for i, rcpt in enumerate(recipients):
-            reply = await self._command(f"RCPT TO:<{rcpt.email}>\r\n", path.rcpt_to_timeout)
-            if reply.code in (250, 251):
-                accepted.append(i)
-            else:
-                results[i] = (classify(reply), reply)
-                if reply.code == 421:
-                    settle_all(range(i + 1, len(recipients)), reply)
-                    settle_all(accepted, reply)
+        commands.append(("MAIL", f"MAIL FROM:<{msg.sender.email}>\r\n", path.mail_from_timeout))
+        commands += [("RCPT", f"RCPT TO:<{r.email}>\r\n", path.rcpt_to_timeout) for r in recipients]
+        commands.append(("DATA", "DATA\r\n", path.data_timeout))
+        pipelined = self.pipelining
+        if pipelined:
+            self._send(*(line for _, line, _ in commands))
+        envelope = _Envelope(len(recipients))
+        for verb, line, limit in commands:
+            if not pipelined:
+                if envelope.done:
                     return
-        if not accepted:
-            return
-        reply = await self._command("DATA\r\n", path.data_timeout)
-        if reply.code != 354:
-            settle_all(accepted, reply)
-            return
+                self._send(line)
+            reply = await self._read(line, limit)
+            if reply.code == 421:
+                envelope.settle_all(results, reply)
+                return
+            if verb == "RSET":
+                if reply.code != 250:
+                    self.closed = True
+                    raise _TransportError(f"RSET failed: {reply}")
+            elif verb == "MAIL":
+                envelope.mail(results, reply)
+            elif verb == "RCPT":
+                envelope.rcpt(results, reply)
+            elif reply.code == 354 and envelope.accepted and not envelope.done:
+                await self._send_body(msg, results, envelope)
+            elif reply.code == 354:
+                # RFC 2920: DATA went out pipelined but no recipient was accepted; end the
+                # (empty) message, and leave the recipients with their own replies.
+                await self._command(".\r\n", path.data_dot_timeout)
+            else:
+                envelope.data_refused(results, reply)
+
+    async def _send_body(
+        self, msg: Message, results: dict[int, tuple[RecordType, Response]], envelope: _Envelope
+    ) -> None:
         data = msg.data or b""
         body = _DOT_STUFF.sub(b"..", data)
         if not body.endswith(b"\r\n"):
             body += b"\r\n"
         try:
-            self._protocol.write(body)
-        except SMTPException as exc:
+            self._conn.write(body + b".\r\n")
+        except ConnectionBroken as exc:
             self.closed = True
             raise _TransportError(str(exc)) from exc
-        reply = await self._command(".\r\n", path.data_dot_timeout)
-        settle_all(accepted, reply)
+        reply = await self._read(".\r\n", self.path.data_dot_timeout)
+        envelope.settle_accepted(results, reply)
 
     async def quit(self) -> None:
         """Send QUIT (bounded by ``rset_timeout``) unless closed, then close the connection."""
@@ -343,21 +350,62 @@ class SmtpClientSession:
             with contextlib.suppress(_TransportError):
                 await self._command("QUIT\r\n", self.path.rset_timeout)
             self.closed = True
-        await self._close_transport()
+        await self._conn.close(self.path.rset_timeout)
 
     def abort(self) -> None:
         """Drop the connection now, without QUIT."""
         self.closed = True
-        transport = self._protocol.transport
-        if transport is not None:
-            transport.close()
+        self._conn.abort()
 
-    async def _close_transport(self) -> None:
-        transport = self._protocol.transport
-        if transport is not None and not transport.is_closing():
-            transport.close()
-        if transport is not None:
-            try:
-                await asyncio.wait_for(self._lost.wait(), self.path.rset_timeout)
-            except TimeoutError:
-                cast("asyncio.Transport", transport).abort()
+
+class _Envelope:
+    """Bookkeeping for one transaction's replies: who was accepted, and who is settled."""
+
+    __slots__ = ("accepted", "count", "done", "next_rcpt")
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.accepted: list[int] = []
+        self.next_rcpt = 0
+        self.done = False  # the outcome is known for every recipient; later replies are moot
+
+    def settle_all(self, results: dict[int, tuple[RecordType, Response]], reply: Response) -> None:
+        """Every recipient not yet settled (a 421: the session is over)."""
+        disposition = classify(reply)
+        for i in range(self.count):
+            if i not in results or i in self.accepted:
+                results[i] = (disposition, reply)
+        self.done = True
+
+    def mail(self, results: dict[int, tuple[RecordType, Response]], reply: Response) -> None:
+        if reply.code != 250:
+            disposition = classify(reply)
+            for i in range(self.count):
+                results[i] = (disposition, reply)
+            self.done = True
+
+    def rcpt(self, results: dict[int, tuple[RecordType, Response]], reply: Response) -> None:
+        i = self.next_rcpt
+        self.next_rcpt += 1
+        if self.done:
+            return
+        if reply.code in (250, 251):
+            self.accepted.append(i)
+        else:
+            results[i] = (classify(reply), reply)
+        if self.next_rcpt == self.count and not self.accepted:
+            self.done = True
+
+    def data_refused(
+        self, results: dict[int, tuple[RecordType, Response]], reply: Response
+    ) -> None:
+        if not self.done:
+            self.settle_accepted(results, reply)
+
+    def settle_accepted(
+        self, results: dict[int, tuple[RecordType, Response]], reply: Response
+    ) -> None:
+        disposition = classify(reply)
+        for i in self.accepted:
+            results[i] = (disposition, reply)
+        self.done = True

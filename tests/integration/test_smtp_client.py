@@ -32,17 +32,28 @@ BODY = b"Subject: hi\r\n\r\nline\r\n.leading dot\r\n"
 class Sink:
     """aiosmtpd handler recording messages and the connection each arrived on."""
 
-    def __init__(self) -> None:
+    def __init__(self, pipelining: bool = False) -> None:
         self.messages: list[tuple[int, str, list[str], bytes]] = []
         self.sessions: list[int] = []
         self.mail_gate: asyncio.Event | None = None
         self.tls_seen: list[bool] = []
+        self.pipelining = pipelining
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        if self.pipelining:  # aiosmtpd reads pipelined commands fine but does not say so
+            responses.insert(1, "250-PIPELINING")
+        return responses
 
     async def handle_MAIL(
         self, server: Any, session: Any, envelope: Any, address: str, options: Any
     ) -> str:
         if self.mail_gate is not None:
             await self.mail_gate.wait()
+        if address.startswith("badsender@"):
+            return "550 5.7.1 sender refused"
         envelope.mail_from = address
         return "250 OK"
 
@@ -93,13 +104,19 @@ def trusting(ca: trustme.CA) -> ssl.SSLContext:
 StartSink = Callable[..., Any]
 
 
+@pytest.fixture(params=[False, True], ids=["one-by-one", "pipelining"])
+def pipelining(request: pytest.FixtureRequest) -> bool:
+    """Every sink test runs against a sink that offers PIPELINING and one that does not."""
+    return bool(request.param)
+
+
 @pytest.fixture
-async def start_sink() -> AsyncIterator[StartSink]:
+async def start_sink(pipelining: bool) -> AsyncIterator[StartSink]:
     servers: list[asyncio.Server] = []
     sinks: list[Sink] = []
 
     async def start(tls: ssl.SSLContext | None = None) -> tuple[Sink, int]:
-        sink = Sink()
+        sink = Sink(pipelining)
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
             lambda: SMTP(sink, hostname="mx.test", tls_context=tls, require_starttls=False),
@@ -159,6 +176,7 @@ async def test_two_messages_one_session(start_sink: StartSink) -> None:
     session = await connect(port, enable_tls=Tls.DISABLED)
     assert isinstance(session, SmtpClientSession)
     assert session.source_address.startswith("127.0.0.1:")
+    assert session.pipelining is sink.pipelining
     first = await session.deliver(message("a@example.com"))
     second = await session.deliver(message("b@example.com", sender=""))
     await session.quit()
@@ -326,7 +344,7 @@ async def test_banner_timeout() -> None:
     try:
         result = await connect(port, banner_timeout=0.2)
         assert isinstance(result, ConnectFailure)
-        assert "Timed out" in result.reason
+        assert "timed out after 0.2s waiting for a reply" in result.reason
         await asyncio.wait_for(done.wait(), 5)
     finally:
         server.close()
@@ -347,3 +365,166 @@ async def test_stalled_command_is_transient(start_sink: StartSink) -> None:
     assert "KumoMTA internal" in outcome.recipients[0].response.content
     assert session.closed
     await session.quit()
+
+
+async def test_sender_refused_settles_every_recipient(start_sink: StartSink) -> None:
+    sink, port = await start_sink()
+    session = await connect(port, enable_tls=Tls.DISABLED)
+    assert isinstance(session, SmtpClientSession)
+    refused = await session.deliver(
+        message("a@example.com", "b@example.com", sender="badsender@example.com")
+    )
+    expected = Response(550, (5, 7, 1), "sender refused", "MAIL FROM:<badsender@example.com>\r\n")
+    assert [(r.disposition, r.response) for r in refused.recipients] == [
+        (RecordType.Bounce, expected)
+    ] * 2
+    assert not session.closed
+    after = await session.deliver(message("c@example.com"))
+    assert after.recipients[0].disposition is RecordType.Delivery
+    assert [m[2] for m in sink.messages] == [["c@example.com"]]
+    await session.quit()
+
+
+async def test_every_recipient_refused_sends_no_body(start_sink: StartSink) -> None:
+    sink, port = await start_sink()
+    session = await connect(port, enable_tls=Tls.DISABLED)
+    assert isinstance(session, SmtpClientSession)
+    refused = await session.deliver(message("tempfail@example.com", "permfail@example.com"))
+    assert [r.response.code for r in refused.recipients] == [450, 550]
+    assert [r.disposition for r in refused.recipients] == [
+        RecordType.TransientFailure,
+        RecordType.Bounce,
+    ]
+    after = await session.deliver(message("c@example.com"))
+    assert after.recipients[0].disposition is RecordType.Delivery
+    assert [m[2] for m in sink.messages] == [["c@example.com"]]
+    await session.quit()
+
+
+class ScriptedServer:
+    """A raw server that offers PIPELINING and answers nothing of a transaction until it has
+    read the whole envelope up to DATA, then sends every reply in one write. A client that
+    waits for each reply before sending the next command stalls against it."""
+
+    def __init__(self, rcpt_replies: dict[str, bytes], data_reply: bytes = b"354 go ahead") -> None:
+        self.rcpt_replies = rcpt_replies
+        self.data_reply = data_reply
+        self.groups: list[list[bytes]] = []
+        self.bodies: list[bytes] = []
+        self.done = asyncio.Event()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 scripted ESMTP\r\n")
+        try:
+            await reader.readline()  # EHLO
+            writer.write(b"250-scripted\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
+            while True:
+                group: list[bytes] = []
+                replies: list[bytes] = []
+                while not group or group[-1] != b"DATA":
+                    line = (await reader.readline()).rstrip(b"\r\n")
+                    if line in (b"QUIT", b""):
+                        writer.write(b"221 bye\r\n")
+                        return
+                    group.append(line)
+                    if line.startswith(b"RCPT TO:<"):
+                        local = line[9:].split(b"@", 1)[0].decode()
+                        replies.append(self.rcpt_replies.get(local, b"250 2.1.5 ok"))
+                    elif line != b"DATA":
+                        replies.append(b"250 2.0.0 ok")
+                self.groups.append(group)
+                writer.write(b"".join(r + b"\r\n" for r in [*replies, self.data_reply]))
+                if self.data_reply.startswith(b"354"):
+                    body = b""
+                    while not body.endswith(b"\n.\r\n") and body != b".\r\n":
+                        body += await reader.readline()
+                    self.bodies.append(body)
+                    writer.write(b"250 2.0.0 queued\r\n")
+        finally:
+            writer.close()
+            await writer.wait_closed()
+            self.done.set()
+
+
+@pytest.fixture
+async def scripted() -> AsyncIterator[Callable[..., Any]]:
+    servers: list[tuple[asyncio.Server, ScriptedServer]] = []
+
+    async def start(**kw: Any) -> tuple[ScriptedServer, int]:
+        script = ScriptedServer(**kw)
+        server = await asyncio.start_server(script.handle, "127.0.0.1", 0)
+        servers.append((server, script))
+        return script, server.sockets[0].getsockname()[1]
+
+    yield start
+    for server, script in servers:
+        server.close()
+        await server.wait_closed()
+        await asyncio.wait_for(script.done.wait(), 5)
+
+
+async def test_pipelining_sends_the_envelope_in_one_group(scripted: Any) -> None:
+    script, port = await scripted(rcpt_replies={"busy": b"450 4.2.1 busy"})
+    session = await connect(port, enable_tls=Tls.DISABLED, mail_from_timeout=2)
+    assert isinstance(session, SmtpClientSession)
+    assert session.pipelining
+    first = await session.deliver(message("a@example.com", "busy@example.com"))
+    second = await session.deliver(message("b@example.com"))
+    await session.quit()
+    assert [r.response.code for r in first.recipients] == [250, 450]
+    assert [r.disposition for r in first.recipients] == [
+        RecordType.Delivery,
+        RecordType.TransientFailure,
+    ]
+    assert second.recipients[0].response == Response(250, (2, 0, 0), "queued", ".\r\n")
+    assert script.groups == [
+        [b"MAIL FROM:<from@example.com>", b"RCPT TO:<a@example.com>", b"RCPT TO:<busy@example.com>",
+         b"DATA"],
+        [b"RSET", b"MAIL FROM:<from@example.com>", b"RCPT TO:<b@example.com>", b"DATA"],
+    ]  # fmt: skip
+    assert script.bodies == [BODY.replace(b"\n.", b"\n..") + b".\r\n"] * 2
+
+
+async def test_pipelined_data_accepted_without_recipients_ends_an_empty_message(
+    scripted: Any,
+) -> None:
+    """RFC 2920 §3.1: DATA went out before the RCPT replies were known; a server that still
+    says 354 gets an empty message, and the recipients keep their RCPT replies."""
+    script, port = await scripted(rcpt_replies={"a": b"550 5.1.1 unknown"})
+    session = await connect(port, enable_tls=Tls.DISABLED)
+    assert isinstance(session, SmtpClientSession)
+    outcome = await session.deliver(message("a@example.com"))
+    assert outcome.recipients[0].disposition is RecordType.Bounce
+    assert outcome.recipients[0].response.code == 550
+    assert script.bodies == [b".\r\n"]
+    again = await session.deliver(message("b@example.com"))
+    assert again.recipients[0].disposition is RecordType.Delivery
+    await session.quit()
+
+
+async def test_enable_pipelining_false_waits_for_each_reply(scripted: Any) -> None:
+    """The scripted server answers only once DATA has arrived, so a client that honours
+    ``enable_pipelining = false`` times out waiting for the MAIL reply."""
+    _script, port = await scripted(rcpt_replies={})
+    session = await connect(
+        port, enable_tls=Tls.DISABLED, enable_pipelining=False, mail_from_timeout=0.3
+    )
+    assert isinstance(session, SmtpClientSession)
+    assert "pipelining" in session.extensions
+    assert not session.pipelining
+    outcome = await session.deliver(message("a@example.com"))
+    assert outcome.recipients[0].disposition is RecordType.TransientFailure
+    assert "timed out after 0.3s" in outcome.recipients[0].response.content
+    assert session.closed
+    await session.quit()
+
+
+async def test_enable_rset_false_sends_no_rset(scripted: Any) -> None:
+    script, port = await scripted(rcpt_replies={})
+    session = await connect(port, enable_tls=Tls.DISABLED, enable_rset=False)
+    assert isinstance(session, SmtpClientSession)
+    for rcpt in ("a@example.com", "b@example.com"):
+        outcome = await session.deliver(message(rcpt))
+        assert outcome.recipients[0].disposition is RecordType.Delivery
+    await session.quit()
+    assert [group[0] for group in script.groups] == [b"MAIL FROM:<from@example.com>"] * 2
