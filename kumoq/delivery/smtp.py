@@ -30,6 +30,7 @@ from kumoq.delivery.client_connection import ClientConnection, ConnectionBroken
 from kumoq.errors import LocalProtocolError
 from kumoq.logs.records import PeerAddress, RecordType, Response
 from kumoq.message import new_session_id
+from kumoq.smtp.reply_reader import ServerReply
 
 if TYPE_CHECKING:
     from kumoq.config.egress import EgressPathConfig, EgressSource
@@ -236,19 +237,24 @@ class SmtpClientSession:
             self.closed = True
             raise _TransportError(str(exc)) from exc
 
-    async def _read(self, line: str | None, limit: float) -> Response:
-        """Read the reply to ``line`` (already sent; ``None`` for the banner)."""
+    async def _reply(self, limit: float) -> ServerReply:
+        """Read the next reply; a 421 marks the session closed."""
         try:
             reply = await self._conn.read_reply(limit)
         except ConnectionBroken as exc:
             self.closed = True
             raise _TransportError(str(exc)) from exc
+        if reply.code == 421:
+            self.closed = True
+        return reply
+
+    async def _read(self, line: str | None, limit: float) -> Response:
+        """Read the reply to ``line`` (already sent; ``None`` for the banner) as a Response."""
+        reply = await self._reply(limit)
         if line is not None and line.startswith("EHLO "):
             self.extensions = frozenset(
                 ln.split(" ", 1)[0].strip().lower() for ln in reply.lines[1:] if ln
             )
-        if reply.code == 421:
-            self.closed = True
         return Response.from_reply(reply.code, reply.lines, line)
 
     async def _command(self, line: str, limit: float) -> Response:
@@ -308,26 +314,32 @@ class SmtpClientSession:
                 if envelope.done:
                     return
                 self._send(line)
-            reply = await self._read(line, limit)
-            if reply.code == 421:
-                envelope.settle_all(results, reply)
+            # A Response (regex, join) is built only for a reply that decides an outcome.
+            reply = await self._reply(limit)
+            code = reply.code
+            if code == 421:
+                envelope.settle_all(results, Response.from_reply(code, reply.lines, line))
                 return
             if verb == "RSET":
-                if reply.code != 250:
+                if code != 250:
                     self.closed = True
-                    raise _TransportError(f"RSET failed: {reply}")
+                    raise _TransportError(f"RSET failed: {code} {reply.text}")
             elif verb == "MAIL":
-                envelope.mail(results, reply)
+                if code != 250:
+                    envelope.mail_refused(results, Response.from_reply(code, reply.lines, line))
             elif verb == "RCPT":
-                envelope.rcpt(results, reply)
-            elif reply.code == 354 and envelope.accepted and not envelope.done:
+                if code == 250 or code == 251:
+                    envelope.rcpt_accepted()
+                else:
+                    envelope.rcpt_refused(results, Response.from_reply(code, reply.lines, line))
+            elif code == 354 and envelope.accepted and not envelope.done:
                 await self._send_body(msg, results, envelope)
-            elif reply.code == 354:
+            elif code == 354:
                 # RFC 2920: DATA went out pipelined but no recipient was accepted; end the
                 # (empty) message, and leave the recipients with their own replies.
                 await self._command(".\r\n", path.data_dot_timeout)
             else:
-                envelope.data_refused(results, reply)
+                envelope.data_refused(results, Response.from_reply(code, reply.lines, line))
 
     async def _send_body(
         self, msg: Message, results: dict[int, tuple[RecordType, Response]], envelope: _Envelope
@@ -377,22 +389,28 @@ class _Envelope:
                 results[i] = (disposition, reply)
         self.done = True
 
-    def mail(self, results: dict[int, tuple[RecordType, Response]], reply: Response) -> None:
-        if reply.code != 250:
-            disposition = classify(reply)
-            for i in range(self.count):
-                results[i] = (disposition, reply)
-            self.done = True
+    def mail_refused(
+        self, results: dict[int, tuple[RecordType, Response]], reply: Response
+    ) -> None:
+        disposition = classify(reply)
+        for i in range(self.count):
+            results[i] = (disposition, reply)
+        self.done = True
 
-    def rcpt(self, results: dict[int, tuple[RecordType, Response]], reply: Response) -> None:
+    def rcpt_accepted(self) -> None:
+        i = self.next_rcpt
+        self.next_rcpt += 1
+        if not self.done:
+            self.accepted.append(i)
+
+    def rcpt_refused(
+        self, results: dict[int, tuple[RecordType, Response]], reply: Response
+    ) -> None:
         i = self.next_rcpt
         self.next_rcpt += 1
         if self.done:
             return
-        if reply.code in (250, 251):
-            self.accepted.append(i)
-        else:
-            results[i] = (classify(reply), reply)
+        results[i] = (classify(reply), reply)
         if self.next_rcpt == self.count and not self.accepted:
             self.done = True
 
