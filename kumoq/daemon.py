@@ -238,6 +238,7 @@ class Daemon:
         if decl.test_zones:
             log.info("DNS answers come from the test resolver (configure_test_resolver)")
         mx = MxCache(resolver, nxdomain_bounces=True)  # issue 4: NXDOMAIN bounces
+        runtime.waits.dns = mx  # kumo.dns.lookup_mx shares the delivery's MX cache
         hostname = decl.listeners[0].hostname if decl.listeners else None
         smtp = SmtpDispatch(
             policy=_PolicyEgress(events), mx=mx, resolver=lambda: mx.resolver,

@@ -11,6 +11,8 @@ This module imports nothing from kumoq. The tree::
     │                          startup exits 1, reception answers 421 4.3.0, delivery transfails
     │   └── RejectError        kumo.reject(code, message) was called; the caller turns it into
     │                          the SMTP reply / transient failure / bounce the context calls for
+    ├── PolicyWouldBlock       a synchronous policy call needs a DNS answer not cached yet; the
+    │                          caller awaits ``wait()`` and calls the handler again
     ├── SpoolError             the spool could not store, load or remove an entry
     │   ├── SpoolLockedError   another instance holds the spool lock; startup exits 1
     │   └── SpoolCorruptError  an entry cannot be parsed; enumeration removes it and logs
@@ -25,6 +27,8 @@ Expected outcomes (throttled, queue full, nothing due) are return values, never 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 __all__ = [
     "AddressError",
     "ConfigError",
@@ -33,6 +37,7 @@ __all__ = [
     "ListenerError",
     "LocalProtocolError",
     "PolicyError",
+    "PolicyWouldBlock",
     "QueueNameError",
     "RejectError",
     "RemoteProtocolError",
@@ -84,6 +89,19 @@ class RejectError(PolicyError):
         self.code = code
         self.reply_text = message
         self.disconnect = disconnect or code == 421
+
+
+class PolicyWouldBlock(KumoqError):
+    """A synchronous call of the policy needs an answer that is not at hand yet (a DNS answer
+    for ``kumo.dns.lookup_mx`` that is not cached).
+
+    Not a PolicyError: nothing is wrong with the policy. Await ``wait()`` (it fetches the
+    answer into the cache), then call the handler again.
+    """
+
+    def __init__(self, what: str, wait: Callable[[], Awaitable[None]]) -> None:
+        super().__init__(f"the policy is waiting for {what}")
+        self.wait = wait
 
 
 class SpoolError(KumoqError):

@@ -42,17 +42,21 @@ class ReceptionRecords(RecordSink, Protocol):
 class ReceptionEvents(Protocol):
     """The policy events reception fires (kumoq.lua.events implements them)."""
 
-    def smtp_server_ehlo(
+    async def smtp_server_ehlo(
         self, domain: str, conn_meta: dict[str, Any], extensions: list[str]
     ) -> list[str] | None: ...
 
-    def smtp_server_mail_from(self, sender: EnvelopeAddress, conn_meta: dict[str, Any]) -> None: ...
+    async def smtp_server_mail_from(
+        self, sender: EnvelopeAddress, conn_meta: dict[str, Any]
+    ) -> None: ...
 
-    def smtp_server_rcpt_to(
+    async def smtp_server_rcpt_to(
         self, recipient: EnvelopeAddress, conn_meta: dict[str, Any]
     ) -> None: ...
 
-    def smtp_server_message_received(self, msg: Message, conn_meta: dict[str, Any]) -> None: ...
+    async def smtp_server_message_received(
+        self, msg: Message, conn_meta: dict[str, Any]
+    ) -> None: ...
 
 
 class Reception:
@@ -92,15 +96,15 @@ class Reception:
     ) -> list[str] | Reply:
         # kumo.reject raises RejectError; the server turns it into the reply (and disconnects
         # when the policy asked for it).
-        replaced = self._events.smtp_server_ehlo(domain, conn, extensions)
+        replaced = await self._events.smtp_server_ehlo(domain, conn, extensions)
         return extensions if replaced is None else replaced
 
     async def mail_from(self, conn: ConnectionMeta, sender: EnvelopeAddress) -> Reply | None:
-        self._events.smtp_server_mail_from(sender, conn)
+        await self._events.smtp_server_mail_from(sender, conn)
         return None
 
     async def rcpt_to(self, conn: ConnectionMeta, recipient: EnvelopeAddress) -> Reply | None:
-        self._events.smtp_server_rcpt_to(recipient, conn)
+        await self._events.smtp_server_rcpt_to(recipient, conn)
         return None
 
     def rejected(self, conn: ConnectionMeta, command: str, reply: Reply) -> None:
@@ -132,7 +136,7 @@ class Reception:
             )
         for msg in messages:
             # A kumo.reject here rejects the whole transaction: nothing has been stored yet.
-            self._events.smtp_server_message_received(msg, conn)
+            await self._events.smtp_server_message_received(msg, conn)
 
         spooled: list[Message] = []
         names: list[str] = []
@@ -141,7 +145,7 @@ class Reception:
                 name = msg.queue_name()
                 names.append(name)
                 if name != NULL_QUEUE:
-                    self._queues.resolve(name)
+                    await self._queues.resolve_waiting(name)
                     spooled.append(msg)
         except QueueNameError as exc:
             return Reply(451, "4.3.0", f"{self._hostname} technical difficulties: {exc}")

@@ -6,6 +6,10 @@ and converts the result. Every wrapper returns at once, without entering Lua, wh
 has no handler for the event. Handles given to Lua are invalidated when the call returns, so a
 Message kept by the policy after its event cannot reach the Python message any more.
 
+The SMTP reception events are coroutines: a handler that waits for DNS
+(``kumo.dns.lookup_mx``) is awaited. The others are called synchronously and raise
+``PolicyWouldBlock`` when a DNS answer is not cached yet (see kumoq.lua.waits).
+
 Errors: ``kumo.reject``/``kumo.disconnect`` raise RejectError (code, reply_text, disconnect);
 any other failure raises PolicyError whose ``location`` is the policy's ``file:line``.
 
@@ -77,7 +81,7 @@ class PolicyEvents:
 
     # -- SMTP reception ----------------------------------------------------------------------
 
-    def smtp_server_ehlo(
+    async def smtp_server_ehlo(
         self, domain: str, conn_meta: dict[str, Any], extensions: list[str]
     ) -> list[str] | None:
         """The handler's replacement extension list, or None to keep ``extensions``."""
@@ -86,7 +90,7 @@ class PolicyEvents:
             return None
         hc = rt.bind_conn(conn_meta)
         try:
-            result = rt.invoke(
+            result = await rt.invoke_async(
                 "smtp_server_ehlo", "vcv", rt.to_lua(domain), hc, rt.to_lua(extensions)
             )
         finally:
@@ -101,13 +105,17 @@ class PolicyEvents:
             f"smtp_server_ehlo: the handler must return a list of strings or nil, got {result!r}"
         )
 
-    def smtp_server_mail_from(self, sender: EnvelopeAddress, conn_meta: dict[str, Any]) -> None:
-        self._address_event("smtp_server_mail_from", sender, conn_meta)
+    async def smtp_server_mail_from(
+        self, sender: EnvelopeAddress, conn_meta: dict[str, Any]
+    ) -> None:
+        await self._address_event("smtp_server_mail_from", sender, conn_meta)
 
-    def smtp_server_rcpt_to(self, recipient: EnvelopeAddress, conn_meta: dict[str, Any]) -> None:
-        self._address_event("smtp_server_rcpt_to", recipient, conn_meta)
+    async def smtp_server_rcpt_to(
+        self, recipient: EnvelopeAddress, conn_meta: dict[str, Any]
+    ) -> None:
+        await self._address_event("smtp_server_rcpt_to", recipient, conn_meta)
 
-    def _address_event(
+    async def _address_event(
         self, name: str, address: EnvelopeAddress, conn_meta: dict[str, Any]
     ) -> None:
         rt = self._rt
@@ -115,11 +123,13 @@ class PolicyEvents:
             return
         hc = rt.bind_conn(conn_meta)
         try:
-            rt.invoke(name, "ac", rt.to_lua(address.local_part), rt.to_lua(address.domain), hc)
+            await rt.invoke_async(
+                name, "ac", rt.to_lua(address.local_part), rt.to_lua(address.domain), hc
+            )
         finally:
             rt.unbind(hc)
 
-    def smtp_server_message_received(self, msg: Message, conn_meta: dict[str, Any]) -> None:
+    async def smtp_server_message_received(self, msg: Message, conn_meta: dict[str, Any]) -> None:
         """Run the handler on ``msg``; its meta, data and envelope changes land in ``msg``."""
         rt = self._rt
         if "smtp_server_message_received" not in rt.handler_names:
@@ -127,7 +137,7 @@ class PolicyEvents:
         hm = rt.bind_message(msg)
         hc = rt.bind_conn(conn_meta)
         try:
-            rt.invoke("smtp_server_message_received", "mc", hm, hc)
+            await rt.invoke_async("smtp_server_message_received", "mc", hm, hc)
         finally:
             rt.unbind(hm, hc)
 

@@ -202,6 +202,23 @@ kumo.dns.configure_test_resolver = function(zones)
   end
   dns_declare { zones = zones }
 end
+
+-- kumo.dns.lookup_mx(domain): the domain's MX as KumoMTA's MailExchanger table. Waits for DNS
+-- by yielding to the event coroutine kumoq runs every handler in (see kumoq/lua/waits.py).
+local running, isyieldable, yield = coroutine.running, coroutine.isyieldable, coroutine.yield
+local PENDING, EVENT_COROUTINES = M.PENDING, M.EVENT_COROUTINES
+kumo.dns.lookup_mx = function(domain)
+  if type(domain) ~= 'string' then
+    error('kumo.dns.lookup_mx: expected a domain name, got ' .. type(domain), 2)
+  end
+  if not EVENT_COROUTINES[running()] or not isyieldable() then
+    error('kumo.dns.lookup_mx: cannot wait for DNS here; call it from the handler itself, '
+      .. 'not from a coroutine, metamethod or callback of the policy\'s own', 2)
+  end
+  local ok, res = yield(PENDING, 'lookup_mx', domain)
+  if not ok then error(res, 2) end
+  return res
+end
 for _, kind in ipairs(M.makers) do kumo[kind] = maker(kind) end
 
 M.kumo = kumo

@@ -45,6 +45,7 @@ from kumoq.config.queue import QueueConfig
 from kumoq.errors import KumoqError, PolicyError, RejectError
 from kumoq.lua import kumo_api, message
 from kumoq.lua.message import LuaApiError
+from kumoq.lua.waits import Waits
 from kumoq.message import Message
 
 __all__ = [
@@ -305,6 +306,35 @@ function M.conn_close(h)
   return 1, nil
 end
 
+-- Every call into the policy runs in a coroutine of its own, so that a kumo function that
+-- must wait (kumo.dns.lookup_mx) can yield (PENDING, op, arg) to kumoq and be resumed with
+-- (ok, answer). M.run/M.resume_event return finish()'s results, or -1, co, op, arg while waiting.
+local create, resume, costatus = coroutine.create, coroutine.resume, coroutine.status
+local PENDING, OURS = {}, setmetatable({}, {__mode = 'k'})
+M.PENDING, M.EVENT_COROUTINES = PENDING, OURS
+
+local function step(co, ok, ...)
+  if not ok then return 0, tostring((...)) end
+  if costatus(co) == 'suspended' then
+    local marker, op, arg = ...
+    if marker ~= PENDING then
+      return 0, 'a handler called coroutine.yield outside a coroutine of its own'
+    end
+    return -1, co, op, arg
+  end
+  return ...
+end
+
+function M.run(fn, ...)
+  local co = create(fn)
+  OURS[co] = true
+  return step(co, resume(co, ...))
+end
+
+function M.resume_event(co, ...)
+  return step(co, resume(co, ...))
+end
+
 function M.load_policy(src, chunkname)
   local chunk, err = raw_load(src, '@' .. chunkname, 't')
   if chunk == nil then return 0, err end
@@ -383,6 +413,9 @@ class PolicyRuntime:
         self._conn_send_batch = M.conn_send_batch
         self._conn_close = M.conn_close
         self._set_phase = M.set_phase
+        self._run = M.run
+        self._continue = M.resume_event
+        self.waits = Waits(self.to_lua, self.clock.now)
         self.handler_names: frozenset[str] = frozenset()
         self._load()
 
@@ -429,6 +462,13 @@ class PolicyRuntime:
         """
         return self._result(name, self._call(self._invoke, name, shape, *args), config)[1]
 
+    async def invoke_async(self, name: str, shape: str, *args: object) -> Any:
+        """Like ``invoke``, but a handler that waits (``kumo.dns.lookup_mx``) is awaited
+        instead of raising PolicyWouldBlock. The handles in ``args`` must stay bound until
+        this returns."""
+        res = await self._call_async(self._invoke, name, shape, *args)
+        return self._result(name, res)[1]
+
     def invoke_made(self, name: str, shape: str, *args: object) -> tuple[str | None, Any]:
         """Like ``invoke`` (config tables), but also says which ``make_*`` built the result.
 
@@ -436,28 +476,29 @@ class PolicyRuntime:
         """
         return self._result(name, self._call(self._invoke, name, shape, *args), True)
 
-    def construct(self, name: str, *args: str | None) -> int:
+    async def construct(self, name: str, *args: str | None) -> int:
         """Fire a ``custom_lua`` constructor event; return a handle to its connection table.
         Raises RejectError for ``kumo.reject``, PolicyError otherwise."""
-        _, handle = self._result(name, self._call(self._construct, name, *args))
+        _, handle = self._result(name, await self._call_async(self._construct, name, *args))
         return int(handle)
 
-    def conn_send(self, conn: int, msg: Message) -> Any:
+    async def conn_send(self, conn: int, msg: Message) -> Any:
         """``conn:send(msg)``; returns its first result as Python data. Raises RejectError for
         ``kumo.reject``, PolicyError for any other error."""
         h = self.bind_message(msg)
         try:
-            return self._result("send", self._call(self._conn_send, conn, "m", h))[1]
+            res = await self._call_async(self._conn_send, conn, "m", h)
+            return self._result("send", res)[1]
         finally:
             self.unbind(h)
 
-    def conn_send_batch(self, conn: int, msgs: Sequence[Message]) -> Any:
+    async def conn_send_batch(self, conn: int, msgs: Sequence[Message]) -> Any:
         """``conn:send_batch(msgs)`` with a Lua array of the messages, in order; returns its
         first result as Python data. Raises RejectError for ``kumo.reject``, PolicyError for
         any other error (also when the connection has no ``send_batch`` method)."""
         handles = [self.bind_message(msg) for msg in msgs]
         try:
-            res = self._call(self._conn_send_batch, conn, *handles)
+            res = await self._call_async(self._conn_send_batch, conn, *handles)
             return self._result("send_batch", res)[1]
         finally:
             self.unbind(*handles)
@@ -467,6 +508,22 @@ class PolicyRuntime:
         self._result("close", self._call(self._conn_close, conn))
 
     def _call(self, fn: Any, *args: object) -> Any:
+        """Run ``fn`` (an M function) in an event coroutine; answer its waits from what is
+        at hand, or raise PolicyWouldBlock (see kumoq.lua.waits)."""
+        res = self._enter(self._run, fn, *args)
+        while res[0] == -1:
+            res = self._enter(self._continue, res[1], *self.waits.immediate(res[2], res[3]))
+        return res
+
+    async def _call_async(self, fn: Any, *args: object) -> Any:
+        """Like ``_call``, but a wait is awaited while the event loop carries on."""
+        res = self._enter(self._run, fn, *args)
+        while res[0] == -1:
+            answer = await self.waits.awaited(res[2], res[3])
+            res = self._enter(self._continue, res[1], *answer)
+        return res
+
+    def _enter(self, fn: Any, *args: object) -> Any:
         try:
             return fn(*args)
         except lua54.LuaError as e:  # only our own chunks failing; policy errors are caught
@@ -615,7 +672,12 @@ def _to_lua(table_from: Callable[..., Any], value: Any, depth: int) -> Any:
     if depth > _MAX_DEPTH:
         raise LuaApiError("value nesting is too deep")
     if isinstance(value, dict):
-        return table_from({str(k): _to_lua(table_from, v, depth + 1) for k, v in value.items()})
+        return table_from(
+            {
+                k if type(k) is int else str(k): _to_lua(table_from, v, depth + 1)
+                for k, v in value.items()
+            }
+        )
     if isinstance(value, list | tuple):
         return table_from([_to_lua(table_from, v, depth + 1) for v in value])
     raise LuaApiError(f"cannot pass a {type(value).__name__} value to Lua")

@@ -44,11 +44,11 @@ from kumoq.delivery.smtp import ConnectFailure, SmtpClientSession
 from kumoq.dns.resolver import DnsStatus, MxCache, MxFailure, Resolver
 from kumoq.dns.site_name import MailExchanger
 from kumoq.egress import WeightedRoundRobin, mx_list_site_name, ready_queue_name
-from kumoq.errors import KumoqError
+from kumoq.errors import KumoqError, PolicyWouldBlock
 from kumoq.logs.records import RecordType, Response, SourceAddress
 from kumoq.message import Message, parse_queue_name, priority_of
 from kumoq.queue.context import InsertReason
-from kumoq.queue.manager import Attempt
+from kumoq.queue.manager import POLICY_WAIT_RERUNS, Attempt
 from kumoq.queue.ready import (
     ConnectionFailureTracker,
     ReadyFifo,
@@ -161,10 +161,19 @@ class SmtpDispatch:
     async def deliver(self, msg: Message, config: QueueConfig) -> Attempt:
         protocol = config.protocol
         assert isinstance(protocol, SmtpProtocol)
-        try:
-            ready = await self._ready_queue_for(msg, config, protocol)
-        except KumoqError as exc:
-            return Attempt(RecordType.TransientFailure, _transient(f"KumoMTA internal: {exc}"))
+        for _ in range(POLICY_WAIT_RERUNS):
+            try:
+                ready = await self._ready_queue_for(msg, config, protocol)
+                break
+            except PolicyWouldBlock as wait:  # an egress event waits for kumo.dns.lookup_mx
+                await wait.wait()
+            except KumoqError as exc:
+                return Attempt(RecordType.TransientFailure, _transient(f"KumoMTA internal: {exc}"))
+        else:
+            return Attempt(
+                RecordType.TransientFailure,
+                _transient("KumoMTA internal: the egress events kept waiting for DNS"),
+            )
         if isinstance(ready, Attempt):
             return ready
         future: asyncio.Future[Attempt] = asyncio.get_running_loop().create_future()

@@ -36,7 +36,7 @@ from typing import Any, Protocol, final
 
 from kumoq.clock import Clock, SystemClock
 from kumoq.config.queue import CustomLuaProtocol, QueueConfig
-from kumoq.errors import PolicyError, RejectError
+from kumoq.errors import KumoqError, PolicyError, RejectError
 from kumoq.logs.records import RecordType, Response
 from kumoq.message import Message, QueueNameParts, new_session_id, parse_queue_name
 from kumoq.queue.manager import Attempt
@@ -49,11 +49,11 @@ log = logging.getLogger("kumoq.egress")
 class LuaConnections(Protocol):
     """What custom Lua delivery needs of the policy runtime (kumoq.lua.runtime has it)."""
 
-    def construct(self, name: str, *args: str | None) -> int: ...
+    async def construct(self, name: str, *args: str | None) -> int: ...
 
-    def conn_send(self, conn: int, msg: Message) -> Any: ...
+    async def conn_send(self, conn: int, msg: Message) -> Any: ...
 
-    def conn_send_batch(self, conn: int, msgs: Sequence[Message]) -> Any: ...
+    async def conn_send_batch(self, conn: int, msgs: Sequence[Message]) -> Any: ...
 
     def conn_close(self, conn: int) -> None: ...
 
@@ -134,6 +134,7 @@ class LuaDispatch:
         self._clock: Clock = clock or SystemClock()
         self._conns: dict[str, tuple[int, str]] = {}  # ready queue -> (handle, session id)
         self._batches: dict[str, _Batch] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
         self._closing = False
 
     async def deliver(self, msg: Message, config: QueueConfig) -> Attempt:
@@ -144,7 +145,7 @@ class LuaDispatch:
         if self._closing:
             raise asyncio.CancelledError  # not attempted: the message stays spooled
         if protocol.batch_size == 1 and site not in self._batches:
-            return self._send(site, protocol, parts, [msg])
+            return await self._send(site, protocol, parts, [msg])
         batch = self._batches.get(site)
         if batch is None:
             batch = self._batches[site] = _Batch(site, protocol)
@@ -177,7 +178,7 @@ class LuaDispatch:
                         items = [waiting.popleft() for _ in range(count)]
                         items = [it for it in items if not it.future.done()]
                         if items:
-                            self._send_batch(batch, items)
+                            await self._send_batch(batch, items)
                         await asyncio.sleep(0)  # let new arrivals and other work in
                     case WaitFor(seconds):
                         try:
@@ -192,11 +193,11 @@ class LuaDispatch:
             if not waiting and self._batches.get(batch.site) is batch:
                 del self._batches[batch.site]
 
-    def _send_batch(self, batch: _Batch, items: list[_Waiting]) -> None:
+    async def _send_batch(self, batch: _Batch, items: list[_Waiting]) -> None:
         """Send ``items`` and resolve their attempts (a bug fails them, never strands them)."""
         msgs = [it.msg for it in items]
         try:
-            attempt = self._send(batch.site, batch.protocol, items[0].parts, msgs)
+            attempt = await self._send(batch.site, batch.protocol, items[0].parts, msgs)
         except Exception as exc:
             for it in items:
                 it.future.set_exception(exc)  # the queue manager logs it and retries later
@@ -204,25 +205,37 @@ class LuaDispatch:
         for it in items:
             it.future.set_result(attempt)
 
-    def _send(
+    async def _send(
         self, site: str, protocol: CustomLuaProtocol, parts: QueueNameParts, msgs: list[Message]
     ) -> Attempt:
         """``conn:send(msg)`` when ``batch_size`` is 1, else ``conn:send_batch(msgs)``, on the
         ready queue's connection (constructed on first use from ``parts``); the outcome of every
-        message in ``msgs``."""
+        message in ``msgs``. One call at a time per connection: a handler waiting for DNS
+        (``kumo.dns.lookup_mx``) holds its connection until it returns."""
+        lock = self._locks.get(site)
+        if lock is None:
+            lock = self._locks[site] = asyncio.Lock()
+        async with lock:
+            return await self._send_locked(site, protocol, parts, msgs)
+
+    async def _send_locked(
+        self, site: str, protocol: CustomLuaProtocol, parts: QueueNameParts, msgs: list[Message]
+    ) -> Attempt:
         ctor = protocol.constructor
         conn = self._conns.get(site)
         session_id = conn[1] if conn is not None else new_session_id()
         attempt = _attempt_factory(site, ctor, session_id)
         try:
             if conn is None:
-                handle = self._runtime.construct(ctor, parts.domain, parts.tenant, parts.campaign)
+                handle = await self._runtime.construct(
+                    ctor, parts.domain, parts.tenant, parts.campaign
+                )
                 conn = self._conns[site] = (handle, session_id)
             if protocol.batch_size == 1:
                 (msg,) = msgs
-                result = self._runtime.conn_send(conn[0], msg)
+                result = await self._runtime.conn_send(conn[0], msg)
             else:
-                result = self._runtime.conn_send_batch(conn[0], msgs)
+                result = await self._runtime.conn_send_batch(conn[0], msgs)
         except RejectError as exc:
             if exc.code == 421:
                 self._close(site)
@@ -241,7 +254,7 @@ class LuaDispatch:
         if conn is not None:
             try:
                 self._runtime.conn_close(conn[0])
-            except PolicyError as exc:
+            except KumoqError as exc:  # a PolicyError, or a close() that waits for DNS
                 log.warning("custom_lua connection %s: close failed: %s", site, exc)
 
     async def close(self) -> None:

@@ -22,14 +22,15 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import random
-from collections.abc import Awaitable, Iterator, Mapping
+from collections.abc import Awaitable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 from kumoq.clock import Clock
 from kumoq.config.queue import NullProtocol, QueueConfig
-from kumoq.errors import KumoqError, PolicyError
+from kumoq.errors import KumoqError, PolicyError, PolicyWouldBlock
 from kumoq.logs.records import RecordType, Response, rfc3339
 from kumoq.message import NULL_QUEUE, Message, QueueNameParts, parse_queue_name
 from kumoq.queue.context import InsertContext, InsertReason
@@ -56,6 +57,9 @@ __all__ = [
 log = logging.getLogger("kumoq.queue")
 
 FAILED_RESOLVE_TTL: Final = 60.0
+POLICY_WAIT_RERUNS: Final = 8
+"""How often ``resolve_waiting`` fetches a DNS answer for ``get_queue_config`` and calls it
+again before it gives up (a handler that looks up more domains, or a zero-TTL answer)."""
 
 
 class QueueConfigSource(Protocol):
@@ -148,6 +152,12 @@ class QueueManager:
         parts = queue.parts if queue is not None else parse_queue_name(name)
         try:
             config = self._configs.get_queue_config(parts) or QueueConfig()
+        except PolicyWouldBlock as wait:
+            if queue is None:
+                raise  # the caller awaits the answer (resolve_waiting)
+            queue.resolved_at = now  # keep the config until the refresh below has run
+            self._spawn(self._refresh_when_answered(name, wait))
+            return queue
         except PolicyError as exc:
             self._failed[name] = _FailedResolve(exc, now + FAILED_RESOLVE_TTL)
             if queue is not None:
@@ -174,6 +184,33 @@ class QueueManager:
             queue.resolved_at = now
         return queue
 
+    async def resolve_waiting(self, name: str) -> ScheduledQueue:
+        """``resolve``, waiting for the DNS answers ``get_queue_config`` asks for
+        (``kumo.dns.lookup_mx``) when they are not cached yet. Raises PolicyError."""
+        for _ in range(POLICY_WAIT_RERUNS):
+            try:
+                return self.resolve(name)
+            except PolicyWouldBlock as wait:
+                await wait.wait()
+        raise PolicyError(
+            f"get_queue_config for {name}: still waiting for DNS after {POLICY_WAIT_RERUNS} answers"
+        )
+
+    async def _refresh_when_answered(self, name: str, wait: PolicyWouldBlock) -> None:
+        await wait.wait()
+        queue = self._queues.get(name)
+        if queue is not None and not self._closing:
+            queue.resolved_at = -math.inf  # due for a refresh now that the answer is cached
+            try:
+                await self.resolve_waiting(name)
+            except KumoqError as exc:
+                log.error("queue %s: keeping its last config: %s", name, exc)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def get(self, name: str) -> ScheduledQueue | None:
         return self._queues.get(name)
 
@@ -193,11 +230,17 @@ class QueueManager:
         context = context or InsertContext(InsertReason.Received)
         try:
             queue = self.resolve(msg.queue_name())
+        except PolicyWouldBlock:
+            self._spawn(self._insert_when_resolved(msg, context))
+            return
         except KumoqError as exc:
             # Stays in the spool; tried again when the failed-resolve cache has expired.
             log.error("message %s: cannot resolve its queue: %s", msg.id, exc)
             self._park(msg, FAILED_RESOLVE_TTL)
             return
+        self._insert_into(queue, msg, context)
+
+    def _insert_into(self, queue: ScheduledQueue, msg: Message, context: InsertContext) -> None:
         now = self._clock.now()
         due = msg.due
         if due is not None and due > now:
@@ -206,6 +249,16 @@ class QueueManager:
             self._insert_delayed(queue, msg, due, context)
         else:
             self._insert_ready(queue, msg, context)
+
+    async def _insert_when_resolved(self, msg: Message, context: InsertContext) -> None:
+        try:
+            queue = await self.resolve_waiting(msg.queue_name())
+        except KumoqError as exc:
+            log.error("message %s: cannot resolve its queue: %s", msg.id, exc)
+            self._park(msg, FAILED_RESOLVE_TTL)
+            return
+        if not self._closing:
+            self._insert_into(queue, msg, context)
 
     def _insert_delayed(
         self, queue: ScheduledQueue, msg: Message, due: float, context: InsertContext

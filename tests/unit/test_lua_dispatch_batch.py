@@ -74,16 +74,16 @@ class FakeRuntime:
         self.closed: list[int] = []
         self.outcome = outcome or (lambda users: f"batch of {len(users)}")
 
-    def construct(self, name, *args):
+    async def construct(self, name, *args):
         self.constructed.append((name, args))
         return len(self.constructed)
 
-    def conn_send(self, conn, msg):
+    async def conn_send(self, conn, msg):
         users = [msg.recipient.local_part]
         self.calls.append(("send", users))
         return self.outcome(users)
 
-    def conn_send_batch(self, conn, msgs):
+    async def conn_send_batch(self, conn, msgs):
         users = [m.recipient.local_part for m in msgs]
         self.calls.append(("send_batch", users))
         return self.outcome(users)
@@ -297,27 +297,27 @@ def runtime(tmp_path):
     return rt
 
 
-def test_conn_send_batch_passes_an_array_of_messages(runtime):
-    conn = runtime.construct("make.hook", "hook.test", None, None)
+async def test_conn_send_batch_passes_an_array_of_messages(runtime):
+    conn = await runtime.construct("make.hook", "hook.test", None, None)
     msgs = [make_msg("a"), make_msg("b"), make_msg("c")]
-    assert runtime.conn_send_batch(conn, msgs) == "hook.test #1: a,b,c"
-    assert runtime.conn_send_batch(conn, msgs[:1]) == "hook.test #2: a"
+    assert await runtime.conn_send_batch(conn, msgs) == "hook.test #1: a,b,c"
+    assert await runtime.conn_send_batch(conn, msgs[:1]) == "hook.test #2: a"
     assert runtime.messages == {}  # every handle unbound
 
 
-def test_conn_send_batch_errors(runtime):
-    conn = runtime.construct("make.hook", "hook.test", None, None)
+async def test_conn_send_batch_errors(runtime):
+    conn = await runtime.construct("make.hook", "hook.test", None, None)
     with pytest.raises(RejectError) as info:
-        runtime.conn_send_batch(conn, [make_msg("reject"), make_msg("b")])
+        await runtime.conn_send_batch(conn, [make_msg("reject"), make_msg("b")])
     assert info.value.code == 451
     with pytest.raises(PolicyError, match="exploded"):
-        runtime.conn_send_batch(conn, [make_msg("boom")])
+        await runtime.conn_send_batch(conn, [make_msg("boom")])
     assert runtime.messages == {}
-    single = runtime.construct("make.single", "hook.test", None, None)
+    single = await runtime.construct("make.single", "hook.test", None, None)
     with pytest.raises(PolicyError, match="needs a send_batch method"):
-        runtime.conn_send_batch(single, [make_msg("a")])
+        await runtime.conn_send_batch(single, [make_msg("a")])
     with pytest.raises(PolicyError, match="a send or send_batch method"):
-        runtime.construct("make.none", "hook.test", None, None)
+        await runtime.construct("make.none", "hook.test", None, None)
 
 
 # -- validation ----------------------------------------------------------------------------------

@@ -29,20 +29,20 @@ def msg():
     )
 
 
-def test_no_handlers_means_defaults(tmp_path, msg):
+async def test_no_handlers_means_defaults(tmp_path, msg):
     ev = events(tmp_path, "")
     conn = {"x": 1}
-    assert ev.smtp_server_ehlo("client.example", conn, ["PIPELINING"]) is None
-    ev.smtp_server_mail_from(msg.sender, conn)
-    ev.smtp_server_rcpt_to(msg.recipient, conn)
-    ev.smtp_server_message_received(msg, conn)
+    assert await ev.smtp_server_ehlo("client.example", conn, ["PIPELINING"]) is None
+    await ev.smtp_server_mail_from(msg.sender, conn)
+    await ev.smtp_server_rcpt_to(msg.recipient, conn)
+    await ev.smtp_server_message_received(msg, conn)
     assert ev.get_queue_config("rcpt.example", None, None, None) is None
     assert ev.call("anything", 1) is None
     assert conn == {"x": 1}
     assert msg.meta == {}
 
 
-def test_ehlo_arguments_and_replacement_list(tmp_path):
+async def test_ehlo_arguments_and_replacement_list(tmp_path):
     ev = events(
         tmp_path,
         """
@@ -60,19 +60,19 @@ def test_ehlo_arguments_and_replacement_list(tmp_path):
         """,
     )
     conn: dict[str, object] = {}
-    assert ev.smtp_server_ehlo("c.example", conn, ["PIPELINING", "CHUNKING", "8BITMIME"]) == [
+    assert await ev.smtp_server_ehlo("c.example", conn, ["PIPELINING", "CHUNKING", "8BITMIME"]) == [
         "PIPELINING",
         "8BITMIME",
     ]
     assert conn == {"seen_ehlo": "c.example"}
-    assert ev.smtp_server_ehlo("keep.example", conn, ["X"]) is None
-    assert ev.smtp_server_ehlo("none.example", conn, ["X"]) == []
+    assert await ev.smtp_server_ehlo("keep.example", conn, ["X"]) is None
+    assert await ev.smtp_server_ehlo("none.example", conn, ["X"]) == []
     with pytest.raises(PolicyError, match="must return a list of strings"):
-        ev.smtp_server_ehlo("bad.example", conn, ["X"])
+        await ev.smtp_server_ehlo("bad.example", conn, ["X"])
 
 
 @pytest.mark.parametrize("event", ["smtp_server_mail_from", "smtp_server_rcpt_to"])
-def test_address_events_see_the_address_and_conn_meta(tmp_path, event):
+async def test_address_events_see_the_address_and_conn_meta(tmp_path, event):
     ev = events(
         tmp_path,
         f"""
@@ -85,23 +85,23 @@ def test_address_events_see_the_address_and_conn_meta(tmp_path, event):
         """,
     )
     conn: dict[str, Any] = {}
-    getattr(ev, event)(EnvelopeAddress.parse("user@ok.example"), conn)
+    await getattr(ev, event)(EnvelopeAddress.parse("user@ok.example"), conn)
     assert conn["got"] == ["user", "ok.example", "user@ok.example", "user@ok.example"]
     with pytest.raises(RejectError) as info:
-        getattr(ev, event)(EnvelopeAddress.parse("x@blocked.example"), conn)
+        await getattr(ev, event)(EnvelopeAddress.parse("x@blocked.example"), conn)
     assert info.value.code == 550
     assert info.value.reply_text == "5.7.1 x@blocked.example is not welcome"
     assert not info.value.disconnect
 
 
-def test_ehlo_reject(tmp_path):
+async def test_ehlo_reject(tmp_path):
     ev = events(tmp_path, "kumo.on('smtp_server_ehlo', function() kumo.reject(421, 'busy') end)")
     with pytest.raises(RejectError) as info:
-        ev.smtp_server_ehlo("c.example", {}, [])
+        await ev.smtp_server_ehlo("c.example", {}, [])
     assert (info.value.code, info.value.reply_text, info.value.disconnect) == (421, "busy", True)
 
 
-def test_message_received_changes_land_in_the_message_and_conn_meta(tmp_path, msg):
+async def test_message_received_changes_land_in_the_message_and_conn_meta(tmp_path, msg):
     ev = events(
         tmp_path,
         """
@@ -114,8 +114,8 @@ def test_message_received_changes_land_in_the_message_and_conn_meta(tmp_path, ms
         """,
     )
     conn: dict[str, Any] = {"authn_id": "tenant-a"}
-    ev.smtp_server_message_received(msg, conn)
-    ev.smtp_server_message_received(msg, conn)
+    await ev.smtp_server_message_received(msg, conn)
+    await ev.smtp_server_message_received(msg, conn)
     assert msg.meta == {"tenant": "tenant-a", "queue": "custom"}
     assert msg.queue_name() == "custom"
     assert msg.data == b"Subject: hi\r\nX-Policy: seen\r\nX-Policy: seen\r\n\r\nbody\r\n"
@@ -124,7 +124,7 @@ def test_message_received_changes_land_in_the_message_and_conn_meta(tmp_path, ms
     assert ev.runtime.conns == {}
 
 
-def test_message_received_reject_and_errors(tmp_path, msg):
+async def test_message_received_reject_and_errors(tmp_path, msg):
     ev = events(
         tmp_path,
         """\
@@ -136,11 +136,11 @@ def test_message_received_reject_and_errors(tmp_path, msg):
     )
     msg.meta["mode"] = "reject"
     with pytest.raises(RejectError) as info:
-        ev.smtp_server_message_received(msg, {})
+        await ev.smtp_server_message_received(msg, {})
     assert (info.value.code, info.value.reply_text) == (552, "too spammy")
     msg.meta["mode"] = "crash"
     with pytest.raises(PolicyError) as err:
-        ev.smtp_server_message_received(msg, {})
+        await ev.smtp_server_message_received(msg, {})
     assert not isinstance(err.value, RejectError)
     assert err.value.location == "init.lua:3"
     assert ev.runtime.messages == {}  # handles are released on errors too

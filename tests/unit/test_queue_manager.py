@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from kumoq.clock import FakeClock
 from kumoq.config.queue import QueueConfig
-from kumoq.errors import PolicyError
+from kumoq.errors import PolicyError, PolicyWouldBlock
 from kumoq.message import QueueNameParts
-from kumoq.queue.manager import QueueManager
+from kumoq.queue.manager import POLICY_WAIT_RERUNS, QueueManager
 
 
 class FlakySource:
@@ -88,3 +90,69 @@ async def test_a_queue_that_keeps_emptying_has_one_reap_timer(setup):
         clock.advance(0.01)
         manager._maybe_idle(queue)
     assert queue.reap_timer is first
+
+
+class WaitingSource:
+    """get_queue_config that needs a DNS answer (kumo.dns.lookup_mx) the first ``misses``
+    times it is called, as the policy runtime does while the MX cache is cold."""
+
+    def __init__(self, misses: int) -> None:
+        self.misses = misses
+        self.calls = 0
+        self.fetches = 0
+
+    def get_queue_config(self, parts: QueueNameParts) -> QueueConfig:
+        self.calls += 1
+        if self.misses:
+
+            async def fetch() -> None:
+                self.fetches += 1
+                self.misses -= 1
+
+            raise PolicyWouldBlock(f"the MX records of {parts.domain}", fetch)
+        return QueueConfig(refresh_interval=5.0, retry_interval=10 * self.calls)
+
+
+async def make(source, clock=None):
+    return QueueManager(
+        configs=source,
+        deliverers={},
+        spool=NoSpool(),
+        records=NoRecords(),
+        clock=clock or FakeClock(),
+    )
+
+
+async def test_resolve_waiting_fetches_then_calls_again():
+    source = WaitingSource(misses=2)
+    manager = await make(source)
+    with pytest.raises(PolicyWouldBlock):
+        manager.resolve("example.com")
+    queue = await manager.resolve_waiting("example.com")
+    assert queue.config.retry_interval == 40  # the 4th call: 3 waits, then an answer
+    assert source.fetches == 2
+    await manager.close()
+
+
+async def test_resolve_waiting_gives_up_after_a_bounded_number_of_answers():
+    manager = await make(WaitingSource(misses=1000))
+    with pytest.raises(PolicyError, match=f"still waiting for DNS after {POLICY_WAIT_RERUNS}"):
+        await manager.resolve_waiting("example.com")
+    await manager.close()
+
+
+async def test_a_refresh_that_waits_keeps_the_config_and_refreshes_in_the_background():
+    clock = FakeClock()
+    source = WaitingSource(misses=0)
+    manager = await make(source, clock)
+    queue = manager.resolve("example.com")
+    assert queue.config.retry_interval == 10
+    source.misses = 1
+    clock.advance(6)
+    assert manager.resolve("example.com") is queue  # no exception: the old config stays
+    assert queue.config.retry_interval == 10
+    for _ in range(5):
+        await asyncio.sleep(0)  # the background refresh: fetch, then call again
+    assert source.fetches == 1
+    assert queue.config.retry_interval == 30
+    await manager.close()

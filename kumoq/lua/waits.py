@@ -1,0 +1,107 @@
+"""What a policy may wait for: ``kumo.dns.lookup_mx`` (reference §2.11).
+
+Every event handler runs inside a Lua coroutine (``M.run`` in kumoq's core chunk). A kumo
+function that must wait for something, such as a DNS answer, yields ``(PENDING, op, arg)`` to
+that coroutine's runner; the runtime answers and resumes the handler where it stopped:
+
+- **awaited** (``PolicyRuntime.invoke_async``, used by the SMTP reception events): the answer
+  is awaited on the event loop while other connections carry on;
+- **immediate** (``PolicyRuntime.invoke``, used where kumoq calls the policy synchronously:
+  ``get_queue_config``, the egress events, custom Lua delivery): the answer comes from the
+  MX cache when it holds one. Otherwise the call gives up with ``PolicyWouldBlock``. The
+  caller awaits ``wait()`` (which fills the cache) and calls the handler again. Those events
+  describe configuration and KumoMTA calls them when its caches decide, so a handler that
+  runs twice sees the same world.
+
+``Waits`` owns the Python side: the ops, the answers as Lua-ready data, and the DNS seam
+(``PolicyDns``), which the daemon attaches once ``init`` has configured DNS.
+
+L2: imports kumoq.dns (results only) and kumoq.errors; no asyncio beyond awaiting the seam.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, Protocol, final
+
+from kumoq.dns.resolver import MxFailure, MxResult
+from kumoq.dns.site_name import MailExchanger
+from kumoq.errors import PolicyWouldBlock
+
+__all__ = ["MAX_RERUNS", "PolicyDns", "Waits", "mx_to_data"]
+
+#: How many times a synchronous caller re-runs a handler after filling the cache, before it
+#: gives up (a handler that looks up more domains than this, or answers with a zero TTL).
+MAX_RERUNS: Final = 8
+
+
+class PolicyDns(Protocol):
+    """The DNS the policy sees (kumoq.dns.resolver.MxCache has it)."""
+
+    def peek(self, domain: str, now: float) -> MxResult | None: ...
+
+    def lookup_mx(self, domain: str, now: float) -> Awaitable[MxResult]: ...
+
+
+def mx_to_data(mx: MailExchanger) -> dict[str, Any]:
+    """``kumo.dns.lookup_mx``'s result: KumoMTA's MailExchanger fields."""
+    return {
+        "domain_name": mx.domain,
+        "hosts": list(mx.hosts),
+        "site_name": mx.site_name,
+        "by_pref": {pref: list(hosts) for pref, hosts in mx.by_pref.items()},
+        "is_domain_literal": mx.is_domain_literal,
+        "is_secure": mx.is_secure,
+        "is_mx": not (mx.is_implicit_mx or mx.is_domain_literal),
+    }
+
+
+@final
+class Waits:
+    """Answers the ops a handler yields. ``now`` is the clock in seconds (wall time, as the MX
+    cache's TTLs)."""
+
+    def __init__(self, to_lua: Callable[[Any], Any], now: Callable[[], float]) -> None:
+        self._to_lua = to_lua
+        self._now = now
+        self.dns: PolicyDns | None = None
+
+    def immediate(self, op: str, arg: object) -> tuple[bool, Any]:
+        """The answer now, as ``(ok, value-or-error-text)``; raises PolicyWouldBlock."""
+        domain = self._domain(op, arg)
+        if isinstance(domain, tuple):
+            return domain
+        dns = self.dns
+        assert dns is not None  # _domain checked
+        result = dns.peek(domain, self._now())
+        if result is None:
+
+            async def fetch() -> None:
+                await dns.lookup_mx(domain, self._now())
+
+            raise PolicyWouldBlock(f"the MX records of {domain}", fetch)
+        return self._answer(domain, result)
+
+    async def awaited(self, op: str, arg: object) -> tuple[bool, Any]:
+        """The answer, waiting for DNS when it is not cached, as ``(ok, value-or-error)``."""
+        domain = self._domain(op, arg)
+        if isinstance(domain, tuple):
+            return domain
+        dns = self.dns
+        assert dns is not None
+        return self._answer(domain, await dns.lookup_mx(domain, self._now()))
+
+    def _domain(self, op: str, arg: object) -> str | tuple[bool, str]:
+        if op != "lookup_mx":
+            return False, f"kumoq internal: unknown wait {op!r}"
+        if self.dns is None:
+            return False, "kumo.dns.lookup_mx: DNS is not available before init has completed"
+        return str(arg)
+
+    def _answer(self, domain: str, result: MxResult) -> tuple[bool, Any]:
+        if isinstance(result, MxFailure):
+            if result.exchanger is None:  # NXDOMAIN, SERVFAIL: an error the policy may pcall
+                detail = result.detail or result.text
+                return False, f"kumo.dns.lookup_mx: {domain}: {detail}"
+            result = result.exchanger  # a null MX is an answer: hosts = {'.'}
+        return True, self._to_lua(mx_to_data(result))
