@@ -9,7 +9,8 @@ that coroutine's runner; the runtime answers and resumes the handler where it st
 - **immediate** (``PolicyRuntime.invoke``, used where kumoq calls the policy synchronously:
   ``get_queue_config``, the egress events, custom Lua delivery): the answer comes from the
   MX cache when it holds one. Otherwise the call gives up with ``PolicyWouldBlock``. The
-  caller awaits ``wait()`` (which fills the cache) and calls the handler again. Those events
+  caller awaits ``wait()`` (which fills the cache) and calls the handler again, a bounded
+  number of times (``kumoq.queue.manager.POLICY_WAIT_RERUNS``). Those events
   describe configuration and KumoMTA calls them when its caches decide, so a handler that
   runs twice sees the same world.
 
@@ -22,17 +23,13 @@ L2: imports kumoq.dns (results only) and kumoq.errors; no asyncio beyond awaitin
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, Protocol, final
+from typing import Any, Protocol, final
 
 from kumoq.dns.resolver import MxFailure, MxResult
 from kumoq.dns.site_name import MailExchanger
 from kumoq.errors import PolicyWouldBlock
 
-__all__ = ["MAX_RERUNS", "PolicyDns", "Waits", "mx_to_data"]
-
-#: How many times a synchronous caller re-runs a handler after filling the cache, before it
-#: gives up (a handler that looks up more domains than this, or answers with a zero TTL).
-MAX_RERUNS: Final = 8
+__all__ = ["PolicyDns", "Waits", "mx_to_data"]
 
 
 class PolicyDns(Protocol):
