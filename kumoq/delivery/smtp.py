@@ -345,7 +345,8 @@ class SmtpClientSession:
         self, msg: Message, results: dict[int, tuple[RecordType, Response]], envelope: _Envelope
     ) -> None:
         data = msg.data or b""
-        body = _DOT_STUFF.sub(b"..", data)
+        # Most bodies have no line starting with a dot; finding none costs less than the regex.
+        body = _DOT_STUFF.sub(b"..", data) if b"\n." in data or data[:1] == b"." else data
         if not body.endswith(b"\r\n"):
             body += b"\r\n"
         try:

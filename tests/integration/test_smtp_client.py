@@ -528,3 +528,20 @@ async def test_enable_rset_false_sends_no_rset(scripted: Any) -> None:
         assert outcome.recipients[0].disposition is RecordType.Delivery
     await session.quit()
     assert [group[0] for group in script.groups] == [b"MAIL FROM:<from@example.com>"] * 2
+
+
+async def test_dot_stuffing_on_the_wire(scripted: Any) -> None:
+    script, port = await scripted(rcpt_replies={})
+    session = await connect(port, enable_tls=Tls.DISABLED)
+    assert isinstance(session, SmtpClientSession)
+    for data in (b".first line\r\nsecond\r\n", b"plain\r\nno dots\r\n", b"no final crlf"):
+        msg = message("a@example.com")
+        msg.data = data
+        outcome = await session.deliver(msg)
+        assert outcome.recipients[0].disposition is RecordType.Delivery
+    await session.quit()
+    assert script.bodies == [
+        b"..first line\r\nsecond\r\n.\r\n",
+        b"plain\r\nno dots\r\n.\r\n",
+        b"no final crlf\r\n.\r\n",
+    ]
