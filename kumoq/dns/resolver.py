@@ -186,9 +186,9 @@ class DnsPythonResolver:
         except dns.resolver.NXDOMAIN:
             return DnsStatus.NXDOMAIN, None, f"NXDOMAIN: {name}"
         except (dns.resolver.NoNameservers, dns.exception.Timeout, dns.resolver.YXDOMAIN) as exc:
-            return DnsStatus.TEMP_FAIL, None, f"{rdtype} lookup for {name} failed: {exc}"
+            return DnsStatus.TEMP_FAIL, None, str(exc) or type(exc).__name__
         except dns.exception.DNSException as exc:
-            return DnsStatus.TEMP_FAIL, None, f"{rdtype} lookup for {name} failed: {exc}"
+            return DnsStatus.TEMP_FAIL, None, str(exc) or type(exc).__name__
         if answer.rrset is None:
             return DnsStatus.NO_DATA, None, ""
         return DnsStatus.FOUND, answer, ""
@@ -431,8 +431,12 @@ class MxCache:
         return len(self._entries)
 
     def peek(self, domain: str, now: float) -> MxResult | None:
-        """The cached, unexpired result for ``domain`` without querying. O(1)."""
-        entry = self._entries.get(normalize_name(domain))
+        """The cached, unexpired result for ``domain`` without querying (a domain literal is
+        always answered, as ``lookup_mx`` does). O(1)."""
+        key = normalize_name(domain)
+        if key.startswith("["):
+            return MailExchanger.from_records(key, ())
+        entry = self._entries.get(key)
         if entry is None or entry[0] <= now:
             return None
         return entry[1]

@@ -4,10 +4,10 @@ Every event handler runs inside a Lua coroutine (``M.run`` in kumoq's core chunk
 function that must wait for something, such as a DNS answer, yields ``(PENDING, op, arg)`` to
 that coroutine's runner; the runtime answers and resumes the handler where it stopped:
 
-- **awaited** (``PolicyRuntime.invoke_async``, used by the SMTP reception events): the answer
-  is awaited on the event loop while other connections carry on;
+- **awaited** (``PolicyRuntime.invoke_async``, used by the SMTP reception events and custom
+  Lua delivery): the answer is awaited on the event loop while other work carries on;
 - **immediate** (``PolicyRuntime.invoke``, used where kumoq calls the policy synchronously:
-  ``get_queue_config``, the egress events, custom Lua delivery): the answer comes from the
+  ``get_queue_config`` and the egress events): the answer comes from the
   MX cache when it holds one. Otherwise the call gives up with ``PolicyWouldBlock``. The
   caller awaits ``wait()`` (which fills the cache) and calls the handler again, a bounded
   number of times (``kumoq.queue.manager.POLICY_WAIT_RERUNS``). Those events
@@ -98,7 +98,6 @@ class Waits:
     def _answer(self, domain: str, result: MxResult) -> tuple[bool, Any]:
         if isinstance(result, MxFailure):
             if result.exchanger is None:  # NXDOMAIN, SERVFAIL: an error the policy may pcall
-                detail = result.detail or result.text
-                return False, f"kumo.dns.lookup_mx: {domain}: {detail}"
+                return False, f"kumo.dns.lookup_mx: {result.detail or result.text}"
             result = result.exchanger  # a null MX is an answer: hosts = {'.'}
         return True, self._to_lua(mx_to_data(result))

@@ -140,7 +140,10 @@ async def test_a_synchronous_event_answers_from_the_cache_or_asks_to_wait(
 
 async def test_errors_name_the_policy_line(tmp_path: Path) -> None:
     rt, _ = load(tmp_path)
-    with pytest.raises(PolicyError, match=r"init\.lua:\d+: kumo\.dns\.lookup_mx: missing\.test"):
+    with pytest.raises(
+        PolicyError,
+        match=r"init\.lua:\d+: kumo\.dns\.lookup_mx: MX lookup for missing\.test failed: NXDOMAIN",
+    ):
         await rt.invoke_async("uncaught", "v", "missing.test")
     with pytest.raises(PolicyError, match="expected a domain name, got number"):
         await rt.invoke_async("bad_arg", "")
@@ -176,3 +179,12 @@ async def test_by_pref_is_keyed_by_integer_preference(tmp_path: Path) -> None:
         "10=alt1.gmail-smtp-in.l.google.com 20=alt2.gmail-smtp-in.l.google.com "
         "5=gmail-smtp-in.l.google.com",
     ]
+
+
+async def test_a_domain_literal_is_answered_without_dns(tmp_path: Path) -> None:
+    rt, resolver = load(tmp_path)
+    mx = rt.invoke("uncaught", "v", "[192.0.2.1]")  # synchronous: no wait needed
+    assert mx["hosts"] == ["192.0.2.1"]
+    assert mx["is_domain_literal"] is True
+    assert mx["is_mx"] is False
+    assert resolver.queries == []
