@@ -153,8 +153,9 @@ class _PolicyEgress:
                               f"{name!r} cannot be resolved")  # fmt: skip
         value = self._events.call(event, name)
         if not isinstance(value, kind):
-            raise ConfigError(f"{event}({name!r}) must return kumo.make_{kind.__name__[6:].lower()}"
-                              f"{{...}}, got {value!r}")  # fmt: skip
+            maker = f"make_egress_{kind.__name__[6:].lower()}"
+            raise ConfigError(f"{event}({name!r}) must return kumo.{maker}{{...}}, "
+                              f"got {value!r}")  # fmt: skip
         return value
 
     def get_egress_pool(self, name: str) -> EgressPool:

@@ -252,6 +252,8 @@ class SmtpDispatch:
             site = result.site_name
         name = ready_queue_name(source.name, site, SMTP_PROTO)
         ready = self._ready.get(name)
+        if ready is not None:
+            ready.source = source  # a refreshed source applies to the next connection
         now = self._clock.monotonic()
         if ready is None or now >= ready.path_until:
             path = (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 
 import pytest
 from aiosmtpd.controller import Controller
@@ -324,3 +325,55 @@ def test_connection_rate_limits_new_sessions(kumoq, sink):
     assert sink.connections - sink.baseline == 6  # one message per connection
     # 2 connections at once, then 2 per second: 6 connections need about 2 s.
     assert times[-1] - times[0] >= 1.5
+
+
+class EhloRecordingSink(Sink):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ehlo_names: list[str] = []
+
+    async def handle_DATA(self, server, session, envelope):
+        with self._lock:
+            self.ehlo_names.append(session.host_name)
+        return await super().handle_DATA(server, session, envelope)
+
+
+def test_a_refreshed_egress_source_applies_to_the_next_connection(kumoq):
+    """get_egress_source is asked again once its ttl has passed; the ready queue's next
+    connection uses the new source (here: its ehlo_domain)."""
+    handler = EhloRecordingSink()
+    controller = CountingController(handler, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        sources = f"""
+local calls = 0
+kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
+  return kumo.make_queue_config {{
+    egress_pool = 'pool-1',
+    protocol = {{ smtp = {{ mx_list = {{ '127.0.0.1:{controller.port}' }} }} }},
+  }}
+end)
+kumo.on('get_egress_pool', function(name)
+  return kumo.make_egress_pool {{ name = name, entries = {{ {{ name = 'src' }} }} }}
+end)
+kumo.on('get_egress_source', function(name)
+  calls = calls + 1
+  return kumo.make_egress_source {{
+    name = name, ehlo_domain = 'version' .. calls .. '.example', ttl = '1s',
+  }}
+end)
+kumo.on('get_egress_path_config', function(routing_domain, source, site)
+  return kumo.make_egress_path {{
+    prohibited_hosts = {{}}, enable_tls = 'Disabled', idle_timeout = '100ms',
+  }}
+end)
+"""
+        daemon = kumoq(policy(sources))
+        daemon.send("s@example.com", ["first@example.com"])
+        daemon.wait_for_records("Delivery", 1)
+        time.sleep(1.5)  # past the source's ttl and the connection's idle_timeout
+        daemon.send("s@example.com", ["second@example.com"])
+        daemon.wait_for_records("Delivery", 2)
+        assert handler.ehlo_names == ["version1.example", "version2.example"]
+    finally:
+        controller.stop()

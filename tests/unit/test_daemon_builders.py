@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from kumoq.config.egress import EgressPathConfig, EgressPool, EgressSource
-from kumoq.daemon import BUILDERS
-from kumoq.errors import PolicyError
+from kumoq.daemon import BUILDERS, _PolicyEgress
+from kumoq.errors import ConfigError, PolicyError
 from kumoq.lua import PolicyEvents, PolicyRuntime
 
 POLICY = """
@@ -52,3 +52,16 @@ def test_unknown_egress_path_key_names_key_allowed_keys_and_line(events):
     assert "connection_limt" in text
     assert "connection_limit" in text
     assert "init.lua:11" in text  # the make_egress_path line (the text starts with \n)
+
+
+def test_egress_events_must_return_the_matching_maker(tmp_path):
+    path = tmp_path / "init.lua"
+    path.write_text(
+        "kumo.on('get_egress_pool', function(name) return nil end)\n"
+        "kumo.on('get_egress_source', function(name) return { name = name } end)\n"
+    )
+    egress = _PolicyEgress(PolicyEvents(PolicyRuntime(path, builders=BUILDERS)))
+    with pytest.raises(ConfigError, match=r"return kumo\.make_egress_pool\{\.\.\.\}, got None"):
+        egress.get_egress_pool("pool-a")
+    with pytest.raises(ConfigError, match=r"must return kumo\.make_egress_source\{\.\.\.\}, got"):
+        egress.get_egress_source("ip-1")
