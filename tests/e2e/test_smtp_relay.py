@@ -72,14 +72,28 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def sink():
-    handler = Sink()
-    controller = CountingController(handler, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    handler.port = controller.port
-    handler.baseline = handler.connections  # Controller.start() connects once to check itself
-    yield handler
-    controller.stop()
+def sink_of():
+    """A factory: ``sink_of(HandlerClass)`` starts a counting sink and returns its handler
+    (with ``port`` and ``baseline`` set); every sink is stopped at teardown."""
+    controllers = []
+
+    def start(cls=Sink):
+        handler = cls()
+        controller = CountingController(handler, hostname="127.0.0.1", port=free_port())
+        controller.start()
+        controllers.append(controller)
+        handler.port = controller.port
+        handler.baseline = handler.connections  # Controller.start() connects once to check
+        return handler
+
+    yield start
+    for controller in controllers:
+        controller.stop()
+
+
+@pytest.fixture
+def sink(sink_of):
+    return sink_of(Sink)
 
 
 def relay_policy(port: int, path: str = "prohibited_hosts = {}, enable_tls = 'Disabled',") -> str:
@@ -147,6 +161,17 @@ def test_sessions_are_reused_and_connection_limit_holds(kumoq, sink):
     assert sink.connections < 30  # several messages per session
 
 
+def pool_queue_config(port: int) -> str:
+    """get_queue_config for the egress-pool tests: pool 'pool-1', smart host on ``port``."""
+    return f"""
+kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
+  return kumo.make_queue_config {{
+    egress_pool = 'pool-1', protocol = {{ smtp = {{ mx_list = {{ '127.0.0.1:{port}' }} }} }},
+  }}
+end)
+"""
+
+
 class PeerCountingSink(Sink):
     def __init__(self) -> None:
         super().__init__()
@@ -159,44 +184,36 @@ class PeerCountingSink(Sink):
         return await super().handle_DATA(server, session, envelope)
 
 
-def test_egress_pool_spreads_messages_by_source_weight(kumoq):
-    handler = PeerCountingSink()
-    controller = CountingController(handler, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    try:
-        pools = f"""
-kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
-  return kumo.make_queue_config {{
-    egress_pool = 'pool-1',
-    protocol = {{ smtp = {{ mx_list = {{ '127.0.0.1:{controller.port}' }} }} }},
-  }}
-end)
+def test_egress_pool_spreads_messages_by_source_weight(kumoq, sink_of):
+    handler = sink_of(PeerCountingSink)
+    pools = (
+        pool_queue_config(handler.port)
+        + """
 kumo.on('get_egress_pool', function(name)
-  return kumo.make_egress_pool {{
-    name = name, entries = {{ {{ name = 'ip-2', weight = 1 }}, {{ name = 'ip-3', weight = 2 }} }},
-  }}
+  return kumo.make_egress_pool {
+    name = name, entries = { { name = 'ip-2', weight = 1 }, { name = 'ip-3', weight = 2 } },
+  }
 end)
 kumo.on('get_egress_source', function(name)
-  local addr = {{ ['ip-2'] = '127.0.0.2', ['ip-3'] = '127.0.0.3' }}
-  return kumo.make_egress_source {{ name = name, source_address = addr[name] }}
+  local addr = { ['ip-2'] = '127.0.0.2', ['ip-3'] = '127.0.0.3' }
+  return kumo.make_egress_source { name = name, source_address = addr[name] }
 end)
 kumo.on('get_egress_path_config', function(routing_domain, source, site)
-  return kumo.make_egress_path {{ prohibited_hosts = {{}}, enable_tls = 'Disabled' }}
+  return kumo.make_egress_path { prohibited_hosts = {}, enable_tls = 'Disabled' }
 end)
 """
-        daemon = kumoq(policy(pools))
-        daemon.send("s@example.com", [f"r{i}@example.com" for i in range(300)])
-        deliveries = daemon.wait_for_records("Delivery", 300, timeout=60)
-        # egress_pool took effect: both sources were used, bound to their addresses ...
-        assert set(handler.by_peer) == {"127.0.0.2", "127.0.0.3"}
-        # ... in proportion to their weights (1:2), within 10%.
-        assert abs(handler.by_peer["127.0.0.2"] - 100) <= 10, handler.by_peer
-        assert abs(handler.by_peer["127.0.0.3"] - 200) <= 20, handler.by_peer
-        sources = {d["egress_source"] for d in deliveries}
-        assert sources == {"ip-2", "ip-3"}
-        assert {d["egress_pool"] for d in deliveries} == {"pool-1"}
-    finally:
-        controller.stop()
+    )
+    daemon = kumoq(policy(pools))
+    daemon.send("s@example.com", [f"r{i}@example.com" for i in range(300)])
+    deliveries = daemon.wait_for_records("Delivery", 300, timeout=60)
+    # egress_pool took effect: both sources were used, bound to their addresses ...
+    assert set(handler.by_peer) == {"127.0.0.2", "127.0.0.3"}
+    # ... in proportion to their weights (1:2), within 10%.
+    assert abs(handler.by_peer["127.0.0.2"] - 100) <= 10, handler.by_peer
+    assert abs(handler.by_peer["127.0.0.3"] - 200) <= 20, handler.by_peer
+    sources = {d["egress_source"] for d in deliveries}
+    assert sources == {"ip-2", "ip-3"}
+    assert {d["egress_pool"] for d in deliveries} == {"pool-1"}
 
 
 ZONES = """
@@ -338,42 +355,34 @@ class EhloRecordingSink(Sink):
         return await super().handle_DATA(server, session, envelope)
 
 
-def test_a_refreshed_egress_source_applies_to_the_next_connection(kumoq):
+def test_a_refreshed_egress_source_applies_to_the_next_connection(kumoq, sink_of):
     """get_egress_source is asked again once its ttl has passed; the ready queue's next
     connection uses the new source (here: its ehlo_domain)."""
-    handler = EhloRecordingSink()
-    controller = CountingController(handler, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    try:
-        sources = f"""
+    handler = sink_of(EhloRecordingSink)
+    sources = (
+        pool_queue_config(handler.port)
+        + """
 local calls = 0
-kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
-  return kumo.make_queue_config {{
-    egress_pool = 'pool-1',
-    protocol = {{ smtp = {{ mx_list = {{ '127.0.0.1:{controller.port}' }} }} }},
-  }}
-end)
 kumo.on('get_egress_pool', function(name)
-  return kumo.make_egress_pool {{ name = name, entries = {{ {{ name = 'src' }} }} }}
+  return kumo.make_egress_pool { name = name, entries = { { name = 'src' } } }
 end)
 kumo.on('get_egress_source', function(name)
   calls = calls + 1
-  return kumo.make_egress_source {{
+  return kumo.make_egress_source {
     name = name, ehlo_domain = 'version' .. calls .. '.example', ttl = '1s',
-  }}
+  }
 end)
 kumo.on('get_egress_path_config', function(routing_domain, source, site)
-  return kumo.make_egress_path {{
-    prohibited_hosts = {{}}, enable_tls = 'Disabled', idle_timeout = '100ms',
-  }}
+  return kumo.make_egress_path {
+    prohibited_hosts = {}, enable_tls = 'Disabled', idle_timeout = '100ms',
+  }
 end)
 """
-        daemon = kumoq(policy(sources))
-        daemon.send("s@example.com", ["first@example.com"])
-        daemon.wait_for_records("Delivery", 1)
-        time.sleep(1.5)  # past the source's ttl and the connection's idle_timeout
-        daemon.send("s@example.com", ["second@example.com"])
-        daemon.wait_for_records("Delivery", 2)
-        assert handler.ehlo_names == ["version1.example", "version2.example"]
-    finally:
-        controller.stop()
+    )
+    daemon = kumoq(policy(sources))
+    daemon.send("s@example.com", ["first@example.com"])
+    daemon.wait_for_records("Delivery", 1)
+    time.sleep(1.5)  # past the source's ttl and the connection's idle_timeout
+    daemon.send("s@example.com", ["second@example.com"])
+    daemon.wait_for_records("Delivery", 2)
+    assert handler.ehlo_names == ["version1.example", "version2.example"]

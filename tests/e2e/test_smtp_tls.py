@@ -268,19 +268,20 @@ def assert_kept_queued(daemon: KumoqDaemon, sink: Sink) -> list[dict[str, Any]]:
     return failures
 
 
-# -- 1. Opportunistic, trusted certificate -------------------------------------------------
+# -- The verifying modes with a trusted certificate ------------------------------------------
 
 
-def test_opportunistic_uses_starttls_and_verifies_the_mx_name(
-    kumoq, start_sink, server_tls, ca_files
+@pytest.mark.parametrize("mode", ["Opportunistic", "Required"])
+def test_verifying_modes_use_starttls_and_verify_the_mx_name(
+    kumoq, start_sink, server_tls, ca_files, mode
 ):
     sink = start_sink(tls=server_tls)
-    daemon = run(kumoq, sink, "Opportunistic", ca_files["trusted"])
+    daemon = run(kumoq, sink, mode, ca_files["trusted"])
     delivery = assert_delivered_over_tls(daemon, sink)
     assert delivery["tls_peer_subject_name"] == [MX_NAME]
 
 
-# -- 2. and 4. The insecure modes accept a certificate nobody trusts ---------------------------
+# -- The insecure modes accept a certificate nobody trusts -----------------------------------
 
 
 @pytest.mark.parametrize("mode", ["OpportunisticInsecure", "RequiredInsecure"])
@@ -292,16 +293,7 @@ def test_insecure_modes_deliver_over_tls_to_an_untrusted_certificate(
     assert_delivered_over_tls(daemon, sink)
 
 
-# -- 3. Required --------------------------------------------------------------------------
-
-
-def test_required_delivers_over_tls_to_a_trusted_certificate(
-    kumoq, start_sink, server_tls, ca_files
-):
-    sink = start_sink(tls=server_tls)
-    daemon = run(kumoq, sink, "Required", ca_files["trusted"])
-    delivery = assert_delivered_over_tls(daemon, sink)
-    assert delivery["tls_peer_subject_name"] == [MX_NAME]
+# -- The verifying modes with an untrusted certificate: nothing is sent ----------------------
 
 
 @pytest.mark.parametrize("mode", ["Required", "Opportunistic"])
@@ -320,7 +312,7 @@ def test_verifying_modes_keep_the_message_when_the_certificate_is_untrusted(
     assert sink.handshakes == 0  # ... which the daemon aborted
 
 
-# -- 4. Required modes against a sink without STARTTLS ---------------------------------------
+# -- The Required modes against a sink without STARTTLS -------------------------------------
 
 
 @pytest.mark.parametrize("mode", ["Required", "RequiredInsecure"])
@@ -333,7 +325,7 @@ def test_required_modes_do_not_send_in_plain_text(kumoq, start_sink, ca_files, m
     assert sink.starttls_commands == 0
 
 
-# -- 5. and 6. Plain text ------------------------------------------------------------------
+# -- Plain text -----------------------------------------------------------------------------
 
 
 def test_disabled_ignores_offered_starttls(kumoq, start_sink, server_tls, ca_files):
