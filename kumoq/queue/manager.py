@@ -207,6 +207,7 @@ class QueueManager:
                 log.error("queue %s: keeping its last config: %s", name, exc)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` as a task that ``close()`` waits for (and cancels past the drain)."""
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -308,9 +309,7 @@ class QueueManager:
                 return
         queue.in_flight += 1
         queue.idle_since = None
-        task = asyncio.ensure_future(self._attempt(msg, queue))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._attempt(msg, queue))
 
     async def _attempt(self, msg: Message, queue: ScheduledQueue) -> None:
         try:
@@ -415,9 +414,7 @@ class QueueManager:
         self._insert_delayed(queue, msg, due, context)
 
     def _spawn_expire(self, msg: Message, expired: Expired) -> None:
-        task = asyncio.ensure_future(self._expire(msg, expired))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._expire(msg, expired))
 
     async def _expire(self, msg: Message, expired: Expired) -> None:
         response = Response(expired.code, expired.enhanced_code, expired.content, None)
