@@ -1,11 +1,13 @@
-"""``make bench``: kumoq end-to-end and reception-only msgs/s under Postfix's ``smtp-source``.
+"""``make bench``: kumoq's end-to-end (maildir and relay) and reception-only msgs/s under
+Postfix's ``smtp-source``.
 
     python -m bench.run [--n N] [--conc C] [--size S] [--repeat R] [--spool SQLite|LocalDisk|both]
                         [--only e2e|reception|relay] [--with-postfix] [--with-haraka]
                         [--with-spool-bench] [--cprofile FILE] [--keep]
 
 Each option falls back to an environment variable (N, CONC, SIZE, REPEAT, SPOOL,
-WITH_POSTFIX=1, WITH_SPOOL_BENCH=1), so ``make bench N=10000 WITH_POSTFIX=1`` works.
+WITH_POSTFIX=1, WITH_HARAKA=1, WITH_SPOOL_BENCH=1), so ``make bench N=10000 WITH_POSTFIX=1``
+works.
 
 Cases, each run REPEAT times (interleaved), each run in a fresh directory (a fresh spool and
 maildir) under one scratch root that is removed at the end:
@@ -15,13 +17,14 @@ maildir) under one scratch root that is removed at the end:
 - ``kumoq-reception-<kind>``: SMTP -> spool, nothing delivered during the run
   (``bench/policies/reception.lua`` schedules the first attempt an hour ahead); timed until
   smtp-source has exited, i.e. every message was acknowledged after its fsync;
-- ``kumoq-relay-<kind>`` (only with ``--only relay``): SMTP -> spool (fsync on) -> SMTP client
-  -> ``smtp-sink`` on 127.0.0.1 (``bench/policies/relay.lua``); timed until the sink's ``-c``
-  counter reaches N, as the peers count;
-- ``postfix-maildir`` (``--with-postfix``): ``../shared/peers/postfix_relay.sh maildir``
-  with the same N/CONC/SIZE, its RESULT line parsed; with ``--only relay`` it is
-  ``postfix-smtp`` (``postfix_relay.sh smtp``) instead;
-- ``haraka-queue`` (``--with-haraka --only relay``): ``haraka_relay.sh queue``;
+- ``kumoq-relay-<kind>``: SMTP -> spool (fsync on) -> SMTP client -> ``smtp-sink`` on
+  127.0.0.1 (``bench/policies/relay.lua``); timed until the sink's ``-c`` counter reaches N,
+  as the peers count;
+- ``postfix-maildir`` (``--with-postfix``, beside the maildir case):
+  ``../shared/peers/postfix_relay.sh maildir`` with the same N/CONC/SIZE, its RESULT line
+  parsed;
+- ``postfix-smtp`` (``--with-postfix``, beside the relay case): ``postfix_relay.sh smtp``;
+- ``haraka-queue`` (``--with-haraka``, beside the relay case): ``haraka_relay.sh queue``;
 - ``--with-spool-bench``: ``python -m bench.spool`` (LocalDisk vs SQLite), its table printed.
 
 The load is the peers' (``smtp-source -c -m N -s CONC -l SIZE -f from@example.com -t
@@ -270,16 +273,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--only",
         choices=("e2e", "reception", "relay"),
-        help="run only one kumoq case; 'relay' (SMTP in -> SMTP out to smtp-sink) runs only "
-        "when asked for, and then --with-postfix means postfix_relay.sh smtp",
+        help="run only one kumoq case (with its peers: --with-postfix runs postfix_relay.sh "
+        "maildir beside e2e and reception, postfix_relay.sh smtp beside relay)",
     )
     p.add_argument("--no-kumoq", action="store_true", help="skip the kumoq cases")
-    p.add_argument("--with-postfix", action="store_true", default=_env_flag("WITH_POSTFIX"))
+    p.add_argument(
+        "--with-postfix",
+        action="store_true",
+        default=_env_flag("WITH_POSTFIX"),
+        help="also run ../shared/peers/postfix_relay.sh (maildir and smtp)",
+    )
     p.add_argument(
         "--with-haraka",
         action="store_true",
         default=_env_flag("WITH_HARAKA"),
-        help="with --only relay: also run ../shared/peers/haraka_relay.sh queue",
+        help="also run ../shared/peers/haraka_relay.sh queue beside the relay case",
     )
     p.add_argument("--with-spool-bench", action="store_true", default=_env_flag("WITH_SPOOL_BENCH"))
     p.add_argument(
@@ -376,16 +384,16 @@ def main(argv: list[str] | None = None) -> int:
             if args.only in (None, "reception"):
                 what = f"kumoq -> spool ({kind}, fsync), reception only"
                 cases.append(Case(f"kumoq-reception-{kind}", what, [], "inject"))
-            if args.only == "relay":
+            if args.only in (None, "relay"):
                 what = f"kumoq -> spool ({kind}, fsync) -> SMTP -> smtp-sink, end-to-end"
                 cases.append(Case(f"kumoq-relay-{kind}", what, [], "e2e"))
-    if args.with_postfix and args.only == "relay":
-        what = "Postfix -> disk queue (fsync) -> smtp(8) -> smtp-sink, end-to-end"
-        cases.append(Case("postfix-smtp", what, [], "e2e"))
-    elif args.with_postfix:
+    if args.with_postfix and args.only != "relay":
         what = "Postfix -> disk queue -> virtual(8) Maildir, end-to-end"
         cases.append(Case("postfix-maildir", what, [], "e2e"))
-    if args.with_haraka and args.only == "relay":
+    if args.with_postfix and args.only in (None, "relay"):
+        what = "Postfix -> disk queue (fsync) -> smtp(8) -> smtp-sink, end-to-end"
+        cases.append(Case("postfix-smtp", what, [], "e2e"))
+    if args.with_haraka and args.only in (None, "relay"):
         what = "Haraka -> outbound queue (no fsync) -> smtp-sink, end-to-end"
         cases.append(Case("haraka-queue", what, [], "e2e"))
 
