@@ -23,13 +23,15 @@ L2: imports kumoq.dns (results only) and kumoq.errors; no asyncio beyond awaitin
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, final
+from typing import Any, Final, Protocol, final
 
 from kumoq.dns.resolver import MxFailure, MxResult
 from kumoq.dns.site_name import MailExchanger
 from kumoq.errors import PolicyWouldBlock
 
 __all__ = ["PolicyDns", "Waits", "mx_to_data"]
+
+_MAX_FETCHED: Final = 1024  # answers fetched and not yet used by a re-run (a bound, not a cache)
 
 
 class PolicyDns(Protocol):
@@ -62,6 +64,9 @@ class Waits:
         self._to_lua = to_lua
         self._now = now
         self.dns: PolicyDns | None = None
+        # Answers fetched for a PolicyWouldBlock, kept for the re-run that follows even when
+        # their TTL is shorter than the wait (the cache would not hold them). One per domain.
+        self._fetched: dict[str, MxResult] = {}
 
     def immediate(self, op: str, arg: object) -> tuple[bool, Any]:
         """The answer now, as ``(ok, value-or-error-text)``; raises PolicyWouldBlock."""
@@ -70,11 +75,14 @@ class Waits:
             return domain
         dns = self.dns
         assert dns is not None  # _domain checked
-        result = dns.peek(domain, self._now())
+        result = self._fetched.pop(domain, None) or dns.peek(domain, self._now())
         if result is None:
+            fetched = self._fetched
 
             async def fetch() -> None:
-                await dns.lookup_mx(domain, self._now())
+                if len(fetched) >= _MAX_FETCHED:
+                    fetched.clear()
+                fetched[domain] = await dns.lookup_mx(domain, self._now())
 
             raise PolicyWouldBlock(f"the MX records of {domain}", fetch)
         return self._answer(domain, result)

@@ -138,8 +138,14 @@ class QueueManager:
         """The queue named ``name``, created on first use; raises PolicyError if the policy fails.
 
         The config is fetched again once ``refresh_interval`` has passed. A failure is
-        remembered for 60 s so that a broken policy is not called for every message.
+        remembered for 60 s so that a broken policy is not called for every message. When
+        ``get_queue_config`` waits for DNS (PolicyWouldBlock), a new queue raises it for the
+        caller to await (``resolve_waiting``); an existing queue keeps its config while a
+        background task refreshes it.
         """
+        return self._resolve(name, refresh_later=True)
+
+    def _resolve(self, name: str, *, refresh_later: bool) -> ScheduledQueue:
         queue = self._queues.get(name)
         now = self._clock.monotonic()
         if queue is not None and now - queue.resolved_at < queue.config.refresh_interval:
@@ -153,7 +159,7 @@ class QueueManager:
         try:
             config = self._configs.get_queue_config(parts) or QueueConfig()
         except PolicyWouldBlock as wait:
-            if queue is None:
+            if queue is None or not refresh_later:
                 raise  # the caller awaits the answer (resolve_waiting)
             queue.resolved_at = now  # keep the config until the refresh below has run
             self._spawn(self._refresh_when_answered(name, wait))
@@ -189,7 +195,7 @@ class QueueManager:
         (``kumo.dns.lookup_mx``) when they are not cached yet. Raises PolicyError."""
         for _ in range(POLICY_WAIT_RERUNS):
             try:
-                return self.resolve(name)
+                return self._resolve(name, refresh_later=False)
             except PolicyWouldBlock as wait:
                 await wait.wait()
         raise PolicyError(
@@ -204,7 +210,11 @@ class QueueManager:
             try:
                 await self.resolve_waiting(name)
             except KumoqError as exc:
+                queue.resolved_at = self._clock.monotonic()  # try again after refresh_interval
                 log.error("queue %s: keeping its last config: %s", name, exc)
+            except Exception:
+                queue.resolved_at = self._clock.monotonic()
+                log.exception("queue %s: keeping its last config: refresh failed", name)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run ``coro`` as a task that ``close()`` waits for (and cancels past the drain)."""
@@ -256,6 +266,11 @@ class QueueManager:
             queue = await self.resolve_waiting(msg.queue_name())
         except KumoqError as exc:
             log.error("message %s: cannot resolve its queue: %s", msg.id, exc)
+            self._park(msg, FAILED_RESOLVE_TTL)
+            return
+        except Exception:
+            # A bug must not strand the message: it is still spooled; try again later.
+            log.exception("message %s: resolving its queue failed unexpectedly", msg.id)
             self._park(msg, FAILED_RESOLVE_TTL)
             return
         if not self._closing:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from kumoq.clock import FakeClock
 from kumoq.dns.resolver import MxCache, TestResolver
 from kumoq.errors import PolicyError, PolicyWouldBlock
 from kumoq.lua import PolicyEvents, PolicyRuntime
@@ -188,3 +189,24 @@ async def test_a_domain_literal_is_answered_without_dns(tmp_path: Path) -> None:
     assert mx["is_domain_literal"] is True
     assert mx["is_mx"] is False
     assert resolver.queries == []
+
+
+async def test_an_answer_expired_before_the_rerun_still_serves_that_rerun(tmp_path: Path) -> None:
+    """A TTL shorter than the wait: the cache no longer holds the answer when the handler runs
+    again, so the answer fetched for the wait is used (once)."""
+    path = tmp_path / "init.lua"
+    path.write_text(textwrap.dedent(POLICY))
+    clock = FakeClock(start=1_700_000_000.0)
+    rt = PolicyRuntime(path, clock=clock)
+    rt.fire_init()
+    rt.waits.dns = MxCache(TestResolver.from_zone_text(ZONE))
+    ev = PolicyEvents(rt)
+    with pytest.raises(PolicyWouldBlock) as info:
+        ev.get_queue_config("gmail.test", None, None, None)
+    await info.value.wait()
+    clock.advance(3600)  # past the 300 s TTL
+    config = ev.get_queue_config("gmail.test", None, None, None)
+    assert config is not None
+    assert config.retry_interval == 120
+    with pytest.raises(PolicyWouldBlock):  # the fetched answer served one re-run only
+        ev.get_queue_config("gmail.test", None, None, None)

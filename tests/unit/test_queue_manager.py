@@ -156,3 +156,20 @@ async def test_a_refresh_that_waits_keeps_the_config_and_refreshes_in_the_backgr
     assert source.fetches == 1
     assert queue.config.retry_interval == 30
     await manager.close()
+
+
+async def test_a_refresh_that_keeps_waiting_gives_up_and_keeps_the_config():
+    clock = FakeClock()
+    source = WaitingSource(misses=0)
+    manager = await make(source, clock)
+    queue = manager.resolve("example.com")
+    source.misses = 1000
+    clock.advance(6)
+    assert manager.resolve("example.com") is queue
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert source.fetches == 1 + POLICY_WAIT_RERUNS  # bounded: no chain of refresh tasks
+    assert queue.config.retry_interval == 10
+    assert manager.resolve("example.com") is queue  # and no new refresh until refresh_interval
+    assert source.calls == 1 + 1 + POLICY_WAIT_RERUNS
+    await manager.close()
