@@ -31,6 +31,7 @@ from kumoq.config.values import (
     parse_cidr_list,
     parse_duration,
     parse_enum,
+    parse_hostname,
     parse_int,
     parse_str,
     parse_str_list,
@@ -263,7 +264,7 @@ class EgressSource:
             {
                 "name": parse_str,
                 "source_address": _ip,
-                "ehlo_domain": parse_str,
+                "ehlo_domain": parse_hostname,
                 "remote_port": _port,
                 "ttl": parse_duration,
                 "ha_proxy_server": parse_str,
@@ -388,7 +389,7 @@ _PATH_PARSERS: Final[dict[str, Any]] = {
     "consecutive_connection_failures_before_delay": lambda k, v: parse_int(k, v, minimum=0),
     "enable_tls": parse_enum(Tls),
     "smtp_port": _port,
-    "ehlo_domain": parse_str,
+    "ehlo_domain": parse_hostname,
     "prohibited_hosts": _cidrs,
     "skip_hosts": _cidrs,
     **dict.fromkeys(

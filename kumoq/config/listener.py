@@ -22,6 +22,7 @@ from kumoq.config.values import (
     parse_cidr_list,
     parse_duration,
     parse_enum,
+    parse_hostname,
     parse_int,
     parse_size,
     parse_str,
@@ -178,12 +179,6 @@ class EsmtpListenerConfig:
                 raise ConfigError(f"{key}: duration must be positive, got {value!r}")
             return seconds
 
-        def hostname(key: str, value: Any) -> str:
-            text = parse_str(key, value).strip()
-            if not text or any(c.isspace() for c in text):
-                raise ConfigError(f"{key}: invalid hostname {value!r}")
-            return text
-
         def size(key: str, value: Any) -> int:
             n = parse_size(key, value)
             if n <= 0:
@@ -196,7 +191,7 @@ class EsmtpListenerConfig:
             mapping,
             {
                 "listen": parse_listen,
-                "hostname": hostname,
+                "hostname": parse_hostname,
                 "banner": parse_str,
                 "relay_hosts": parse_cidr_list,
                 "max_message_size": size,

@@ -133,6 +133,14 @@ def parse_str(key: str, value: Any) -> str:
     return value
 
 
+def parse_hostname(key: str, value: Any) -> str:
+    """A host name as sent in EHLO or a banner: one word, no whitespace (no CR/LF)."""
+    text = parse_str(key, value).strip()
+    if not text or any(c.isspace() for c in text):
+        raise ConfigError(f"{key}: invalid hostname {value!r}")
+    return text
+
+
 def parse_str_list(key: str, value: Any) -> tuple[str, ...]:
     """A Lua list of strings (already converted to a Python list); a lone string is a list."""
     if isinstance(value, str):

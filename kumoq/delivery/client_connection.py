@@ -99,6 +99,21 @@ class ClientConnection(asyncio.Protocol):
             return None
         return cast("ssl.SSLObject | None", self.transport.get_extra_info("ssl_object"))
 
+    @property
+    def idle(self) -> bool:
+        """Open, and nothing received that no command asked for: fit to carry a new command.
+
+        False once the peer has closed or broken the connection, or sent an unsolicited reply
+        (a 421 before hanging up, say) while no command was waiting."""
+        transport = self.transport
+        return (
+            self._broken is None
+            and transport is not None
+            and not transport.is_closing()
+            and not self._replies
+            and not self._reader.pending
+        )
+
     def write(self, data: bytes) -> None:
         transport = self.transport
         if self._broken is not None or transport is None or transport.is_closing():

@@ -140,6 +140,12 @@ class SmtpClientSession:
         self.tls: TlsInfo | None = None
 
     @property
+    def reusable(self) -> bool:
+        """Not closed, and the server has not hung up (or spoken unasked) since the last
+        transaction: the next message may use this session."""
+        return not self.closed and self._conn.idle
+
+    @property
     def pipelining(self) -> bool:
         """True when the server offered PIPELINING (RFC 2920) and the path allows it."""
         return self.path.enable_pipelining and "pipelining" in self.extensions
@@ -175,6 +181,9 @@ class SmtpClientSession:
             failure = await session._handshake(host, ehlo_domain, tls_context)
         except _TransportError as exc:
             failure = ConnectFailure(f"{host} {addr}:{port}: {exc}")
+        except BaseException:  # cancelled (shutdown) or a bug: never leave the socket open
+            session.abort()
+            raise
         if failure is not None:
             session.abort()
         return failure or session

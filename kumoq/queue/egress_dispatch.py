@@ -341,13 +341,24 @@ class SmtpDispatch:
                     path.max_message_rate, InsertReason.MessageRateThrottle,
                 ):  # fmt: skip
                     return
-                if session is None or session.closed:
+                if session is not None and not session.reusable:
+                    session.abort()  # the server hung up (or spoke unasked) while idle
+                    await session.quit()
+                    session = None
+                if session is None:
                     if path.max_connection_rate is not None and not await self._admit(
                         ready, item, f"{ready.name}-connection-rate",
                         path.max_connection_rate, InsertReason.ConnectionRateThrottle,
                     ):  # fmt: skip
                         return
-                    connected = await self._connect(ready)
+                    try:
+                        connected = await self._connect(ready)
+                    except Exception as exc:  # a bug: fail this attempt, never strand it
+                        log.exception("ready queue %s: connecting failed unexpectedly", ready.name)
+                        connected = Attempt(
+                            RecordType.TransientFailure,
+                            _transient(f"KumoMTA internal: connecting failed: {exc!r}"),
+                        )
                     if isinstance(connected, Attempt):
                         item.future.set_result(connected)
                         if ready.failures.record_failure():
@@ -356,7 +367,19 @@ class SmtpDispatch:
                     ready.failures.record_success()
                     session = connected
                     delivered = 0
-                outcome = await session.deliver(item.msg)
+                try:
+                    outcome = await session.deliver(item.msg)
+                except Exception as exc:  # a bug: fail this attempt, never strand it
+                    log.exception("ready queue %s: delivery failed unexpectedly", ready.name)
+                    session.abort()
+                    if not item.future.done():
+                        item.future.set_result(
+                            Attempt(
+                                RecordType.TransientFailure,
+                                _transient(f"KumoMTA internal: delivery failed: {exc!r}"),
+                            )
+                        )
+                    return
                 first = outcome.recipients[0]
                 if not item.future.done():
                     item.future.set_result(

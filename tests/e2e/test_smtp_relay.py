@@ -386,3 +386,29 @@ end)
     daemon.send("s@example.com", ["second@example.com"])
     daemon.wait_for_records("Delivery", 2)
     assert handler.ehlo_names == ["version1.example", "version2.example"]
+
+
+def test_a_session_the_server_closed_while_idle_is_not_reused(kumoq):
+    """The sink drops connections idle for 0.3 s (aiosmtpd's timeout: a 421, then close),
+    well within the path's idle_timeout: the next message gets a new connection, not a
+    failed attempt on the dead one."""
+    handler = Sink()
+    controller = CountingController(handler, hostname="127.0.0.1", port=free_port(), timeout=0.3)
+    controller.start()
+    try:
+        daemon = kumoq(
+            relay_policy(
+                controller.port,
+                path="prohibited_hosts = {}, enable_tls = 'Disabled', idle_timeout = '10s',",
+            )
+        )
+        daemon.send("s@example.com", ["first@example.com"])
+        daemon.wait_for_records("Delivery", 1)
+        time.sleep(1.0)  # the sink hangs up on the idle session
+        daemon.send("s@example.com", ["second@example.com"])
+        deliveries = daemon.wait_for_records("Delivery", 2)
+        assert [d["recipient"] for d in deliveries] == ["first@example.com", "second@example.com"]
+        assert deliveries[0]["session_id"] != deliveries[1]["session_id"]
+        assert daemon.records("TransientFailure") == []
+    finally:
+        controller.stop()

@@ -545,3 +545,54 @@ async def test_dot_stuffing_on_the_wire(scripted: Any) -> None:
         b"plain\r\nno dots\r\n.\r\n",
         b"no final crlf\r\n.\r\n",
     ]
+
+
+async def test_a_server_that_hangs_up_while_idle_makes_the_session_unreusable() -> None:
+    async def hang_up_after_ehlo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        writer.write(b"220 mx ESMTP\r\n")
+        await reader.readline()
+        writer.write(b"250 mx\r\n")
+        await asyncio.sleep(0.1)
+        writer.write(b"421 4.4.2 mx idle too long\r\n")  # unasked, then gone
+        writer.close()
+        await writer.wait_closed()
+
+    server = await asyncio.start_server(hang_up_after_ehlo, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        session = await connect(port, enable_tls=Tls.DISABLED)
+        assert isinstance(session, SmtpClientSession)
+        assert session.reusable
+        for _ in range(100):
+            if not session.reusable:
+                break
+            await asyncio.sleep(0.02)
+        assert not session.reusable
+        assert not session.closed  # nothing was asked yet; the dispatcher checks reusable
+        await session.quit()
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_cancelling_a_connect_closes_its_socket() -> None:
+    closed = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # returns once the client has closed its side
+        closed.set()
+        writer.close()
+        await writer.wait_closed()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        task = asyncio.ensure_future(connect(port, banner_timeout=60))
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.wait_for(closed.wait(), 5)
+    finally:
+        server.close()
+        await server.wait_closed()

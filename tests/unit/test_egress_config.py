@@ -392,3 +392,14 @@ def test_path_errors_quote_the_value(mapping, match):
 def test_path_rejects_non_table():
     with pytest.raises(ConfigError, match="make_egress_path: expected a table"):
         EgressPathConfig.from_mapping("Opportunistic")
+
+
+@pytest.mark.parametrize("bad", ["evil.example\r\nRSET", "two words", "", "   "])
+def test_ehlo_domain_must_be_one_hostname(bad):
+    with pytest.raises(ConfigError, match="ehlo_domain: invalid hostname"):
+        EgressSource.from_mapping({"name": "s", "ehlo_domain": bad})
+    with pytest.raises(ConfigError, match="ehlo_domain: invalid hostname"):
+        EgressPathConfig.from_mapping({"ehlo_domain": bad})
+    assert EgressSource.from_mapping({"name": "s", "ehlo_domain": " mx.example "}).ehlo_domain == (
+        "mx.example"
+    )
