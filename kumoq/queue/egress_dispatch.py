@@ -161,9 +161,10 @@ class SmtpDispatch:
     async def deliver(self, msg: Message, config: QueueConfig) -> Attempt:
         protocol = config.protocol
         assert isinstance(protocol, SmtpProtocol)
+        picked: dict[str, str | None] = {}  # the source chosen on the first run, for re-runs
         for _ in range(POLICY_WAIT_RERUNS):
             try:
-                ready = await self._ready_queue_for(msg, config, protocol)
+                ready = await self._ready_queue_for(msg, config, protocol, picked)
                 break
             except PolicyWouldBlock as wait:  # an egress event waits for kumo.dns.lookup_mx
                 await wait.wait()
@@ -212,7 +213,11 @@ class SmtpDispatch:
         return source
 
     async def _ready_queue_for(
-        self, msg: Message, config: QueueConfig, protocol: SmtpProtocol
+        self,
+        msg: Message,
+        config: QueueConfig,
+        protocol: SmtpProtocol,
+        picked: dict[str, str | None],
     ) -> ReadyQueue | Attempt:
         queue_name = msg.queue_name()
         parts = parse_queue_name(queue_name)
@@ -224,7 +229,10 @@ class SmtpDispatch:
         if state is None or state[0] != entries:
             state = (entries, WeightedRoundRobin(entries))
             self._rr[queue_name] = state
-        source_name = state[1].next()
+        if queue_name in picked:  # a re-run after a DNS wait keeps its round-robin turn
+            source_name = picked[queue_name]
+        else:
+            source_name = picked[queue_name] = state[1].next()
         if source_name is None:
             return Attempt(
                 RecordType.TransientFailure,

@@ -28,11 +28,12 @@ manager's ``Attempt``; never kumoq.lua (the runtime comes in through ``LuaConnec
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, final
+from typing import Any, Final, Protocol, final
 
 from kumoq.clock import Clock, SystemClock
 from kumoq.config.queue import CustomLuaProtocol, QueueConfig
@@ -44,6 +45,10 @@ from kumoq.queue.manager import Attempt
 __all__ = ["Idle", "LuaConnections", "LuaDispatch", "SendNow", "WaitFor", "plan_batch"]
 
 log = logging.getLogger("kumoq.egress")
+
+CLOSE_DRAIN_SECONDS: Final = 10.0
+"""How long ``close()`` waits for Lua calls in progress (as SmtpDispatch waits for its
+dispatchers)."""
 
 
 class LuaConnections(Protocol):
@@ -124,9 +129,10 @@ class _Batch:
 class LuaDispatch:
     """``Deliverer`` for ``protocol = {custom_lua = ...}``.
 
-    ``close()`` stops the sender tasks and cancels the attempts still waiting for a batch, and
-    ``deliver`` raises ``CancelledError`` once closed: those messages get no record and stay
-    spooled for the next start (as in SMTP's ready queues). A Lua call is never interrupted.
+    ``close()`` lets the Lua calls in progress finish (bounded), cancels the attempts still
+    waiting for a batch, and ``deliver`` raises ``CancelledError`` once closed: those messages
+    get no record and stay spooled for the next start (as in SMTP's ready queues). A
+    connection is closed only once no call uses it, or at the drain deadline.
     """
 
     def __init__(self, runtime: LuaConnections, *, clock: Clock | None = None) -> None:
@@ -200,10 +206,16 @@ class LuaDispatch:
             attempt = await self._send(batch.site, batch.protocol, items[0].parts, msgs)
         except Exception as exc:
             for it in items:
-                it.future.set_exception(exc)  # the queue manager logs it and retries later
+                if not it.future.done():
+                    it.future.set_exception(exc)  # the queue manager logs it, retries later
             return
+        except BaseException:  # cancelled: not attempted, the messages stay spooled
+            for it in items:
+                it.future.cancel()
+            raise
         for it in items:
-            it.future.set_result(attempt)
+            if not it.future.done():  # its attempt may have been cancelled meanwhile
+                it.future.set_result(attempt)
 
     async def _send(
         self, site: str, protocol: CustomLuaProtocol, parts: QueueNameParts, msgs: list[Message]
@@ -257,21 +269,32 @@ class LuaDispatch:
             except KumoqError as exc:  # a PolicyError, or a close() that waits for DNS
                 log.warning("custom_lua connection %s: close failed: %s", site, exc)
 
-    async def close(self) -> None:
-        """Stop the senders, cancel the attempts still waiting (their messages stay spooled),
-        then close every connection."""
+    async def close(self, drain_seconds: float = CLOSE_DRAIN_SECONDS) -> None:
+        """Stop taking work; let the Lua calls in progress finish (up to ``drain_seconds``:
+        one may be waiting for DNS), cancel the attempts still waiting for a batch (their
+        messages stay spooled), then close every connection once nothing uses it."""
         self._closing = True
-        tasks = [b.task for b in self._batches.values() if b.task is not None]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
         for batch in self._batches.values():
             for it in batch.waiting:
                 it.future.cancel()
             batch.waiting.clear()
+            batch.wake.set()  # the sender sees _closing and ends after its current call
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + drain_seconds
+        tasks = [b.task for b in self._batches.values() if b.task is not None]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=drain_seconds)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         self._batches.clear()
         for site in list(self._conns):
+            lock = self._locks.get(site)
+            if lock is not None and lock.locked():  # a send(msg) is still running
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.0, deadline - loop.time())):
+                        await lock.acquire()
+                        lock.release()
             self._close(site)
 
 

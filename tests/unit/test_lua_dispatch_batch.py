@@ -268,6 +268,63 @@ async def test_close_cancels_waiting_attempts_without_sending():
     assert runtime.calls == [("send", ["c"])]
 
 
+class SlowRuntime(FakeRuntime):
+    """A send that waits (as a handler waiting in kumo.dns.lookup_mx does) until released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.closed_while_sending = False
+        self.sending = 0
+
+    async def conn_send_batch(self, conn, msgs):
+        self.sending += 1
+        try:
+            await self.release.wait()
+            return await super().conn_send_batch(conn, msgs)
+        finally:
+            self.sending -= 1
+
+    async def conn_send(self, conn, msg):
+        self.sending += 1
+        try:
+            await self.release.wait()
+            return await super().conn_send(conn, msg)
+        finally:
+            self.sending -= 1
+
+    def conn_close(self, conn):
+        self.closed_while_sending |= self.sending > 0
+        super().conn_close(conn)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+async def test_close_lets_a_waiting_send_finish_before_closing_its_connection(batch_size):
+    runtime = SlowRuntime()
+    dispatch = LuaDispatch(runtime, clock=FakeClock())
+    tasks = start(dispatch, lua_config(batch_size=batch_size), ["a"])
+    await turns()
+    closing = asyncio.ensure_future(dispatch.close())
+    await turns()
+    assert not closing.done()  # waits for the send in progress
+    runtime.release.set()
+    await closing
+    assert tasks[0].result().disposition is RecordType.Delivery
+    assert runtime.closed == [1]
+    assert not runtime.closed_while_sending
+
+
+async def test_close_gives_up_on_a_send_that_never_ends():
+    runtime = SlowRuntime()
+    dispatch = LuaDispatch(runtime, clock=FakeClock())
+    tasks = start(dispatch, lua_config(batch_size=3), ["a", "b"])
+    await turns()
+    await dispatch.close(drain_seconds=0.05)
+    await turns()
+    assert all(t.cancelled() for t in tasks)  # not attempted: no record, still spooled
+    assert runtime.calls == []
+
+
 # -- the runtime's conn_send_batch (real Lua) ----------------------------------------------------
 
 POLICY = """
