@@ -30,20 +30,13 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 from kumoq.clock import Clock
-from kumoq.config.egress import (
-    UNSPECIFIED,
-    UNSPECIFIED_POOL,
-    UNSPECIFIED_SOURCE,
-    EgressPathConfig,
-    EgressPool,
-    EgressSource,
-)
+from kumoq.config.egress import UNSPECIFIED, EgressPathConfig, EgressSource
 from kumoq.config.queue import QueueConfig, SmtpProtocol
 from kumoq.config.values import ThrottleSpec
 from kumoq.delivery.smtp import ConnectFailure, SmtpClientSession
 from kumoq.dns.resolver import DnsStatus, MxCache, MxFailure, Resolver
 from kumoq.dns.site_name import MailExchanger
-from kumoq.egress import WeightedRoundRobin, mx_list_site_name, ready_queue_name
+from kumoq.egress import mx_list_site_name, ready_queue_name
 from kumoq.errors import KumoqError, PolicyWouldBlock
 from kumoq.logs.records import RecordType, Response, SourceAddress
 from kumoq.message import Message, parse_queue_name, priority_of
@@ -57,6 +50,7 @@ from kumoq.queue.ready import (
     ideal_connection_count,
     throttle_decision,
 )
+from kumoq.queue.source_selection import EgressSources, SourceSelector
 from kumoq.throttle import Throttle
 
 __all__ = ["EgressPolicy", "ReadyQueue", "SmtpDispatch"]
@@ -66,22 +60,12 @@ log = logging.getLogger("kumoq.egress")
 SMTP_PROTO: Final = "smtp_client"
 
 
-class EgressPolicy(Protocol):
+class EgressPolicy(EgressSources, Protocol):
     """The policy events egress needs (kumoq.lua.events implements them through the daemon)."""
-
-    def get_egress_pool(self, name: str) -> EgressPool: ...
-
-    def get_egress_source(self, name: str) -> EgressSource: ...
 
     def get_egress_path_config(
         self, routing_domain: str, source: str, site_name: str
     ) -> EgressPathConfig | None: ...
-
-
-@dataclass(slots=True)
-class _Cached:
-    value: Any
-    until: float
 
 
 @dataclass(slots=True)
@@ -141,6 +125,7 @@ class SmtpDispatch:
         hostname: str | None = None,
         throttle: Throttle | None = None,
         rng: random.Random | None = None,
+        sources: SourceSelector | None = None,
     ) -> None:
         self._policy = policy
         self._mx = mx
@@ -149,9 +134,7 @@ class SmtpDispatch:
         self._hostname = hostname or socket.gethostname()
         self._throttle = throttle or Throttle()
         self._rng = rng or random.Random()
-        self._pools: dict[str, _Cached] = {}
-        self._sources: dict[str, _Cached] = {}
-        self._rr: dict[str, tuple[tuple[tuple[str, int], ...], WeightedRoundRobin]] = {}
+        self._sources = sources or SourceSelector(policy, clock)
         self._ready: dict[str, ReadyQueue] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
@@ -191,27 +174,6 @@ class SmtpDispatch:
 
     # -- selection ----------------------------------------------------------------------------
 
-    def _cached(self, table: dict[str, _Cached], name: str, fetch: Callable[[str], Any]) -> Any:
-        now = self._clock.monotonic()
-        hit = table.get(name)
-        if hit is not None and now < hit.until:
-            return hit.value
-        value = fetch(name)
-        table[name] = _Cached(value, now + float(getattr(value, "ttl", 60.0)))
-        return value
-
-    def _pool(self, name: str) -> EgressPool:
-        if name == UNSPECIFIED:
-            return UNSPECIFIED_POOL
-        pool: EgressPool = self._cached(self._pools, name, self._policy.get_egress_pool)
-        return pool
-
-    def _source(self, name: str) -> EgressSource:
-        if name == UNSPECIFIED:
-            return UNSPECIFIED_SOURCE
-        source: EgressSource = self._cached(self._sources, name, self._policy.get_egress_source)
-        return source
-
     async def _ready_queue_for(
         self,
         msg: Message,
@@ -223,23 +185,18 @@ class SmtpDispatch:
         parts = parse_queue_name(queue_name)
         routing_domain = parts.routing_domain or parts.domain
         pool_name = config.egress_pool or UNSPECIFIED
-        pool = self._pool(pool_name)
-        entries = tuple((e.name, e.weight) for e in pool.entries)
-        state = self._rr.get(queue_name)
-        if state is None or state[0] != entries:
-            state = (entries, WeightedRoundRobin(entries))
-            self._rr[queue_name] = state
+        pool = self._sources.pool(pool_name)
         if queue_name in picked:  # a re-run after a DNS wait keeps its round-robin turn
             source_name = picked[queue_name]
         else:
-            source_name = picked[queue_name] = state[1].next()
+            source_name = picked[queue_name] = self._sources.pick(queue_name, pool)
         if source_name is None:
             return Attempt(
                 RecordType.TransientFailure,
                 _transient(f"KumoMTA internal: no sources available for {queue_name} "
                            f"pool=`{pool_name}`"),
             )  # fmt: skip
-        source = self._source(source_name)
+        source = self._sources.source(source_name)
         exchanger: MailExchanger | None = None
         if protocol.mx_list:
             site = mx_list_site_name(protocol.mx_list)
