@@ -38,6 +38,7 @@ from kumoq.queue.egress_dispatch import SmtpDispatch
 from kumoq.queue.lua_dispatch import LuaDispatch
 from kumoq.queue.maildir import MaildirDispatch
 from kumoq.queue.manager import Deliverer, QueueManager
+from kumoq.queue.source_selection import SourceSelector
 from kumoq.reception import Reception
 from kumoq.records import RecordLogger
 from kumoq.smtp.server import EsmtpListener, start_esmtp_listener
@@ -241,11 +242,13 @@ class Daemon:
         mx = MxCache(resolver, nxdomain_bounces=True)  # issue 4: NXDOMAIN bounces
         runtime.waits.dns = mx  # kumo.dns.lookup_mx shares the delivery's MX cache
         hostname = decl.listeners[0].hostname if decl.listeners else None
+        egress_policy = _PolicyEgress(events)
+        sources = SourceSelector(egress_policy, self.clock)  # shared: one cache, one WRR
         smtp = SmtpDispatch(
-            policy=_PolicyEgress(events), mx=mx, resolver=lambda: mx.resolver,
-            clock=self.clock, hostname=hostname,
+            policy=egress_policy, mx=mx, resolver=lambda: mx.resolver,
+            clock=self.clock, hostname=hostname, sources=sources,
         )  # fmt: skip
-        lua = LuaDispatch(runtime, clock=self.clock)
+        lua = LuaDispatch(runtime, clock=self.clock, sources=sources)
         deliverers: dict[type, Deliverer] = {
             MaildirProtocol: MaildirDispatch(maildir),
             SmtpProtocol: smtp,

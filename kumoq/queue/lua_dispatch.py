@@ -1,7 +1,9 @@
 """Custom Lua delivery: ``protocol = {custom_lua = {constructor = 'make.x', ...}}`` (§1.9).
 
 The constructor event ``make.x(domain, tenant, campaign)`` returns a connection table; kumoq keeps
-one connection per ready queue ``<source>-><routing_domain>@lua:<constructor>``. With
+one connection per ready queue ``<source>-><routing_domain>@lua:<constructor>``, the source
+chosen from the queue's ``egress_pool`` by weighted round robin as for SMTP (``SourceSelector``;
+``unspecified`` without a pool). With
 ``batch_size = 1`` (the default) each message is sent as it comes, by ``conn:send(msg)``. With
 ``batch_size > 1`` messages wait in the ready queue's batch and go out together by
 ``conn:send_batch(msgs)`` (a Lua array, oldest first); the same outcome applies to every message
@@ -36,11 +38,13 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, final
 
 from kumoq.clock import Clock, SystemClock
+from kumoq.config.egress import UNSPECIFIED
 from kumoq.config.queue import CustomLuaProtocol, QueueConfig
-from kumoq.errors import KumoqError, PolicyError, RejectError
+from kumoq.errors import KumoqError, PolicyError, PolicyWouldBlock, RejectError
 from kumoq.logs.records import RecordType, Response
 from kumoq.message import Message, QueueNameParts, new_session_id, parse_queue_name
-from kumoq.queue.manager import Attempt
+from kumoq.queue.manager import POLICY_WAIT_RERUNS, Attempt
+from kumoq.queue.source_selection import SourceSelector
 
 __all__ = ["Idle", "LuaConnections", "LuaDispatch", "SendNow", "WaitFor", "plan_batch"]
 
@@ -106,10 +110,20 @@ def plan_batch(
 # -- dispatch --------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """Where a message goes: its queue's parts (for the constructor) and the egress pool and
+    source it was given (for the ready queue name and the records)."""
+
+    parts: QueueNameParts
+    pool: str
+    source: str
+
+
 @dataclass(slots=True, eq=False)
 class _Waiting:
     msg: Message
-    parts: QueueNameParts
+    route: _Route
     future: asyncio.Future[Attempt]
     arrived: float
 
@@ -135,9 +149,16 @@ class LuaDispatch:
     connection is closed only once no call uses it, or at the drain deadline.
     """
 
-    def __init__(self, runtime: LuaConnections, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        runtime: LuaConnections,
+        *,
+        clock: Clock | None = None,
+        sources: SourceSelector | None = None,
+    ) -> None:
         self._runtime = runtime
         self._clock: Clock = clock or SystemClock()
+        self._sources = sources  # None: every message uses the source 'unspecified'
         self._conns: dict[str, tuple[int, str]] = {}  # ready queue -> (handle, session id)
         self._batches: dict[str, _Batch] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -146,22 +167,54 @@ class LuaDispatch:
     async def deliver(self, msg: Message, config: QueueConfig) -> Attempt:
         protocol = config.protocol
         assert isinstance(protocol, CustomLuaProtocol)
-        parts = parse_queue_name(msg.queue_name())
-        site = f"unspecified->{parts.routing_domain or parts.domain}@lua:{protocol.constructor}"
         if self._closing:
             raise asyncio.CancelledError  # not attempted: the message stays spooled
+        queue_name = msg.queue_name()
+        parts = parse_queue_name(queue_name)
+        route = await self._route(queue_name, parts, config.egress_pool or UNSPECIFIED)
+        if isinstance(route, Attempt):
+            return route
+        routing_domain = parts.routing_domain or parts.domain
+        site = f"{route.source}->{routing_domain}@lua:{protocol.constructor}"
         if protocol.batch_size == 1 and site not in self._batches:
-            return await self._send(site, protocol, parts, [msg])
+            return await self._send(site, protocol, route, [msg])
         batch = self._batches.get(site)
         if batch is None:
             batch = self._batches[site] = _Batch(site, protocol)
         batch.protocol = protocol
         future: asyncio.Future[Attempt] = asyncio.get_running_loop().create_future()
-        batch.waiting.append(_Waiting(msg, parts, future, self._clock.monotonic()))
+        batch.waiting.append(_Waiting(msg, route, future, self._clock.monotonic()))
         if batch.task is None:
             batch.task = asyncio.create_task(self._run(batch), name=f"lua-batch {site}")
         batch.wake.set()
         return await future
+
+    async def _route(
+        self, queue_name: str, parts: QueueNameParts, pool_name: str
+    ) -> _Route | Attempt:
+        """The egress source for this message: the pool's weighted round robin, as for SMTP.
+        An event waiting for DNS is called again (bounded), keeping the source it was given."""
+        if self._sources is None or pool_name == UNSPECIFIED:
+            return _Route(parts, pool_name, UNSPECIFIED)
+        picked: list[str | None] = []
+        for _ in range(POLICY_WAIT_RERUNS):
+            try:
+                pool = self._sources.pool(pool_name)
+                if not picked:
+                    picked.append(self._sources.pick(queue_name, pool))
+                source = picked[0]
+                if source is None:
+                    return _failed(
+                        f"KumoMTA internal: no sources available for {queue_name} "
+                        f"pool=`{pool_name}`"
+                    )
+                self._sources.source(source)  # the source must exist (get_egress_source)
+                return _Route(parts, pool_name, source)
+            except PolicyWouldBlock as wait:
+                await wait.wait()
+            except KumoqError as exc:
+                return _failed(f"KumoMTA internal: {exc}")
+        return _failed("KumoMTA internal: the egress events kept waiting for DNS")
 
     def poke(self) -> None:
         """Look at every batch again now. The sender's own timer does this when a latency
@@ -203,7 +256,7 @@ class LuaDispatch:
         """Send ``items`` and resolve their attempts (a bug fails them, never strands them)."""
         msgs = [it.msg for it in items]
         try:
-            attempt = await self._send(batch.site, batch.protocol, items[0].parts, msgs)
+            attempt = await self._send(batch.site, batch.protocol, items[0].route, msgs)
         except Exception as exc:
             for it in items:
                 if not it.future.done():
@@ -218,7 +271,7 @@ class LuaDispatch:
                 it.future.set_result(attempt)
 
     async def _send(
-        self, site: str, protocol: CustomLuaProtocol, parts: QueueNameParts, msgs: list[Message]
+        self, site: str, protocol: CustomLuaProtocol, route: _Route, msgs: list[Message]
     ) -> Attempt:
         """``conn:send(msg)`` when ``batch_size`` is 1, else ``conn:send_batch(msgs)``, on the
         ready queue's connection (constructed on first use from ``parts``); the outcome of every
@@ -228,15 +281,16 @@ class LuaDispatch:
         if lock is None:
             lock = self._locks[site] = asyncio.Lock()
         async with lock:
-            return await self._send_locked(site, protocol, parts, msgs)
+            return await self._send_locked(site, protocol, route, msgs)
 
     async def _send_locked(
-        self, site: str, protocol: CustomLuaProtocol, parts: QueueNameParts, msgs: list[Message]
+        self, site: str, protocol: CustomLuaProtocol, route: _Route, msgs: list[Message]
     ) -> Attempt:
         ctor = protocol.constructor
+        parts = route.parts
         conn = self._conns.get(site)
         session_id = conn[1] if conn is not None else new_session_id()
-        attempt = _attempt_factory(site, ctor, session_id)
+        attempt = _attempt_factory(site, ctor, session_id, route)
         try:
             if conn is None:
                 handle = await self._runtime.construct(
@@ -306,11 +360,17 @@ def _reject_response(exc: RejectError) -> Response:
     return Response(exc.code, None, exc.reply_text, None)
 
 
+def _failed(content: str) -> Attempt:
+    """A message that could not be given a ready queue: a transient failure, as for SMTP."""
+    response = Response(451, (4, 4, 4), content, None)
+    return Attempt(RecordType.TransientFailure, response, delivery_protocol="Lua")
+
+
 def _attempt_factory(
-    site: str, ctor: str, session_id: str
+    site: str, ctor: str, session_id: str, route: _Route
 ) -> Callable[[RecordType, Response], Attempt]:
     peer = {"name": f"Lua via {ctor}", "addr": "0.0.0.0"}
-    extra = {"egress_pool": "unspecified", "egress_source": "unspecified"}
+    extra = {"egress_pool": route.pool, "egress_source": route.source}
 
     def attempt(disposition: RecordType, response: Response) -> Attempt:
         return Attempt(

@@ -161,3 +161,37 @@ def test_messages_waiting_for_a_batch_stay_spooled_over_a_restart(kumoq):
     assert {d["recipient"] for d in deliveries} == {"a@hook.test", "b@hook.test"}
     (content,) = {d["response"]["content"] for d in deliveries}  # one batch of both
     assert content in ("batch #1 of 2: a,b", "batch #1 of 2: b,a")
+
+
+POOLED = """
+kumo.on('make.pooled', function(domain, tenant, campaign)
+  local conn = {}
+  function conn:send(msg) return 'sent' end
+  return conn
+end)
+kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
+  return kumo.make_queue_config {
+    egress_pool = 'pool-1', protocol = { custom_lua = { constructor = 'make.pooled' } },
+  }
+end)
+kumo.on('get_egress_pool', function(name)
+  return kumo.make_egress_pool {
+    name = name, entries = { { name = 'ip-a', weight = 1 }, { name = 'ip-b', weight = 3 } },
+  }
+end)
+kumo.on('get_egress_source', function(name)
+  return kumo.make_egress_source { name = name }
+end)
+"""
+
+
+def test_custom_lua_delivery_goes_through_the_pools_sources(kumoq):
+    daemon = kumoq(policy(POOLED))
+    daemon.send("s@example.com", [f"r{i}@hook.test" for i in range(40)])
+    deliveries = daemon.wait_for_records("Delivery", 40)
+    by_source: dict[str, int] = {}
+    for d in deliveries:
+        by_source[d["egress_source"]] = by_source.get(d["egress_source"], 0) + 1
+        assert d["egress_pool"] == "pool-1"
+        assert d["site"] == f"{d['egress_source']}->hook.test@lua:make.pooled"
+    assert by_source == {"ip-a": 10, "ip-b": 30}  # the weights, 1:3, over 40 messages
