@@ -57,3 +57,21 @@ def test_kumoq_tail_prints_the_records(kumoq):
     )
     types = [json.loads(line)["type"] for line in result.stdout.splitlines()]
     assert types == ["Reception", "Delivery"]
+
+
+@pytest.mark.parametrize("name", ["e2e", "reception", "relay"])
+def test_bench_policies_load_with_their_shared_init(tmp_path, name):
+    """bench/e2e.py copies a bench policy and bench_init.lua into a scratch directory; the
+    policy's init must find and run the shared part there."""
+    policies = ROOT / "bench" / "policies"
+    (tmp_path / "init.lua").write_text((policies / f"{name}.lua").read_text())
+    (tmp_path / "bench_init.lua").write_text((policies / "bench_init.lua").read_text())
+    result = subprocess.run(
+        [sys.executable, "-m", "kumoq", "validate", "--policy", str(tmp_path / "init.lua")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "OK (1 SMTP listener(s), 2 spool(s), 1 log destination(s))" in result.stdout
