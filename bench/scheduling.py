@@ -35,8 +35,8 @@ from kumoq.config.queue import MaildirProtocol, QueueConfig, QueueStrategy
 from kumoq.config.spool import SpoolDefinition
 from kumoq.logs.records import RecordType, Response
 from kumoq.message import EnvelopeAddress, Message, QueueNameParts, new_spool_id
-from kumoq.queue.context import InsertContext, InsertReason
-from kumoq.queue.manager import QueueManager
+from kumoq.scheduler.context import InsertContext, InsertReason
+from kumoq.scheduler.manager import QueueManager
 from kumoq.spool import open_spool
 
 

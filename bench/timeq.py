@@ -19,7 +19,7 @@ collections add about a microsecond per insert).
 ``--candidates`` instead compares inner structures for the SkipList on the same workload
 (insert and pop of N entries, bytes per entry): heapq with lazy deletion, sortedcontainers'
 SortedList (when installed), a bisect list-of-lists, a linked skiplist, and the chosen
-buckets-plus-heap (``kumoq.queue.skiplist.SkipList``).
+buckets-plus-heap (``kumoq.scheduler.skiplist.SkipList``).
 
 Owns bench/timeq.py only; imports kumoq.queue.{timeq,timerwheel,skiplist} and the standard
 library (sortedcontainers optionally).
@@ -43,9 +43,9 @@ from collections.abc import Callable
 from itertools import count
 from typing import Any
 
-from kumoq.queue.skiplist import SkipList
-from kumoq.queue.timeq import Items
-from kumoq.queue.timerwheel import TimerWheel
+from kumoq.scheduler.skiplist import SkipList
+from kumoq.scheduler.timeq import Items
+from kumoq.scheduler.timerwheel import TimerWheel
 
 NOW0 = 1_700_000_000.0
 SEQ = 64
@@ -319,7 +319,7 @@ class CandLinkedSkiplist:
 
 
 class CandChosen:
-    """kumoq.queue.skiplist.SkipList (buckets + heap)."""
+    """kumoq.scheduler.skiplist.SkipList (buckets + heap)."""
 
     def __init__(self) -> None:
         self.q: SkipList[Any] = SkipList()

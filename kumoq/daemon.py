@@ -28,19 +28,20 @@ from kumoq.config.queue import CustomLuaProtocol, MaildirProtocol, QueueConfig, 
 from kumoq.config.spool import SpoolDefinition, check_spool_pair
 from kumoq.delivery.maildir import MaildirDeliverer
 from kumoq.dns.resolver import DnsPythonResolver, MxCache, Resolver, TestResolver
+from kumoq.egress.lua_dispatch import LuaDispatch
+from kumoq.egress.maildir_dispatch import MaildirDispatch
+from kumoq.egress.smtp_dispatch import SmtpDispatch
+from kumoq.egress.sources import SourceSelector
 from kumoq.errors import ConfigError, KumoqError
+from kumoq.logs.logger import RecordLogger
 from kumoq.logs.writer import LocalLogWriter
 from kumoq.lua.events import PolicyEvents
 from kumoq.lua.runtime import PolicyRuntime
 from kumoq.message import Message, QueueNameParts
-from kumoq.queue.context import InsertContext, InsertReason
-from kumoq.queue.egress_dispatch import SmtpDispatch
-from kumoq.queue.lua_dispatch import LuaDispatch
-from kumoq.queue.maildir import MaildirDispatch
-from kumoq.queue.manager import Deliverer, QueueManager
-from kumoq.queue.source_selection import SourceSelector
 from kumoq.reception import Reception
-from kumoq.records import RecordLogger
+from kumoq.scheduler.attempt import Deliverer
+from kumoq.scheduler.context import InsertContext, InsertReason
+from kumoq.scheduler.manager import QueueManager
 from kumoq.smtp.server import EsmtpListener, start_esmtp_listener
 from kumoq.spool import open_spool
 from kumoq.spool.base import Spool

@@ -21,7 +21,7 @@ from kumoq.clock import Clock
 from kumoq.errors import KumoqError, PolicyError, QueueNameError
 from kumoq.logs.records import RecordType, Response
 from kumoq.message import NULL_QUEUE, EnvelopeAddress, Message, new_spool_id
-from kumoq.queue.manager import QueueManager, RecordSink
+from kumoq.scheduler.manager import QueueManager, RecordSink
 from kumoq.smtp.replies import Reply
 from kumoq.smtp.server import ConnectionMeta
 from kumoq.spool.base import Spool

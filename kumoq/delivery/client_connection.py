@@ -10,7 +10,7 @@ order. It knows nothing of SMTP commands: ``kumoq.delivery.smtp`` decides what t
 - ``start_tls()`` upgrades in place with ``loop.start_tls``;
 - ``close()`` closes and waits (bounded) for ``connection_lost``; ``abort()`` drops at once.
 
-L2 adapter: asyncio only; the parsing is in kumoq.smtp.reply_reader.
+L2 adapter: asyncio only; the parsing is in kumoq.delivery.reply_reader.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import collections
 import ssl
 from typing import cast
 
+from kumoq.delivery.reply_reader import ReplyReader, ServerReply
 from kumoq.errors import RemoteProtocolError
-from kumoq.smtp.reply_reader import ReplyReader, ServerReply
 
 __all__ = ["ClientConnection", "ConnectionBroken"]
 

@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 from kumoq.config.egress import Tls
 from kumoq.delivery.client_connection import ClientConnection, ConnectionBroken
+from kumoq.delivery.reply_reader import ServerReply
 from kumoq.errors import LocalProtocolError
 from kumoq.logs.records import PeerAddress, RecordType, Response
 from kumoq.message import new_session_id
-from kumoq.smtp.reply_reader import ServerReply
 
 if TYPE_CHECKING:
     from kumoq.config.egress import EgressPathConfig, EgressSource

@@ -11,10 +11,10 @@ while converting them); only ``set_data`` accepts arbitrary bytes, which it tran
 Latin-1 form when they are not UTF-8.
 
 The scheduling helpers (``parse_scheduling``, ``adjust_for_schedule``, ``format_due``) live in
-kumoq.scheduling and are re-exported here.
+kumoq.scheduler.scheduling and are re-exported here.
 
-L2: imports kumoq.headers, kumoq.message, kumoq.scheduling and kumoq.errors; the runtime only under
-TYPE_CHECKING.
+L2: imports kumoq.headers, kumoq.message, kumoq.scheduler.scheduling and kumoq.errors; the
+runtime only under TYPE_CHECKING.
 """
 
 from __future__ import annotations
@@ -25,7 +25,12 @@ from typing import TYPE_CHECKING, Any, Final
 
 from kumoq import headers
 from kumoq.message import EnvelopeAddress
-from kumoq.scheduling import adjust_for_schedule, format_due, parse_rfc3339, parse_scheduling
+from kumoq.scheduler.scheduling import (
+    adjust_for_schedule,
+    format_due,
+    parse_rfc3339,
+    parse_scheduling,
+)
 
 if TYPE_CHECKING:
     from kumoq.lua.runtime import PolicyRuntime

@@ -10,7 +10,7 @@ that coroutine's runner; the runtime answers and resumes the handler where it st
   ``get_queue_config`` and the egress events): the answer comes from the
   MX cache when it holds one. Otherwise the call gives up with ``PolicyWouldBlock``. The
   caller awaits ``wait()`` (which fills the cache) and calls the handler again, a bounded
-  number of times (``kumoq.queue.manager.POLICY_WAIT_RERUNS``). Those events
+  number of times (``kumoq.scheduler.manager.POLICY_WAIT_RERUNS``). Those events
   describe configuration and KumoMTA calls them when its caches decide, so a handler that
   runs twice sees the same world.
 

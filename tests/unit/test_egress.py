@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from kumoq.config.egress import UNSPECIFIED_POOL, EgressPool
 from kumoq.config.queue import CustomLuaProtocol, MaildirProtocol, NullProtocol, SmtpProtocol
-from kumoq.egress import (
+from kumoq.egress.names import (
     WeightedRoundRobin,
     mx_list_label,
     mx_list_site_name,

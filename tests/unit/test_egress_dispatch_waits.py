@@ -10,10 +10,10 @@ from kumoq.clock import FakeClock
 from kumoq.config.egress import EgressPathConfig, EgressPool, EgressSource
 from kumoq.config.queue import QueueConfig, SmtpProtocol
 from kumoq.dns.resolver import MxCache, TestResolver
+from kumoq.egress.smtp_dispatch import SmtpDispatch
 from kumoq.errors import PolicyWouldBlock
 from kumoq.logs.records import RecordType
 from kumoq.message import EnvelopeAddress, Message, new_spool_id
-from kumoq.queue.egress_dispatch import SmtpDispatch
 
 
 class WaitingPolicy:

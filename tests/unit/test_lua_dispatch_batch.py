@@ -10,11 +10,11 @@ import pytest
 
 from kumoq.clock import FakeClock
 from kumoq.config.queue import CustomLuaProtocol, QueueConfig
+from kumoq.egress.lua_dispatch import Idle, LuaDispatch, SendNow, WaitFor, plan_batch
 from kumoq.errors import ConfigError, PolicyError, RejectError
 from kumoq.logs.records import RecordType
 from kumoq.lua import PolicyEvents, PolicyRuntime
 from kumoq.message import EnvelopeAddress, Message, new_spool_id
-from kumoq.queue.lua_dispatch import Idle, LuaDispatch, SendNow, WaitFor, plan_batch
 
 
 def make_msg(user: str, domain: str = "hook.test") -> Message:

@@ -10,7 +10,8 @@ from kumoq.clock import FakeClock
 from kumoq.config.queue import QueueConfig
 from kumoq.errors import PolicyError, PolicyWouldBlock
 from kumoq.message import QueueNameParts
-from kumoq.queue.manager import POLICY_WAIT_RERUNS, QueueManager
+from kumoq.scheduler.attempt import POLICY_WAIT_RERUNS
+from kumoq.scheduler.manager import QueueManager
 
 
 class FlakySource:

@@ -10,8 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from kumoq.message import EnvelopeAddress, Message, new_spool_id
-from kumoq.queue.ready import (
+from kumoq.egress.ready import (
     BULK_DELAY_RESPONSE,
     ConnectionFailureTracker,
     Proceed,
@@ -23,6 +22,7 @@ from kumoq.queue.ready import (
     priority_of,
     throttle_decision,
 )
+from kumoq.message import EnvelopeAddress, Message, new_spool_id
 from kumoq.throttle import ThrottleResult
 
 # --- ReadyFifo ---------------------------------------------------------------------------

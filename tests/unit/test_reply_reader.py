@@ -1,4 +1,4 @@
-"""kumoq.smtp.reply_reader: client-side reply parsing, independent of how bytes are chunked."""
+"""kumoq.delivery.reply_reader: client-side reply parsing, independent of how bytes are chunked."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from kumoq.delivery.reply_reader import MAX_LINE, MAX_REPLY, ReplyReader, ServerReply
 from kumoq.errors import RemoteProtocolError
-from kumoq.smtp.reply_reader import MAX_LINE, MAX_REPLY, ReplyReader, ServerReply
 
 EHLO = (
     b"250-mx.example.com Hello\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n"

@@ -1,4 +1,4 @@
-"""kumoq.queue.retry: backoff, jitter, expiry texts, humantime formatting (§3.1, §3.2)."""
+"""kumoq.scheduler.retry: backoff, jitter, expiry texts, humantime formatting (§3.1, §3.2)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kumoq.queue.retry import (
+from kumoq.scheduler.retry import (
     MAX_DELAY,
     Expired,
     delay_based_on_age,

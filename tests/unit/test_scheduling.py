@@ -1,4 +1,4 @@
-"""kumoq.scheduling: set_scheduling parsing, windows across days, time zones and DST edges."""
+"""kumoq.scheduler.scheduling: set_scheduling parsing, windows across days, zones and DST edges."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import kumoq.lua.message
 from kumoq.errors import ConfigError
-from kumoq.scheduling import (
+from kumoq.scheduler.scheduling import (
     adjust_for_schedule,
     expires_of,
     format_due,

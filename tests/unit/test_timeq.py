@@ -24,8 +24,8 @@ from hypothesis.stateful import (
     rule,
 )
 
-from kumoq.queue.skiplist import SkipList
-from kumoq.queue.timeq import (
+from kumoq.scheduler.skiplist import SkipList
+from kumoq.scheduler.timeq import (
     DUE_NOW,
     EMPTY,
     Cursor,
@@ -36,7 +36,7 @@ from kumoq.queue.timeq import (
     due_tick,
     now_tick,
 )
-from kumoq.queue.timerwheel import TimerWheel
+from kumoq.scheduler.timerwheel import TimerWheel
 
 NOW0 = 1_700_000_000.0
 

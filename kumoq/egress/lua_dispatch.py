@@ -40,15 +40,15 @@ from typing import Any, Final, Protocol, final
 from kumoq.clock import Clock, SystemClock
 from kumoq.config.egress import UNSPECIFIED
 from kumoq.config.queue import CustomLuaProtocol, QueueConfig
+from kumoq.egress.sources import SourceSelector
 from kumoq.errors import KumoqError, PolicyError, PolicyWouldBlock, RejectError
 from kumoq.logs.records import RecordType, Response
 from kumoq.message import Message, QueueNameParts, new_session_id, parse_queue_name
-from kumoq.queue.manager import POLICY_WAIT_RERUNS, Attempt
-from kumoq.queue.source_selection import SourceSelector
+from kumoq.scheduler.attempt import POLICY_WAIT_RERUNS, Attempt
 
 __all__ = ["Idle", "LuaConnections", "LuaDispatch", "SendNow", "WaitFor", "plan_batch"]
 
-log = logging.getLogger("kumoq.egress")
+log = logging.getLogger("kumoq.egress.names")
 
 CLOSE_DRAIN_SECONDS: Final = 10.0
 """How long ``close()`` waits for Lua calls in progress (as SmtpDispatch waits for its

@@ -27,9 +27,9 @@ from typing import Final, Protocol
 from kumoq.clock import Clock
 from kumoq.config.queue import QueueConfig, QueueStrategy
 from kumoq.message import DEFAULT_PRIORITY, Message, QueueNameParts, priority_of
-from kumoq.queue.skiplist import SkipList
-from kumoq.queue.timeq import DueNow, Empty, Items, Sleep
-from kumoq.queue.timerwheel import TimerWheel
+from kumoq.scheduler.skiplist import SkipList
+from kumoq.scheduler.timeq import DueNow, Empty, Items, Sleep
+from kumoq.scheduler.timerwheel import TimerWheel
 
 __all__ = [
     "DEFAULT_PRIORITY",

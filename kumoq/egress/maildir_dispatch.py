@@ -11,7 +11,7 @@ from kumoq.config.queue import MaildirProtocol, QueueConfig
 from kumoq.delivery.maildir import MaildirDeliverer
 from kumoq.logs.records import RecordType, Response
 from kumoq.message import Message, new_session_id
-from kumoq.queue.manager import Attempt
+from kumoq.scheduler.attempt import Attempt
 
 __all__ = ["MaildirDispatch"]
 

@@ -36,13 +36,8 @@ from kumoq.config.values import ThrottleSpec
 from kumoq.delivery.smtp import ConnectFailure, SmtpClientSession
 from kumoq.dns.resolver import DnsStatus, MxCache, MxFailure, Resolver
 from kumoq.dns.site_name import MailExchanger
-from kumoq.egress import mx_list_site_name, ready_queue_name
-from kumoq.errors import KumoqError, PolicyWouldBlock
-from kumoq.logs.records import RecordType, Response, SourceAddress
-from kumoq.message import Message, parse_queue_name, priority_of
-from kumoq.queue.context import InsertReason
-from kumoq.queue.manager import POLICY_WAIT_RERUNS, Attempt
-from kumoq.queue.ready import (
+from kumoq.egress.names import mx_list_site_name, ready_queue_name
+from kumoq.egress.ready import (
     ConnectionFailureTracker,
     ReadyFifo,
     RequeueQueue,
@@ -50,12 +45,17 @@ from kumoq.queue.ready import (
     ideal_connection_count,
     throttle_decision,
 )
-from kumoq.queue.source_selection import EgressSources, SourceSelector
+from kumoq.egress.sources import EgressSources, SourceSelector
+from kumoq.errors import KumoqError, PolicyWouldBlock
+from kumoq.logs.records import RecordType, Response, SourceAddress
+from kumoq.message import Message, parse_queue_name, priority_of
+from kumoq.scheduler.attempt import POLICY_WAIT_RERUNS, Attempt
+from kumoq.scheduler.context import InsertReason
 from kumoq.throttle import Throttle
 
 __all__ = ["EgressPolicy", "ReadyQueue", "SmtpDispatch"]
 
-log = logging.getLogger("kumoq.egress")
+log = logging.getLogger("kumoq.egress.names")
 
 SMTP_PROTO: Final = "smtp_client"
 

@@ -12,8 +12,8 @@
   ``num_attempts`` and ``due`` persisted before waiting.
 - A queue empty for ``reap_interval`` is dropped with its maintainer.
 
-Seams (owned here, implemented above): ``QueueConfigSource``, ``Deliverer``, ``RecordSink``,
-and the ``Spool``.
+Seams (owned here, implemented above): ``QueueConfigSource``, ``RecordSink``, the ``Spool``,
+and ``Deliverer`` (in ``kumoq.scheduler.attempt``, so that dispatchers need not import this).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import json
 import logging
 import math
 import random
-from collections.abc import Awaitable, Coroutine, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Coroutine, Iterator
+from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from kumoq.clock import Clock
@@ -33,22 +33,21 @@ from kumoq.config.queue import NullProtocol, QueueConfig
 from kumoq.errors import KumoqError, PolicyError, PolicyWouldBlock
 from kumoq.logs.records import RecordType, Response, rfc3339
 from kumoq.message import NULL_QUEUE, Message, QueueNameParts, parse_queue_name
-from kumoq.queue.context import InsertContext, InsertReason
-from kumoq.queue.retry import (
+from kumoq.scheduler.attempt import POLICY_WAIT_RERUNS, Attempt, Deliverer
+from kumoq.scheduler.context import InsertContext, InsertReason
+from kumoq.scheduler.retry import (
     Expired,
     expiry_after_increment,
     expiry_without_increment,
     format_duration,
     next_attempt,
 )
-from kumoq.queue.scheduled import ScheduledQueue, SingletonWheel
-from kumoq.scheduling import expires_of, next_allowed
+from kumoq.scheduler.scheduled import ScheduledQueue, SingletonWheel
+from kumoq.scheduler.scheduling import expires_of, next_allowed
 from kumoq.spool.base import Spool
 from kumoq.throttle import Throttle
 
 __all__ = [
-    "Attempt",
-    "Deliverer",
     "QueueConfigSource",
     "QueueManager",
     "RecordSink",
@@ -57,39 +56,12 @@ __all__ = [
 log = logging.getLogger("kumoq.queue")
 
 FAILED_RESOLVE_TTL: Final = 60.0
-POLICY_WAIT_RERUNS: Final = 8
-"""How often ``resolve_waiting`` fetches a DNS answer for ``get_queue_config`` and calls it
-again before it gives up (a handler that looks up more domains, or a zero-TTL answer)."""
 
 
 class QueueConfigSource(Protocol):
     """Where queue configs come from: the policy's ``get_queue_config`` event."""
 
     def get_queue_config(self, parts: QueueNameParts) -> QueueConfig | None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """The outcome of one delivery attempt for one message."""
-
-    disposition: RecordType  # Delivery, TransientFailure, Bounce; or Delayed (see requeue_delay)
-    response: Response
-    site: str = ""
-    delivery_protocol: str | None = None
-    peer_address: Any = None
-    session_id: str | None = None
-    #: more record fields (egress_pool, egress_source, source_address, tls_*)
-    extra: Mapping[str, Any] = field(default_factory=dict)
-    #: with ``Delayed``: not attempted (the ready queue was full or throttled); back into the
-    #: scheduled queue after this many seconds, attempts not incremented, for ``reason``
-    requeue_delay: float | None = None
-    reason: InsertReason | None = None
-
-
-class Deliverer(Protocol):
-    """Delivers one message by one protocol; never raises for delivery failures."""
-
-    def deliver(self, msg: Message, config: QueueConfig) -> Awaitable[Attempt]: ...
 
 
 class RecordSink(Protocol):

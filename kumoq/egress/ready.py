@@ -14,7 +14,7 @@ Owns:
 
 This module is pure (L0): no asyncio, sockets, file IO, lupa or clocks. It must not import
 ``kumoq.delivery``, ``kumoq.lua`` or ``kumoq.http``. (``priority_of`` is re-exported from
-``kumoq.queue.scheduled`` so callers have one place to ask a message its priority.)
+``kumoq.scheduler.scheduled`` so callers have one place to ask a message its priority.)
 """
 
 from __future__ import annotations

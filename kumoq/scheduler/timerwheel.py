@@ -1,6 +1,6 @@
 """The TimerWheel strategy's structure: a hierarchical hashed timing wheel with an overflow list.
 
-Owns ``TimerWheel``. Pure (L0): no asyncio, no clock, no IO. Imports only ``kumoq.queue.timeq``.
+Owns ``TimerWheel``. Pure (L0): no asyncio, no clock, no IO. Imports only ``kumoq.scheduler.timeq``.
 
 Shape (KumoMTA's ``QuadWheelWithOverflow``, reference §4): ``levels`` wheels of ``2**slot_bits``
 slots (default 4 x 256), at a resolution of one *tick* (``timerwheel_tick_interval``, seconds).
@@ -35,7 +35,7 @@ from math import ceil, floor
 from operator import itemgetter
 from typing import Final, TypeVar, final
 
-from kumoq.queue.timeq import (
+from kumoq.scheduler.timeq import (
     EMPTY,
     INSERTED,
     INSERTED_HEAD,

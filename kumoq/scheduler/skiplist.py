@@ -1,6 +1,6 @@
 """The SkipList strategy's structure: entries in whole-second buckets, the buckets in a heap.
 
-Owns ``SkipList``. Pure (L0): no asyncio, no clock, no IO. Imports only ``kumoq.queue.timeq``.
+Owns ``SkipList``. Pure (L0): no asyncio, no clock, no IO. Imports only ``kumoq.scheduler.timeq``.
 
 KumoMTA orders its SkipList by due time truncated to whole seconds, so that entries of the same
 second compare equal and batch cheaply (reference §4). We keep the seconds buckets and drop the
@@ -28,7 +28,7 @@ from math import ceil, floor
 from operator import itemgetter
 from typing import Final, TypeVar, final
 
-from kumoq.queue.timeq import (
+from kumoq.scheduler.timeq import (
     EMPTY,
     INSERTED,
     INSERTED_HEAD,

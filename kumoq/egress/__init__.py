@@ -1,0 +1,1 @@
+"""Egress: pools and sources, ready queues, and dispatch to the delivery protocols."""

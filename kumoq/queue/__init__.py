@@ -1,1 +1,0 @@
-"""kumoq.queue"""

@@ -1,0 +1,1 @@
+"""The scheduler: scheduled queues, their timer structures, retries and expiry."""

@@ -1,0 +1,46 @@
+"""What a deliverer hands back to the scheduler: the ``Deliverer`` seam and its ``Attempt``.
+
+The queue manager owns this seam; the dispatchers in ``kumoq.egress`` implement it (SMTP through
+ready queues, maildir, custom Lua). Pure (L0): no asyncio, sockets or clocks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+from kumoq.config.queue import QueueConfig
+from kumoq.logs.records import RecordType, Response
+from kumoq.message import Message
+from kumoq.scheduler.context import InsertReason
+
+__all__ = ["POLICY_WAIT_RERUNS", "Attempt", "Deliverer"]
+
+POLICY_WAIT_RERUNS: Final = 8
+"""How often ``resolve_waiting`` fetches a DNS answer for ``get_queue_config`` and calls it
+again before it gives up (a handler that looks up more domains, or a zero-TTL answer)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """The outcome of one delivery attempt for one message."""
+
+    disposition: RecordType  # Delivery, TransientFailure, Bounce; or Delayed (see requeue_delay)
+    response: Response
+    site: str = ""
+    delivery_protocol: str | None = None
+    peer_address: Any = None
+    session_id: str | None = None
+    #: more record fields (egress_pool, egress_source, source_address, tls_*)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    #: with ``Delayed``: not attempted (the ready queue was full or throttled); back into the
+    #: scheduled queue after this many seconds, attempts not incremented, for ``reason``
+    requeue_delay: float | None = None
+    reason: InsertReason | None = None
+
+
+class Deliverer(Protocol):
+    """Delivers one message by one protocol; never raises for delivery failures."""
+
+    def deliver(self, msg: Message, config: QueueConfig) -> Awaitable[Attempt]: ...
