@@ -27,7 +27,8 @@ from kumoq.config.logs import LocalLogsConfig
 from kumoq.config.queue import CustomLuaProtocol, MaildirProtocol, QueueConfig, SmtpProtocol
 from kumoq.config.spool import SpoolDefinition, check_spool_pair
 from kumoq.delivery.maildir import MaildirDeliverer
-from kumoq.dns.resolver import DnsPythonResolver, MxCache, Resolver, TestResolver
+from kumoq.dns.mx_cache import MxCache
+from kumoq.dns.resolver import DnsPythonResolver, Resolver, TestResolver
 from kumoq.egress.lua_dispatch import LuaDispatch
 from kumoq.egress.maildir_dispatch import MaildirDispatch
 from kumoq.egress.smtp_dispatch import SmtpDispatch

@@ -6,16 +6,13 @@ queue, delivery or Lua layers.
 
 from __future__ import annotations
 
+from kumoq.dns.mx_cache import MxCache, MxFailure, MxFailureKind, MxResult
 from kumoq.dns.resolver import (
     DnsPythonResolver,
     DnsStatus,
     IpAnswer,
     IpLookupStrategy,
     MxAnswer,
-    MxCache,
-    MxFailure,
-    MxFailureKind,
-    MxResult,
     Resolver,
     TestResolver,
 )

@@ -48,7 +48,7 @@ from kumoq.scheduler.attempt import POLICY_WAIT_RERUNS, Attempt
 
 __all__ = ["Idle", "LuaConnections", "LuaDispatch", "SendNow", "WaitFor", "plan_batch"]
 
-log = logging.getLogger("kumoq.egress.names")
+log = logging.getLogger("kumoq.egress")
 
 CLOSE_DRAIN_SECONDS: Final = 10.0
 """How long ``close()`` waits for Lua calls in progress (as SmtpDispatch waits for its

@@ -1,7 +1,7 @@
 """Egress source selection, shared by SMTP and custom Lua delivery (reference §1.6 step 6, §2.4).
 
 A scheduled queue's ``egress_pool`` names a pool (``get_egress_pool``); each message picks one
-of its sources by weighted round robin (the LVS algorithm, ``kumoq.egress.names``), with one
+of its sources by weighted round robin (the LVS algorithm, ``kumoq.egress.round_robin``), with one
 round-robin state per scheduled queue; the chosen source (``get_egress_source``) names the
 ready queue ``<source>-><site>@<protocol>``. Pools and sources are cached for their ``ttl``.
 The built-in pool and source ``unspecified`` need no event.
@@ -9,7 +9,7 @@ The built-in pool and source ``unspecified`` need no event.
 The events are called synchronously, so they may raise ``PolicyWouldBlock`` (a handler
 waiting for ``kumo.dns.lookup_mx``); callers await its ``wait()`` and call again.
 
-L2: imports kumoq.config, kumoq.egress.names and kumoq.clock; no IO.
+L2: imports kumoq.config, kumoq.egress.round_robin and kumoq.clock; no IO.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from kumoq.config.egress import (
     EgressPool,
     EgressSource,
 )
-from kumoq.egress.names import WeightedRoundRobin
+from kumoq.egress.round_robin import WeightedRoundRobin
 
 __all__ = ["EgressSources", "SourceSelector"]
 

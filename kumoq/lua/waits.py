@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, Protocol, final
 
-from kumoq.dns.resolver import MxFailure, MxResult
+from kumoq.dns.mx_cache import MxFailure, MxResult
 from kumoq.dns.site_name import MailExchanger
 from kumoq.errors import PolicyWouldBlock
 

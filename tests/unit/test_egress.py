@@ -11,13 +11,13 @@ from hypothesis import strategies as st
 from kumoq.config.egress import UNSPECIFIED_POOL, EgressPool
 from kumoq.config.queue import CustomLuaProtocol, MaildirProtocol, NullProtocol, SmtpProtocol
 from kumoq.egress.names import (
-    WeightedRoundRobin,
     mx_list_label,
     mx_list_site_name,
     protocol_name,
     ready_queue_name,
     static_site_name,
 )
+from kumoq.egress.round_robin import WeightedRoundRobin
 from kumoq.errors import ConfigError
 
 
@@ -174,7 +174,7 @@ def test_protocol_names():
 
 
 def test_mx_list_site_name_labels():
-    entries = [
+    entries: list[str | dict[str, str]] = [
         "mx1.example.com",
         "[10.0.0.1]",
         "mx2.example.com:2525",
