@@ -6,17 +6,9 @@ import asyncio
 
 import pytest
 
-from kumoq.dns import (
-    DnsStatus,
-    IpAnswer,
-    IpLookupStrategy,
-    MailExchanger,
-    MxAnswer,
-    MxCache,
-    MxFailure,
-    MxFailureKind,
-    TestResolver,
-)
+from kumoq.dns.mx_cache import MxCache, MxFailure, MxFailureKind
+from kumoq.dns.resolver import DnsStatus, IpAnswer, IpLookupStrategy, MxAnswer, TestResolver
+from kumoq.dns.site_name import MailExchanger
 from kumoq.errors import ConfigError
 
 ZONES = """

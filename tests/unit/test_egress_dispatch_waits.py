@@ -9,7 +9,8 @@ import socket
 from kumoq.clock import FakeClock
 from kumoq.config.egress import EgressPathConfig, EgressPool, EgressSource
 from kumoq.config.queue import QueueConfig, SmtpProtocol
-from kumoq.dns import MxCache, TestResolver
+from kumoq.dns.mx_cache import MxCache
+from kumoq.dns.resolver import TestResolver
 from kumoq.egress.smtp_dispatch import SmtpDispatch
 from kumoq.errors import PolicyWouldBlock
 from kumoq.logs.records import RecordType

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from kumoq.clock import FakeClock
-from kumoq.dns import MxCache, TestResolver
+from kumoq.dns.mx_cache import MxCache
+from kumoq.dns.resolver import TestResolver
 from kumoq.errors import PolicyError, PolicyWouldBlock
 from kumoq.lua import PolicyEvents, PolicyRuntime
 from kumoq.message import EnvelopeAddress
