@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import pytest
 
@@ -53,7 +54,7 @@ def test_custom_lua_delivery_success_reject_and_error(kumoq):
     assert bounce["response"]["code"] == 550
     assert bounce["response"]["content"] == "no such user"
     failures = daemon.wait_for_records("TransientFailure", 4, timeout=15)
-    by_rcpt: dict[str, list[dict]] = {}
+    by_rcpt: dict[str, list[dict[str, Any]]] = {}
     for f in failures:
         by_rcpt.setdefault(f["recipient"], []).append(f["response"])
     assert by_rcpt["tempfail@hook.test"][0]["code"] == 450
@@ -86,7 +87,7 @@ end)
 """
 
 
-def event_time(record: dict) -> datetime:
+def event_time(record: dict[str, Any]) -> datetime:
     return datetime.fromisoformat(record["event_time"][:26] + "+00:00")
 
 
@@ -96,7 +97,7 @@ def test_send_batch_groups_messages_up_to_batch_size(kumoq):
     daemon.send("s@example.com", [f"{u}@hook.test" for u in users])
     deliveries = daemon.wait_for_records("Delivery", 7)
     received = {r["id"]: event_time(r) for r in daemon.records("Reception")}
-    batches: dict[str, list[dict]] = {}
+    batches: dict[str, list[dict[str, Any]]] = {}
     for d in deliveries:
         assert d["response"]["code"] == 200
         assert d["site"] == "unspecified->hook.test@lua:make.batch"
@@ -131,7 +132,7 @@ def test_send_batch_reject_and_error_apply_to_the_whole_batch(kumoq):
         (550, "batch of 2 refused")
     }
     failures = daemon.wait_for_records("TransientFailure", 4)
-    by_domain: dict[str, list[dict]] = {}
+    by_domain: dict[str, list[dict[str, Any]]] = {}
     for f in failures:
         by_domain.setdefault(f["recipient"].split("@")[1], []).append(f["response"])
     assert [(r["code"], r["content"]) for r in by_domain["temp.test"]] == [

@@ -34,7 +34,9 @@ end)
 """
 
 
-def blockable(retry="2s", max_age="1 hour", strategy="SkipList", extra=""):
+def blockable(
+    retry: str = "2s", max_age: str = "1 hour", strategy: str = "SkipList", extra: str = ""
+) -> str:
     return BLOCKABLE.format(retry=retry, max_age=max_age, strategy=strategy, extra=extra)
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from typing import cast
 
 import pytest
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from tests.e2e.policies import policy
 
@@ -26,7 +28,14 @@ class Sink:
         self.max_open = 0
         self._lock = threading.Lock()
 
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
         local = address.partition("@")[0]
         if "tempfail" in local:
             return "450 4.2.0 tempfail requested"
@@ -37,7 +46,10 @@ class Sink:
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
-    async def handle_DATA(self, server, session, envelope):
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        # no decode_data: the content is bytes; a null reverse-path is "", not None
+        assert envelope.mail_from is not None
+        assert isinstance(envelope.content, bytes)
         with self._lock:
             self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
         return "250 2.0.0 queued"
@@ -45,7 +57,7 @@ class Sink:
 
 class CountingController(Controller):
     def factory(self):
-        smtp = super().factory()
+        smtp = super().factory()  # type: ignore[no-untyped-call]  # untyped in aiosmtpd
         sink: Sink = self.handler
         original_made, original_lost = smtp.connection_made, smtp.connection_lost
 
@@ -177,9 +189,10 @@ class PeerCountingSink(Sink):
         super().__init__()
         self.by_peer: dict[str, int] = {}
 
-    async def handle_DATA(self, server, session, envelope):
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        # aiosmtpd annotates Session.peer as str, but it holds the transport's peername
         with self._lock:
-            peer = session.peer[0]
+            peer = cast("tuple[str, int]", session.peer)[0]
             self.by_peer[peer] = self.by_peer.get(peer, 0) + 1
         return await super().handle_DATA(server, session, envelope)
 
@@ -349,7 +362,8 @@ class EhloRecordingSink(Sink):
         super().__init__()
         self.ehlo_names: list[str] = []
 
-    async def handle_DATA(self, server, session, envelope):
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        assert session.host_name is not None  # set by EHLO/HELO before any DATA
         with self._lock:
             self.ehlo_names.append(session.host_name)
         return await super().handle_DATA(server, session, envelope)

@@ -44,6 +44,7 @@ def test_pool_entries_weights_and_ttl():
 
 def test_pool_defaults_and_empty_entries():
     assert EgressPool.from_mapping({"name": "p"}) == EgressPool(name="p", entries=(), ttl=60.0)
+    empty: object
     for empty in ([], {}, EmptyTable()):
         assert EgressPool.from_mapping({"name": "p", "entries": empty}).entries == ()
 

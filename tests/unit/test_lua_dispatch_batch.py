@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import textwrap
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import pytest
 
@@ -15,6 +17,7 @@ from kumoq.errors import ConfigError, PolicyError, RejectError
 from kumoq.logs.records import RecordType
 from kumoq.lua import PolicyEvents, PolicyRuntime
 from kumoq.message import EnvelopeAddress, Message, new_spool_id
+from kumoq.scheduler.attempt import Attempt
 
 
 def make_msg(user: str, domain: str = "hook.test") -> Message:
@@ -68,27 +71,27 @@ def test_plan_batch(batch, min_batch, latency, waiting, age, expected):
 class FakeRuntime:
     """Records every call; ``outcome(msgs)`` returns the result or raises."""
 
-    def __init__(self, outcome=None) -> None:
+    def __init__(self, outcome: Callable[[list[str]], Any] | None = None) -> None:
         self.calls: list[tuple[str, list[str]]] = []
-        self.constructed: list[tuple[str, tuple]] = []
+        self.constructed: list[tuple[str, tuple[str | None, ...]]] = []
         self.closed: list[int] = []
         self.outcome = outcome or (lambda users: f"batch of {len(users)}")
 
-    async def construct(self, name, *args):
+    async def construct(self, name: str, *args: str | None) -> int:
         self.constructed.append((name, args))
         return len(self.constructed)
 
-    async def conn_send(self, conn, msg):
+    async def conn_send(self, conn: int, msg: Message) -> Any:
         users = [msg.recipient.local_part]
         self.calls.append(("send", users))
         return self.outcome(users)
 
-    async def conn_send_batch(self, conn, msgs):
+    async def conn_send_batch(self, conn: int, msgs: Sequence[Message]) -> Any:
         users = [m.recipient.local_part for m in msgs]
         self.calls.append(("send_batch", users))
         return self.outcome(users)
 
-    def conn_close(self, conn):
+    def conn_close(self, conn: int) -> None:
         self.closed.append(conn)
 
 
@@ -106,7 +109,9 @@ async def setup():
     await dispatch.close()
 
 
-def start(dispatch, config, users, domain="hook.test"):
+def start(
+    dispatch: LuaDispatch, config: QueueConfig, users: Iterable[str], domain: str = "hook.test"
+) -> list[asyncio.Future[Attempt]]:
     return [asyncio.ensure_future(dispatch.deliver(make_msg(u, domain), config)) for u in users]
 
 
@@ -185,8 +190,8 @@ async def test_batch_size_one_calls_send(setup):
     assert [t.result().response.content for t in tasks] == ["batch of 1", "batch of 1"]
 
 
-def raising(exc):
-    def outcome(users):
+def raising(exc: Exception) -> Callable[[list[str]], Any]:
+    def outcome(users: list[str]) -> Any:
         raise exc
 
     return outcome
@@ -215,7 +220,9 @@ async def test_an_outcome_applies_to_every_message_of_the_batch(setup, exc, kind
             "KumoMTA internal: error in deliver_message: init.lua:9: webhook exploded"
         )
     else:
-        assert attempts[0].response.enhanced_code[0] == code // 100
+        enhanced = attempts[0].response.enhanced_code
+        assert enhanced is not None
+        assert enhanced[0] == code // 100
     assert runtime.closed == ([1] if closed else [])
 
 
@@ -277,7 +284,7 @@ class SlowRuntime(FakeRuntime):
         self.closed_while_sending = False
         self.sending = 0
 
-    async def conn_send_batch(self, conn, msgs):
+    async def conn_send_batch(self, conn: int, msgs: Sequence[Message]) -> Any:
         self.sending += 1
         try:
             await self.release.wait()
@@ -285,7 +292,7 @@ class SlowRuntime(FakeRuntime):
         finally:
             self.sending -= 1
 
-    async def conn_send(self, conn, msg):
+    async def conn_send(self, conn: int, msg: Message) -> Any:
         self.sending += 1
         try:
             await self.release.wait()
@@ -293,7 +300,7 @@ class SlowRuntime(FakeRuntime):
         finally:
             self.sending -= 1
 
-    def conn_close(self, conn):
+    def conn_close(self, conn: int) -> None:
         self.closed_while_sending |= self.sending > 0
         super().conn_close(conn)
 

@@ -353,7 +353,7 @@ async def test_concurrent_deliveries_are_batched(tmp_path: Path, fsync_threads: 
     release = threading.Event()
     real_write_batch = d._write_batch
 
-    def gated(jobs):  # type: ignore[no-untyped-def]
+    def gated(jobs):
         entered.set()
         assert release.wait(10)
         real_write_batch(jobs)

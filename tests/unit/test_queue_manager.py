@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 
 from kumoq.clock import FakeClock
 from kumoq.config.queue import QueueConfig
-from kumoq.errors import PolicyError, PolicyWouldBlock
+from kumoq.errors import PolicyError, PolicyWouldBlock, SpoolCorruptError
 from kumoq.message import QueueNameParts
 from kumoq.scheduler.attempt import POLICY_WAIT_RERUNS
-from kumoq.scheduler.manager import QueueManager
+from kumoq.scheduler.manager import QueueConfigSource, QueueManager
 
 
 class FlakySource:
@@ -32,12 +33,34 @@ class NoRecords:
 
 
 class NoSpool:
-    async def remove(self, msg_id):
+    """A Spool that holds nothing: these tests resolve queues, they never deliver."""
+
+    async def start(self) -> None:
+        pass
+
+    async def store(self, msg_id: str, data: bytes | None, meta: bytes) -> None:
+        pass
+
+    async def store_many(self, items: list[tuple[str, bytes | None, bytes]]) -> None:
+        pass
+
+    async def load_data(self, msg_id: str) -> bytes:
+        raise SpoolCorruptError(f"no data for {msg_id}")
+
+    async def remove(self, msg_id: str) -> None:
+        pass
+
+    async def enumerate(self) -> AsyncIterator[tuple[str, bytes]]:
+        stored: tuple[tuple[str, bytes], ...] = ()
+        for item in stored:
+            yield item
+
+    async def close(self) -> None:
         pass
 
 
 @pytest.fixture
-async def setup():
+async def setup() -> AsyncIterator[tuple[FakeClock, FlakySource, QueueManager]]:
     clock = FakeClock()
     source = FlakySource()
     manager = QueueManager(
@@ -114,7 +137,7 @@ class WaitingSource:
         return QueueConfig(refresh_interval=5.0, retry_interval=10 * self.calls)
 
 
-async def make(source, clock=None):
+async def make(source: QueueConfigSource, clock: FakeClock | None = None) -> QueueManager:
     return QueueManager(
         configs=source,
         deliverers={},

@@ -24,10 +24,13 @@ from kumoq.scheduler.retry import (
 CREATED = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 
 
-def schedule(retry_interval, max_retry_interval, max_age, seed=0):
+def schedule(
+    retry_interval: float, max_retry_interval: float | None, max_age: float, seed: int = 0
+) -> tuple[list[float], Expired]:
     """Delays of successive transient failures until the message expires."""
     rng = random.Random(seed)
-    now, attempts, delays = CREATED, 0, []
+    now, attempts = CREATED, 0
+    delays: list[float] = []
     while True:
         delay, attempts = next_attempt(attempts, retry_interval, max_retry_interval, now, rng)
         expired = expiry_after_increment(CREATED, now, delay, max_age, None)
@@ -177,7 +180,7 @@ def test_expiry_without_increment():
     )
 
 
-def naive_infer(age, retry_interval, max_retry_interval):
+def naive_infer(age: float, retry_interval: float, max_retry_interval: float | None) -> int:
     elapsed, n = 0.0, 0
     while n < 65535:
         delay = delay_for_attempt(n, retry_interval, max_retry_interval)

@@ -91,7 +91,8 @@ def test_max_burst_one_spaces_every_request():
     assert not b.check("k", s, BASE + 1.0).throttled
     assert b.check("k", s, BASE + 1.0).throttled
     # arriving as fast as allowed: one per second
-    now, times = BASE + 2.0, []
+    now = BASE + 2.0
+    times: list[float] = []
     while len(times) < 5:
         r = b.check("k", s, now)
         if r.throttled:
