@@ -2,6 +2,9 @@
 
 Public API: ``PolicyRuntime`` (load a policy, ``fire_init``), ``PolicyEvents`` (typed event
 calls for the daemon), ``PolicyDeclarations``, ``ConnMeta`` and ``EmptyTable``.
+
+kumoq's own Lua (the sandbox, the ``kumo`` module, the Message objects, event dispatch) is in
+the ``.lua`` files of this package, shipped as package data and read by kumoq.lua.chunks.
 """
 
 from __future__ import annotations

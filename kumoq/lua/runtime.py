@@ -1,9 +1,10 @@
 """The Lua policy runtime: a sandboxed lupa (Lua 5.4) state, ``kumo.on`` and event dispatch.
 
-``PolicyRuntime(path, builders=..., declare=...)`` creates the Lua state, installs the ``kumo``
-module (kumoq.lua.kumo_api) and the Lua Message objects (kumoq.lua.message), then runs the
-policy file. ``fire_init()`` runs ``pre_init`` then ``init`` once. ``invoke()`` fires any other
-event; kumoq.lua.events wraps it with typed signatures.
+``PolicyRuntime(path, builders=..., declare=...)`` creates the Lua state, runs kumoq's own Lua
+chunks (kumoq.lua.chunks: ``sandbox.lua``, then ``message.lua`` with the Python functions of
+kumoq.lua.message, ``core.lua`` for ``kumo.on`` and dispatch, ``kumo.lua`` with those of
+kumoq.lua.kumo_api), then runs the policy file. ``fire_init()`` runs ``pre_init`` then ``init``
+once. ``invoke()`` fires any other event; kumoq.lua.events wraps it with typed signatures.
 
 The boundary (see STYLE.md, "Policy (Lua)"): Lua never holds a Python object. The runtime is
 built with ``register_eval=False, register_builtins=False`` and an attribute filter that denies
@@ -23,9 +24,16 @@ an empty mapping, so ``relay_hosts = {}`` and ``smtp = {}`` both work. The top-l
 table itself is always a dict. ``to_lua`` converts JSON-able Python values back.
 
 Error locations: chunks are named relative to the policy's directory (``init.lua``,
-``lib/util.lua``), because Lua truncates long chunk names in messages to 60 characters.
+``lib/util.lua``), because Lua truncates long chunk names in messages to 60 characters;
+kumoq's own chunks are named ``kumoq/sandbox``, ``kumoq/message``, ``kumoq/core`` and
+``kumoq/kumo``.
 
-L2: imports lupa, kumoq.errors, kumoq.clock, kumoq.config.queue and its sibling modules.
+``PolicyRuntime`` satisfies the Protocols that kumoq.lua.kumo_api (``KumoApiRuntime``) and
+kumoq.lua.message (``MessageApiRuntime``) declare for what their ``python_api`` uses, so those
+modules never import this one.
+
+L2: imports lupa, kumoq.errors, kumoq.clock, kumoq.config.queue, kumoq.message and the sibling
+modules chunks, kumo_api, message and waits; must not import kumoq.lua.events (it imports this).
 """
 
 from __future__ import annotations
@@ -43,7 +51,7 @@ from lupa import lua54
 from kumoq.clock import Clock, SystemClock
 from kumoq.config.queue import QueueConfig
 from kumoq.errors import KumoqError, PolicyError, RejectError
-from kumoq.lua import kumo_api, message
+from kumoq.lua import chunks, kumo_api, message
 from kumoq.lua.message import LuaApiError
 from kumoq.lua.waits import Waits
 from kumoq.message import Message
@@ -117,231 +125,6 @@ _DECLARATION_LISTS: Final = {
     "configure_test_resolver": "test_resolvers",
 }
 
-# Runs first: capture what kumoq's own chunks need, then take it away from the policy.
-_SANDBOX_LUA: Final = r"""
-local M, policy_dir = ...
-M.getinfo = debug.getinfo
-local raw_load, raw_loadfile = load, loadfile
-M.load = raw_load
-python = nil
-package.loaded.python = nil
-debug = nil
-package.loaded.debug = nil
-package.loadlib = nil
-package.cpath = ''
-local select = select
-
-load = function(chunk, chunkname, mode, ...)
-  if select('#', ...) > 0 then return raw_load(chunk, chunkname, 't', (...)) end
-  return raw_load(chunk, chunkname, 't')
-end
-loadfile = function(filename, mode, ...)
-  if select('#', ...) > 0 then return raw_loadfile(filename, 't', (...)) end
-  return raw_loadfile(filename, 't')
-end
-dofile = function(filename)
-  local chunk, err = raw_loadfile(filename, 't')
-  if chunk == nil then error(err, 0) end
-  return chunk()
-end
-
-local prefix = policy_dir .. '/'
-package.path = prefix .. '?.lua;' .. prefix .. '?/init.lua;' .. package.path
-local searchpath, open = package.searchpath, io.open
-
-local function lua_searcher(name)
-  local filename, err = searchpath(name, package.path)
-  if filename == nil then return '\n\t' .. err end
-  local f, oerr = open(filename, 'rb')
-  if f == nil then error(oerr, 0) end
-  local src = f:read('a')
-  f:close()
-  local chunkname = filename
-  if filename:sub(1, #prefix) == prefix then chunkname = filename:sub(#prefix + 1) end
-  local chunk, lerr = raw_load(src, '@' .. chunkname, 't')
-  if chunk == nil then error(lerr, 0) end
-  return chunk, filename
-end
-package.searchers = {package.searchers[1], lua_searcher}
-"""
-
-# Events: kumo.on, dispatch with first-non-nil-wins for multi-handler events, error capture.
-_CORE_LUA: Final = r"""
-local M, multi = ...
-local REJECT, OPAQUE, getinfo, raw_load, wrap = M.REJECT, M.OPAQUE, M.getinfo, M.load, M.wrap
-local type, error, tostring, getmetatable, xpcall, pairs =
-  type, error, tostring, getmetatable, xpcall, pairs
-local byte, find, format = string.byte, string.find, string.format
-
-local handlers = {}
-local phase = 'load'
-function M.set_phase(p) phase = p end
-
-function M.on(name, fn)
-  if phase ~= 'load' then
-    error('kumo.on: handlers must be registered while the policy loads, not from inside an '
-      .. 'event handler (tried to register ' .. tostring(name) .. ')', 2)
-  end
-  if type(name) ~= 'string' then
-    error('kumo.on: the event name must be a string, got ' .. type(name), 2)
-  end
-  if type(fn) ~= 'function' then
-    error('kumo.on: the handler for ' .. name .. ' must be a function, got ' .. type(fn), 2)
-  end
-  local list = handlers[name]
-  if list == nil then
-    handlers[name] = {fn}
-    return
-  end
-  if not multi[name] then
-    local info = getinfo(list[1], 'S')
-    error(format('%s event already has a handler defined at %s:%d',
-      name, info.short_src, info.linedefined), 2)
-  end
-  list[#list + 1] = fn
-end
-
-function M.handler_names()
-  local out, n = {}, 0
-  for k in pairs(handlers) do
-    n = n + 1
-    out[n] = k
-  end
-  return out
-end
-
-local function fire(name, ...)
-  local list = handlers[name]
-  if list == nil then return nil end
-  local n = #list
-  if n == 1 then return list[1](...) end
-  for i = 1, n do
-    local r = list[i](...)
-    if r ~= nil then return r end
-  end
-  return nil
-end
-
--- the innermost frame running policy code ('@' chunks), as "file:line"
-local function where(level)
-  while true do
-    local info = getinfo(level, 'Sl')
-    if info == nil then return nil end
-    if info.currentline > 0 and byte(info.source, 1) == 64 then
-      return info.short_src .. ':' .. info.currentline
-    end
-    level = level + 1
-  end
-end
-
-local function on_error(e)
-  if getmetatable(e) == REJECT then return e end
-  local msg = e
-  if type(msg) ~= 'string' then msg = tostring(msg) end
-  if utf8.len(msg) == nil then msg = string.gsub(msg, '[\128-\255]', '?') end
-  if not find(msg, '^[^\n]-:%d+: ') then
-    local loc = where(2)
-    if loc ~= nil then msg = loc .. ': ' .. msg end
-  end
-  return msg
-end
-
-local function finish(ok, r, ...)
-  if ok then
-    local h = OPAQUE[r]
-    if h ~= nil then return 2, h end
-    return 1, r, ...
-  end
-  if getmetatable(r) == REJECT then return 3, r.code, r.message, r.how end
-  return 0, r
-end
-
-function M.invoke(name, shape, ...)
-  if shape == '' then return finish(xpcall(fire, on_error, name, ...)) end
-  return finish(xpcall(fire, on_error, name, wrap(shape, 1, ...)))
-end
-
--- custom_lua delivery: the constructor event's connection table, kept here under a handle so
--- that Python never holds a Lua table it could leak back, and called as conn:send(msg) or
--- conn:send_batch(msgs).
-local CONNS, next_conn = {}, 0
-
-function M.construct(name, ...)
-  local res = table.pack(xpcall(fire, on_error, name, ...))
-  if not res[1] then return finish(false, res[2]) end
-  local conn = res[2]
-  if type(conn) ~= 'table'
-    or (type(conn.send) ~= 'function' and type(conn.send_batch) ~= 'function') then
-    return 0, name .. ': the constructor must return a table with a send or send_batch '
-      .. 'method, got ' .. type(conn)
-  end
-  next_conn = next_conn + 1
-  CONNS[next_conn] = conn
-  return 1, next_conn
-end
-
-function M.conn_send(h, shape, ...)
-  local conn = CONNS[h]
-  if conn == nil then return 0, 'custom_lua connection is closed' end
-  return finish(xpcall(function(...) return conn:send(...) end, on_error, wrap(shape, 1, ...)))
-end
-
-function M.conn_send_batch(h, ...)
-  local conn = CONNS[h]
-  if conn == nil then return 0, 'custom_lua connection is closed' end
-  if type(conn.send_batch) ~= 'function' then
-    return 0, 'custom_lua: batch_size > 1 needs a send_batch method on the connection table'
-  end
-  local msgs = {...}
-  for i = 1, #msgs do msgs[i] = wrap('m', 1, msgs[i]) end
-  return finish(xpcall(function() return conn:send_batch(msgs) end, on_error))
-end
-
-function M.conn_close(h)
-  local conn = CONNS[h]
-  CONNS[h] = nil
-  if conn ~= nil and type(conn.close) == 'function' then
-    return finish(xpcall(function() return conn:close() end, on_error))
-  end
-  return 1, nil
-end
-
--- Every call into the policy runs in a coroutine of its own, so that a kumo function that
--- must wait (kumo.dns.lookup_mx) can yield (PENDING, op, arg) to kumoq and be resumed with
--- (ok, answer). M.run/M.resume_event return finish()'s results, or -1, co, op, arg while waiting.
-local create, resume, costatus = coroutine.create, coroutine.resume, coroutine.status
-local PENDING, OURS = {}, setmetatable({}, {__mode = 'k'})
-M.PENDING, M.EVENT_COROUTINES = PENDING, OURS
-
-local function step(co, ok, ...)
-  if not ok then return 0, tostring((...)) end
-  if costatus(co) == 'suspended' then
-    local marker, op, arg = ...
-    if marker ~= PENDING then
-      return 0, 'a handler called coroutine.yield outside a coroutine of its own'
-    end
-    return -1, co, op, arg
-  end
-  return ...
-end
-
-function M.run(fn, ...)
-  local co = create(fn)
-  OURS[co] = true
-  return step(co, resume(co, ...))
-end
-
-function M.resume_event(co, ...)
-  return step(co, resume(co, ...))
-end
-
-function M.load_policy(src, chunkname)
-  local chunk, err = raw_load(src, '@' .. chunkname, 't')
-  if chunk == nil then return 0, err end
-  return finish(xpcall(chunk, on_error))
-end
-"""
-
 
 def _deny_attributes(obj: object, name: object, is_setting: bool) -> NoReturn:
     raise AttributeError("Python attributes are not accessible from Lua")
@@ -400,13 +183,13 @@ class PolicyRuntime:
         self._M = M
         policy_dir = str(self.path.resolve().parent)
         run = lua.eval("function(src, name, ...) return assert(load(src, name, 't'))(...) end")
-        run(_SANDBOX_LUA, "=kumoq/sandbox", M, policy_dir)
+        run(chunks.SANDBOX.source, chunks.SANDBOX.chunkname, M, policy_dir)
         py = lua.table_from(message.python_api(self) | kumo_api.python_api(self))
         load = M.load
-        load(message.LUA_SOURCE, "=kumoq/message", "t")(py, M)
+        load(chunks.MESSAGE.source, chunks.MESSAGE.chunkname, "t")(py, M)
         multi = lua.table_from(dict.fromkeys(MULTI_HANDLER_EVENTS, True))
-        load(_CORE_LUA, "=kumoq/core", "t")(M, multi)
-        load(kumo_api.LUA_SOURCE, "=kumoq/kumo", "t")(py, M)
+        load(chunks.CORE.source, chunks.CORE.chunkname, "t")(M, multi)
+        load(chunks.KUMO.source, chunks.KUMO.chunkname, "t")(py, M)
         self._invoke = M.invoke
         self._construct = M.construct
         self._conn_send = M.conn_send

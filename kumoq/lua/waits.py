@@ -1,6 +1,6 @@
 """What a policy may wait for: ``kumo.dns.lookup_mx`` (reference §2.11).
 
-Every event handler runs inside a Lua coroutine (``M.run`` in kumoq's core chunk). A kumo
+Every event handler runs inside a Lua coroutine (``M.run`` in kumoq/lua/core.lua). A kumo
 function that must wait for something, such as a DNS answer, yields ``(PENDING, op, arg)`` to
 that coroutine's runner; the runtime answers and resumes the handler where it stopped:
 

@@ -1,0 +1,252 @@
+-- kumoq/core: events. kumo.on, dispatch (the first non-nil result wins for
+-- the multi-handler events), error capture with the policy's file:line,
+-- custom_lua connections, and the coroutine every call into the policy runs
+-- in. Arguments: M (kumoq's private table, already holding what sandbox.lua
+-- and message.lua put there) and the set of multi-handler event names.
+--
+-- Loaded by kumoq.lua.runtime as the chunk '=kumoq/core'. Formatted with
+-- stylua and KumoMTA's stylua.toml.
+
+local M, multi = ...
+local REJECT, OPAQUE, getinfo, raw_load, wrap =
+  M.REJECT, M.OPAQUE, M.getinfo, M.load, M.wrap
+local type, error, tostring, getmetatable, xpcall, pairs =
+  type, error, tostring, getmetatable, xpcall, pairs
+local byte, find, format = string.byte, string.find, string.format
+
+local handlers = {}
+local phase = 'load'
+function M.set_phase(p)
+  phase = p
+end
+
+function M.on(name, fn)
+  if phase ~= 'load' then
+    error(
+      'kumo.on: handlers must be registered while the policy loads, not from inside an '
+        .. 'event handler (tried to register '
+        .. tostring(name)
+        .. ')',
+      2
+    )
+  end
+  if type(name) ~= 'string' then
+    error('kumo.on: the event name must be a string, got ' .. type(name), 2)
+  end
+  if type(fn) ~= 'function' then
+    error(
+      'kumo.on: the handler for '
+        .. name
+        .. ' must be a function, got '
+        .. type(fn),
+      2
+    )
+  end
+  local list = handlers[name]
+  if list == nil then
+    handlers[name] = { fn }
+    return
+  end
+  if not multi[name] then
+    local info = getinfo(list[1], 'S')
+    error(
+      format(
+        '%s event already has a handler defined at %s:%d',
+        name,
+        info.short_src,
+        info.linedefined
+      ),
+      2
+    )
+  end
+  list[#list + 1] = fn
+end
+
+function M.handler_names()
+  local out, n = {}, 0
+  for k in pairs(handlers) do
+    n = n + 1
+    out[n] = k
+  end
+  return out
+end
+
+local function fire(name, ...)
+  local list = handlers[name]
+  if list == nil then
+    return nil
+  end
+  local n = #list
+  if n == 1 then
+    return list[1](...)
+  end
+  for i = 1, n do
+    local r = list[i](...)
+    if r ~= nil then
+      return r
+    end
+  end
+  return nil
+end
+
+-- the innermost frame running policy code ('@' chunks), as "file:line"
+local function where(level)
+  while true do
+    local info = getinfo(level, 'Sl')
+    if info == nil then
+      return nil
+    end
+    if info.currentline > 0 and byte(info.source, 1) == 64 then
+      return info.short_src .. ':' .. info.currentline
+    end
+    level = level + 1
+  end
+end
+
+local function on_error(e)
+  if getmetatable(e) == REJECT then
+    return e
+  end
+  local msg = e
+  if type(msg) ~= 'string' then
+    msg = tostring(msg)
+  end
+  if utf8.len(msg) == nil then
+    msg = string.gsub(msg, '[\128-\255]', '?')
+  end
+  if not find(msg, '^[^\n]-:%d+: ') then
+    local loc = where(2)
+    if loc ~= nil then
+      msg = loc .. ': ' .. msg
+    end
+  end
+  return msg
+end
+
+local function finish(ok, r, ...)
+  if ok then
+    local h = OPAQUE[r]
+    if h ~= nil then
+      return 2, h
+    end
+    return 1, r, ...
+  end
+  if getmetatable(r) == REJECT then
+    return 3, r.code, r.message, r.how
+  end
+  return 0, r
+end
+
+function M.invoke(name, shape, ...)
+  if shape == '' then
+    return finish(xpcall(fire, on_error, name, ...))
+  end
+  return finish(xpcall(fire, on_error, name, wrap(shape, 1, ...)))
+end
+
+-- custom_lua delivery: the constructor event's connection table, kept here
+-- under a handle so that Python never holds a Lua table it could leak back,
+-- and called as conn:send(msg) or conn:send_batch(msgs).
+local CONNS, next_conn = {}, 0
+
+function M.construct(name, ...)
+  local res = table.pack(xpcall(fire, on_error, name, ...))
+  if not res[1] then
+    return finish(false, res[2])
+  end
+  local conn = res[2]
+  if
+    type(conn) ~= 'table'
+    or (type(conn.send) ~= 'function' and type(conn.send_batch) ~= 'function')
+  then
+    return 0,
+      name
+        .. ': the constructor must return a table with a send or send_batch '
+        .. 'method, got '
+        .. type(conn)
+  end
+  next_conn = next_conn + 1
+  CONNS[next_conn] = conn
+  return 1, next_conn
+end
+
+function M.conn_send(h, shape, ...)
+  local conn = CONNS[h]
+  if conn == nil then
+    return 0, 'custom_lua connection is closed'
+  end
+  return finish(xpcall(function(...)
+    return conn:send(...)
+  end, on_error, wrap(shape, 1, ...)))
+end
+
+function M.conn_send_batch(h, ...)
+  local conn = CONNS[h]
+  if conn == nil then
+    return 0, 'custom_lua connection is closed'
+  end
+  if type(conn.send_batch) ~= 'function' then
+    return 0,
+      'custom_lua: batch_size > 1 needs a send_batch method on the connection table'
+  end
+  local msgs = { ... }
+  for i = 1, #msgs do
+    msgs[i] = wrap('m', 1, msgs[i])
+  end
+  return finish(xpcall(function()
+    return conn:send_batch(msgs)
+  end, on_error))
+end
+
+function M.conn_close(h)
+  local conn = CONNS[h]
+  CONNS[h] = nil
+  if conn ~= nil and type(conn.close) == 'function' then
+    return finish(xpcall(function()
+      return conn:close()
+    end, on_error))
+  end
+  return 1, nil
+end
+
+-- Every call into the policy runs in a coroutine of its own, so that a kumo
+-- function that must wait (kumo.dns.lookup_mx) can yield (PENDING, op, arg)
+-- to kumoq and be resumed with (ok, answer). M.run/M.resume_event return
+-- finish()'s results, or -1, co, op, arg while waiting.
+local create, resume, costatus =
+  coroutine.create, coroutine.resume, coroutine.status
+local PENDING, OURS = {}, setmetatable({}, { __mode = 'k' })
+M.PENDING, M.EVENT_COROUTINES = PENDING, OURS
+
+local function step(co, ok, ...)
+  if not ok then
+    return 0, tostring((...))
+  end
+  if costatus(co) == 'suspended' then
+    local marker, op, arg = ...
+    if marker ~= PENDING then
+      return 0,
+        'a handler called coroutine.yield outside a coroutine of its own'
+    end
+    return -1, co, op, arg
+  end
+  return ...
+end
+
+function M.run(fn, ...)
+  local co = create(fn)
+  OURS[co] = true
+  return step(co, resume(co, ...))
+end
+
+function M.resume_event(co, ...)
+  return step(co, resume(co, ...))
+end
+
+function M.load_policy(src, chunkname)
+  local chunk, err = raw_load(src, '@' .. chunkname, 't')
+  if chunk == nil then
+    return 0, err
+  end
+  return finish(xpcall(chunk, on_error))
+end

@@ -1,0 +1,253 @@
+-- kumoq/kumo: the kumo module the policy sees (kumo.on, reject, disconnect,
+-- json_*, log_*, the declarations, make_* and kumo.dns). Arguments: py (the
+-- Python functions of kumoq.lua.kumo_api.python_api) and M (kumoq's private
+-- table); sets the global kumo and package.loaded.kumo.
+--
+-- Loaded by kumoq.lua.runtime as the chunk '=kumoq/kumo', last. Formatted
+-- with stylua and KumoMTA's stylua.toml.
+
+local py, M = ...
+local ERR, OPAQUE, REJECT = M.ERR, M.OPAQUE, M.REJECT
+local setmetatable, type, error, select, tostring, pcall =
+  setmetatable, type, error, select, tostring, pcall
+local concat, gsub, utf8len, tointeger =
+  table.concat, string.gsub, utf8.len, math.tointeger
+local unpack = table.unpack
+
+local kumo = {}
+kumo.on = M.on
+
+local function printable(s)
+  if utf8len(s) == nil then
+    s = gsub(s, '[\128-\255]', '?')
+  end
+  return s
+end
+
+local function raise_reject(fname, code, message, how)
+  local c = type(code) == 'number' and tointeger(code)
+  if not c then
+    error(fname .. ': code must be an integer, got ' .. tostring(code), 3)
+  end
+  if c < 400 or c > 599 then
+    error(
+      fname .. ': code must be a 4xx or 5xx reply code, got ' .. tostring(c),
+      3
+    )
+  end
+  if type(message) ~= 'string' then
+    error(fname .. ': message must be a string, got ' .. type(message), 3)
+  end
+  error(
+    setmetatable(
+      { code = c, message = printable(message), how = how },
+      REJECT
+    ),
+    0
+  )
+end
+function kumo.reject(code, message)
+  raise_reject('reject', code, message, 'If421')
+end
+function kumo.disconnect(code, message, how)
+  if how == nil then
+    how = 'ForceDisconnect'
+  end
+  if how ~= 'ForceDisconnect' and how ~= 'If421' then
+    error(
+      "disconnect: how must be 'ForceDisconnect' or 'If421', got "
+        .. tostring(how),
+      2
+    )
+  end
+  raise_reject('disconnect', code, message, how)
+end
+
+local py_json_encode, py_json_parse = py.kumo_json_encode, py.kumo_json_parse
+local function encoder(pretty)
+  return function(value)
+    if type(value) == 'string' and utf8len(value) == nil then
+      error('json_encode: string is not valid UTF-8', 2)
+    end
+    local s, e = py_json_encode(value, pretty)
+    if s == ERR then
+      error(e, 2)
+    end
+    return s
+  end
+end
+kumo.json_encode = encoder(false)
+kumo.json_encode_pretty = encoder(true)
+function kumo.json_parse(s)
+  if type(s) ~= 'string' then
+    error('json_parse: expected a string, got ' .. type(s), 2)
+  end
+  if utf8len(s) == nil then
+    error('json_parse: input is not valid UTF-8', 2)
+  end
+  local v, e = py_json_parse(s)
+  if v == ERR then
+    error(e, 2)
+  end
+  return v
+end
+
+local py_log = py.kumo_log
+local function logger(level)
+  return function(...)
+    local parts = {}
+    for i = 1, select('#', ...) do
+      parts[i] = tostring((select(i, ...)))
+    end
+    py_log(level, printable(concat(parts, ' ')))
+  end
+end
+kumo.log_debug = logger(10)
+kumo.log_info = logger(20)
+kumo.log_warn = logger(30)
+kumo.log_error = logger(40)
+
+-- The declaration and make_* functions are often tail-called
+-- (`return kumo.make_queue_config {...}`), and a tail call into a Lua
+-- function drops the caller's frame, with it the line an error must name. So
+-- they are callable tables whose __call is a C function: a coroutine.wrap
+-- function, which keeps the caller's frame and prefixes a string error with
+-- the caller's "file:line:". A coroutine that raised is dead, so it is
+-- replaced after each error.
+local pack, yield, cowrap = table.pack, coroutine.yield, coroutine.wrap
+local function c_callable(name, fn)
+  local mt = { __metatable = false }
+  function mt.__tostring()
+    return 'function: kumo.' .. name
+  end
+  function mt.__index(_, k)
+    error(
+      'kumo.' .. name .. ' is a function; it has no field ' .. tostring(k),
+      2
+    )
+  end
+  mt.__newindex = mt.__index
+  local function fresh()
+    return cowrap(function(...)
+      local args = pack(select(2, ...))
+      while true do
+        local res = pack(pcall(fn, unpack(args, 1, args.n)))
+        if not res[1] then
+          mt.__call = fresh()
+          error(res[2], 0)
+        end
+        args = pack(select(2, yield(unpack(res, 2, res.n))))
+      end
+    end)
+  end
+  mt.__call = fresh()
+  return setmetatable({}, mt)
+end
+
+local py_declare, py_make, py_release =
+  py.kumo_declare, py.kumo_make, py.kumo_release
+local function check_table(kind, params)
+  if type(params) ~= 'table' then
+    error(kind .. ': expected a table, got ' .. type(params), 0)
+  end
+end
+local function declaration(kind)
+  return c_callable(kind, function(params)
+    check_table(kind, params)
+    local r, e = py_declare(kind, params)
+    if r == ERR then
+      error(e, 0)
+    end
+  end)
+end
+local function maker(kind)
+  local mt = { __metatable = kind }
+  function mt.__tostring()
+    return kind
+  end
+  function mt.__index(_, k)
+    error(
+      kind .. ': the result is opaque; it has no field ' .. tostring(k),
+      2
+    )
+  end
+  function mt.__newindex()
+    error(kind .. ': the result is read-only', 2)
+  end
+  -- no Python call in __gc: finalizers also run inside lua_close
+  function mt.__gc(t)
+    local h = OPAQUE[t]
+    if h ~= nil then
+      local dead = M.dead
+      dead[#dead + 1] = h
+    end
+  end
+  return c_callable(kind, function(params)
+    check_table(kind, params)
+    local dead = M.dead
+    if #dead > 0 then
+      M.dead = {}
+      py_release(unpack(dead))
+    end
+    local h, e = py_make(kind, params)
+    if h == ERR then
+      error(e, 0)
+    end
+    local t = setmetatable({}, mt)
+    OPAQUE[t] = h
+    return t
+  end)
+end
+for _, kind in ipairs(M.declarations) do
+  kumo[kind] = declaration(kind)
+end
+
+-- kumo.dns.configure_test_resolver(zone_text | {zone_text, ...}): answer DNS
+-- from zone text instead of the network (init only), so tests and staging
+-- route domains to 127.0.0.x.
+kumo.dns = {}
+local dns_declare = declaration 'configure_test_resolver'
+kumo.dns.configure_test_resolver = function(zones)
+  if type(zones) ~= 'string' and type(zones) ~= 'table' then
+    error(
+      'configure_test_resolver: expected zone text or a list of zone texts, got '
+        .. type(zones),
+      2
+    )
+  end
+  dns_declare { zones = zones }
+end
+
+-- kumo.dns.lookup_mx(domain): the domain's MX as KumoMTA's MailExchanger
+-- table. Waits for DNS by yielding to the event coroutine kumoq runs every
+-- handler in (see kumoq/lua/waits.py).
+local running, isyieldable, yield =
+  coroutine.running, coroutine.isyieldable, coroutine.yield
+local PENDING, EVENT_COROUTINES = M.PENDING, M.EVENT_COROUTINES
+kumo.dns.lookup_mx = function(domain)
+  if type(domain) ~= 'string' then
+    error(
+      'kumo.dns.lookup_mx: expected a domain name, got ' .. type(domain),
+      2
+    )
+  end
+  if not EVENT_COROUTINES[running()] or not isyieldable() then
+    error(
+      'kumo.dns.lookup_mx: cannot wait for DNS here; call it from the handler itself, '
+        .. "not from a coroutine, metamethod or callback of the policy's own",
+      2
+    )
+  end
+  local ok, res = yield(PENDING, 'lookup_mx', domain)
+  if not ok then
+    error(res, 2)
+  end
+  return res
+end
+for _, kind in ipairs(M.makers) do
+  kumo[kind] = maker(kind)
+end
+
+M.kumo = kumo
+_G.kumo = kumo
+package.loaded.kumo = kumo

@@ -1,0 +1,374 @@
+-- kumoq/message: the Lua Message, EnvelopeAddress and conn_meta objects.
+-- Arguments: py (the Python functions of kumoq.lua.message.python_api, each
+-- taking a handle first) and M (kumoq's private table); sets M.wrap and
+-- M.new_address.
+--
+-- A Message or conn_meta object is an empty table with a metatable; its
+-- handle is kept in a private weak table, so the policy can neither read nor
+-- forge it. Strings are checked for valid UTF-8 before they reach Python.
+--
+-- Loaded by kumoq.lua.runtime as the chunk '=kumoq/message'. Formatted with
+-- stylua and KumoMTA's stylua.toml.
+
+local py, M = ...
+local ERR = M.ERR
+local setmetatable, type, error, select, tostring =
+  setmetatable, type, error, select, tostring
+local byte, gsub, char = string.byte, string.gsub, string.char
+local utf8len, utf8char, unpack = utf8.len, utf8.char, table.unpack
+
+local MH = setmetatable({}, { __mode = 'k' }) -- Message object -> handle
+local CH = setmetatable({}, { __mode = 'k' }) -- conn_meta object -> handle
+
+local function readonly(_, k)
+  error(
+    'cannot set field '
+      .. tostring(k)
+      .. ': this object has methods, not fields',
+    2
+  )
+end
+local function bad_utf8(name)
+  error(name .. ': string argument is not valid UTF-8', 3)
+end
+local function not_object(name, what)
+  error(
+    name
+      .. ': expected a '
+      .. what
+      .. ' object (call it as obj:'
+      .. name
+      .. '(...))',
+    3
+  )
+end
+
+local ADDR = { __metatable = 'EnvelopeAddress' }
+function ADDR.__tostring(a)
+  return a.email
+end
+function ADDR.__eq(a, b)
+  return a.email == b.email
+end
+local function new_address(user, domain)
+  local email = ''
+  if user ~= '' or domain ~= '' then
+    email = user .. '@' .. domain
+  end
+  return setmetatable({ user = user, domain = domain, email = email }, ADDR)
+end
+local function address_text(v)
+  if type(v) == 'table' then
+    v = v.email
+  end
+  if type(v) == 'string' and utf8len(v) == nil then
+    bad_utf8 'address'
+  end
+  return v
+end
+
+local MSG = {}
+local MSG_MT =
+  { __index = MSG, __newindex = readonly, __metatable = 'Message' }
+function MSG_MT.__tostring(m)
+  local h = MH[m]
+  local id = h and py.id(h)
+  if id == nil or id == ERR then
+    return 'Message'
+  end
+  return 'Message(' .. id .. ')'
+end
+local function new_message(h)
+  local m = setmetatable({}, MSG_MT)
+  MH[m] = h
+  return m
+end
+
+local function method0(name)
+  local f = py[name]
+  MSG[name] = function(self)
+    local h = MH[self]
+    if h == nil then
+      not_object(name, 'Message')
+    end
+    local r, e = f(h)
+    if r == ERR then
+      error(e, 2)
+    end
+    return r
+  end
+end
+local function method1(name)
+  local f = py[name]
+  MSG[name] = function(self, a)
+    local h = MH[self]
+    if h == nil then
+      not_object(name, 'Message')
+    end
+    if type(a) == 'string' and utf8len(a) == nil then
+      bad_utf8(name)
+    end
+    local r, e = f(h, a)
+    if r == ERR then
+      error(e, 2)
+    end
+    return r
+  end
+end
+local function method2(name)
+  local f = py[name]
+  MSG[name] = function(self, a, b)
+    local h = MH[self]
+    if h == nil then
+      not_object(name, 'Message')
+    end
+    if type(a) == 'string' and utf8len(a) == nil then
+      bad_utf8(name)
+    end
+    if type(b) == 'string' and utf8len(b) == nil then
+      bad_utf8(name)
+    end
+    local r, e = f(h, a, b)
+    if r == ERR then
+      error(e, 2)
+    end
+    return r
+  end
+end
+local function method3(name)
+  local f = py[name]
+  MSG[name] = function(self, a, b, c)
+    local h = MH[self]
+    if h == nil then
+      not_object(name, 'Message')
+    end
+    if type(a) == 'string' and utf8len(a) == nil then
+      bad_utf8(name)
+    end
+    if type(b) == 'string' and utf8len(b) == nil then
+      bad_utf8(name)
+    end
+    local r, e = f(h, a, b, c)
+    if r == ERR then
+      error(e, 2)
+    end
+    return r
+  end
+end
+
+for _, name in ipairs {
+  'id',
+  'get_data',
+  'queue_name',
+  'num_attempts',
+  'increment_num_attempts',
+} do
+  method0(name)
+end
+for _, name in ipairs {
+  'get_meta',
+  'get_first_named_header_value',
+  'remove_all_named_headers',
+  'import_x_headers',
+  'remove_x_headers',
+  'set_scheduling',
+  'set_due',
+} do
+  method1(name)
+end
+for _, name in ipairs { 'set_meta', 'import_scheduling_header' } do
+  method2(name)
+end
+for _, name in ipairs { 'append_header', 'prepend_header' } do
+  method3(name)
+end
+
+local LATIN1 = {}
+for b = 128, 255 do
+  LATIN1[char(b)] = utf8char(b)
+end
+local py_set_data = py.set_data
+function MSG:set_data(s)
+  local h = MH[self]
+  if h == nil then
+    not_object('set_data', 'Message')
+  end
+  if type(s) ~= 'string' then
+    error('set_data: expected a string, got ' .. type(s), 2)
+  end
+  local r, e
+  if utf8len(s) ~= nil then
+    r, e = py_set_data(h, s, false)
+  else
+    r, e = py_set_data(h, gsub(s, '[\128-\255]', LATIN1), true)
+  end
+  if r == ERR then
+    error(e, 2)
+  end
+end
+
+local py_sender = py.sender
+function MSG:sender()
+  local h = MH[self]
+  if h == nil then
+    not_object('sender', 'Message')
+  end
+  local u, d = py_sender(h)
+  if u == ERR then
+    error(d, 2)
+  end
+  return new_address(u, d)
+end
+
+local py_recipients = py.recipients
+local function recipients(self, name)
+  local h = MH[self]
+  if h == nil then
+    not_object(name, 'Message')
+  end
+  local t = { py_recipients(h) }
+  if t[1] == ERR then
+    error(t[2], 3)
+  end
+  local out = {}
+  for i = 1, #t, 2 do
+    out[#out + 1] = new_address(t[i], t[i + 1])
+  end
+  return out
+end
+function MSG:recipient_list()
+  return (recipients(self, 'recipient_list'))
+end
+function MSG:recipient()
+  local list = recipients(self, 'recipient')
+  if #list == 1 then
+    return list[1]
+  end
+  if #list == 0 then
+    return nil
+  end
+  return list
+end
+
+local py_set_sender, py_set_recipient = py.set_sender, py.set_recipient
+function MSG:set_sender(v)
+  local h = MH[self]
+  if h == nil then
+    not_object('set_sender', 'Message')
+  end
+  local r, e = py_set_sender(h, address_text(v))
+  if r == ERR then
+    error(e, 2)
+  end
+end
+function MSG:set_recipient(v)
+  local h = MH[self]
+  if h == nil then
+    not_object('set_recipient', 'Message')
+  end
+  local r, e
+  if type(v) == 'table' and v.email == nil then
+    local n, emails = #v, {}
+    for i = 1, n do
+      emails[i] = address_text(v[i])
+    end
+    r, e = py_set_recipient(h, unpack(emails, 1, n))
+  else
+    r, e = py_set_recipient(h, address_text(v))
+  end
+  if r == ERR then
+    error(e, 2)
+  end
+end
+
+local function listing(name, pairs_of_two)
+  local f = py[name]
+  MSG[name] = function(self, a)
+    local h = MH[self]
+    if h == nil then
+      not_object(name, 'Message')
+    end
+    if type(a) == 'string' and utf8len(a) == nil then
+      bad_utf8(name)
+    end
+    local t = { f(h, a) }
+    if t[1] == ERR then
+      error(t[2], 2)
+    end
+    if not pairs_of_two then
+      return t
+    end
+    local out = {}
+    for i = 1, #t, 2 do
+      out[#out + 1] = { t[i], t[i + 1] }
+    end
+    return out
+  end
+end
+listing('get_all_named_header_values', false)
+listing('get_all_headers', true)
+
+local CONN = {}
+local CONN_MT =
+  { __index = CONN, __newindex = readonly, __metatable = 'ConnectionMeta' }
+function CONN_MT.__tostring()
+  return 'ConnectionMeta'
+end
+local function new_conn(h)
+  local c = setmetatable({}, CONN_MT)
+  CH[c] = h
+  return c
+end
+local py_conn_get, py_conn_set = py.conn_get_meta, py.conn_set_meta
+function CONN:get_meta(key)
+  local h = CH[self]
+  if h == nil then
+    not_object('get_meta', 'conn_meta')
+  end
+  if type(key) == 'string' and utf8len(key) == nil then
+    bad_utf8 'get_meta'
+  end
+  local r, e = py_conn_get(h, key)
+  if r == ERR then
+    error(e, 2)
+  end
+  return r
+end
+function CONN:set_meta(key, value)
+  local h = CH[self]
+  if h == nil then
+    not_object('set_meta', 'conn_meta')
+  end
+  if type(key) == 'string' and utf8len(key) == nil then
+    bad_utf8 'set_meta'
+  end
+  if type(value) == 'string' and utf8len(value) == nil then
+    bad_utf8 'set_meta'
+  end
+  local r, e = py_conn_set(h, key, value)
+  if r == ERR then
+    error(e, 2)
+  end
+end
+
+-- Turn handles into objects for an event call; one shape letter per object
+-- (see PolicyRuntime.invoke).
+local function wrap(shape, i, ...)
+  local c = byte(shape, i)
+  if c == nil then
+    return
+  end
+  if c == 109 then
+    return new_message((...)), wrap(shape, i + 1, select(2, ...))
+  end
+  if c == 99 then
+    return new_conn((...)), wrap(shape, i + 1, select(2, ...))
+  end
+  if c == 97 then
+    local u, d = ...
+    return new_address(u, d), wrap(shape, i + 1, select(3, ...))
+  end
+  return (...), wrap(shape, i + 1, select(2, ...))
+end
+M.wrap = wrap
+M.new_address = new_address
