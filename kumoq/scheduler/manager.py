@@ -30,7 +30,7 @@ from typing import Any, Final, Protocol
 
 from kumoq.clock import Clock
 from kumoq.config.queue import NullProtocol, QueueConfig
-from kumoq.errors import KumoqError, PolicyError, PolicyWouldBlock
+from kumoq.errors import KumoqError, PolicyError, PolicyWouldBlock, SpoolCorruptError
 from kumoq.logs.records import RecordType, Response, rfc3339
 from kumoq.message import NULL_QUEUE, Message, QueueNameParts, parse_queue_name
 from kumoq.scheduler.attempt import POLICY_WAIT_RERUNS, Attempt, Deliverer
@@ -313,7 +313,7 @@ class QueueManager:
     async def _attempt_once(self, msg: Message, queue: ScheduledQueue) -> None:
         protocol = queue.config.protocol
         if isinstance(protocol, NullProtocol) or queue.name == NULL_QUEUE:
-            await self._spool.remove(msg.id)
+            await self._remove(msg)
             return
         deliverer = self._deliverers.get(type(protocol))
         if deliverer is None:
@@ -332,6 +332,12 @@ class QueueManager:
             if msg.data is None:
                 try:
                     msg.data = await self._spool.load_data(msg.id)
+                except SpoolCorruptError as exc:
+                    # A meta whose data is gone or empty (a crash between the two halves of
+                    # a remove, or a damaged spool): nothing can ever be delivered for it.
+                    log.error("message %s: %s; removing its orphan meta", msg.id, exc)
+                    await self._remove(msg)
+                    return
                 except KumoqError as exc:
                     log.error("message %s: cannot load its data: %s", msg.id, exc)
                     self._park(msg, FAILED_RESOLVE_TTL)
@@ -354,7 +360,17 @@ class QueueManager:
         if attempt.disposition is RecordType.TransientFailure:
             await self._requeue_with_increment(queue, msg)
         else:
+            await self._remove(msg)
+
+    async def _remove(self, msg: Message) -> None:
+        """Drop a message that is done (delivered, bounced, expired) from the spool.
+
+        Never raises: the message is done whatever the spool says, and it must not be
+        attempted again. Spools retry a failed remove in the background themselves."""
+        try:
             await self._spool.remove(msg.id)
+        except Exception:
+            log.exception("message %s: removing it from the spool failed", msg.id)
 
     # -- retries and expiry ------------------------------------------------------------------
 
@@ -406,7 +422,7 @@ class QueueManager:
     async def _expire(self, msg: Message, expired: Expired) -> None:
         response = Response(expired.code, expired.enhanced_code, expired.content, None)
         self._records.log(RecordType.Expiration, msg, response=response, site=expired.site)
-        await self._spool.remove(msg.id)
+        await self._remove(msg)
 
     # -- reaping -----------------------------------------------------------------------------
 

@@ -54,10 +54,12 @@ class Spool(Protocol):
         """``store`` for several messages at once; all of them land in the same batch."""
 
     async def load_data(self, msg_id: str) -> bytes:
-        """The message bytes; SpoolCorruptError if the spool has none for ``msg_id``."""
+        """The message bytes; SpoolCorruptError if the spool has none (or none but an empty
+        file) for ``msg_id``."""
 
     async def remove(self, msg_id: str) -> None:
-        """Delete both halves (missing ones are ignored); not synced."""
+        """Delete both halves (missing ones are ignored); not synced. Never raises for a
+        failed write: the spool retries the remove in the background."""
 
     def enumerate(self) -> AsyncIterator[tuple[str, bytes]]:
         """``(id, meta bytes)`` of every stored message, read in pages, without the data."""

@@ -166,6 +166,8 @@ class SqliteSpool(BatchingSpool):
             raise SpoolError(f"cannot read the data of {msg_id}: {exc}") from exc
         if not rows or not isinstance(rows[0][0], bytes):
             raise SpoolCorruptError(f"spool has no data for {msg_id}")
+        if not rows[0][0]:
+            raise SpoolCorruptError(f"spool data of {msg_id} is empty")
         return rows[0][0]
 
     async def enumerate(self) -> AsyncIterator[tuple[str, bytes]]:

@@ -15,6 +15,7 @@ Imports kumoq.errors and kumoq.spool.base; the backends supply the IO.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -33,14 +34,13 @@ _Item = tuple[list[Op], "asyncio.Future[None]"]
 _STOP: Final = None
 
 
-def _resolve(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
-    if error is None:
-        for fut in futures:
-            if not fut.done():
-                fut.set_result(None)
-        return
-    for fut in futures:
-        if not fut.done():
+def _resolve(outcomes: list[tuple[asyncio.Future[None], BaseException | None]]) -> None:
+    for fut, error in outcomes:
+        if fut.done():
+            continue
+        if error is None:
+            fut.set_result(None)
+        else:
             exc = SpoolError(f"spool write failed: {error}")
             exc.__cause__ = error
             fut.set_exception(exc)
@@ -75,7 +75,7 @@ class GroupCommitWriter:
         loop = self._loop
         if loop is None or self._closed:
             raise SpoolError("the spool is not started" if loop is None else "the spool is closed")
-        fut = loop.create_future()
+        fut: asyncio.Future[None] = loop.create_future()
         self._queue.put((ops, fut))
         return fut
 
@@ -92,39 +92,48 @@ class GroupCommitWriter:
 
     def _run(self) -> None:
         get, get_nowait, empty = self._queue.get, self._queue.get_nowait, self._queue.empty
-        stats = self._stats
         loop = self._loop
         assert loop is not None
         stopping = False
         while not stopping:
             item = get()
-            ops: list[Op] = []
-            futures: list[asyncio.Future[None]] = []
+            items: list[_Item] = []
             while True:
                 if item is _STOP:
                     stopping = True
                 else:
-                    ops.extend(item[0])
-                    futures.append(item[1])
+                    items.append(item)
                 if empty():
                     break
                 item = get_nowait()
-            if not futures:
+            if not items:
                 continue
-            error: BaseException | None = None
+            ops = [op for item_ops, _ in items for op in item_ops]
+            error = self._commit_counted(ops)
+            if error is not None and len(items) > 1:
+                # One bad operation must not fail the others of its batch: commit each
+                # submission on its own, so a remove is not failed by a store (full disk).
+                outcomes = [(fut, self._commit_counted(item_ops)) for item_ops, fut in items]
+            else:
+                outcomes = [(fut, error) for _, fut in items]
             try:
-                stats.syncs += self._commit(ops)
-            except Exception as exc:
-                log.error("%s: commit of %d operations failed: %s", self._name, len(ops), exc)
-                stats.errors += 1
-                error = exc
-            stats.batches += 1
-            stats.ops += len(ops)
-            stats.max_batch = max(stats.max_batch, len(ops))
-            try:
-                loop.call_soon_threadsafe(_resolve, futures, error)
+                loop.call_soon_threadsafe(_resolve, outcomes)
             except RuntimeError:  # the loop is closed: nobody is waiting any more
                 return
+
+    def _commit_counted(self, ops: list[Op]) -> BaseException | None:
+        stats = self._stats
+        error: BaseException | None = None
+        try:
+            stats.syncs += self._commit(ops)
+        except Exception as exc:
+            log.error("%s: commit of %d operations failed: %s", self._name, len(ops), exc)
+            stats.errors += 1
+            error = exc
+        stats.batches += 1
+        stats.ops += len(ops)
+        stats.max_batch = max(stats.max_batch, len(ops))
+        return error
 
 
 class BatchingSpool(ABC):
@@ -134,10 +143,17 @@ class BatchingSpool(ABC):
     writer thread), ``_close_storage`` (on a worker thread), ``load_data`` and ``enumerate``.
     """
 
+    remove_retry_initial: float = 1.0
+    """Seconds before the first retry of a failed remove; doubles up to ``remove_retry_max``."""
+    remove_retry_max: float = 60.0
+
     def __init__(self, name: str) -> None:
         self.stats = SpoolStats()
+        self._name = name
         self._writer = GroupCommitWriter(name, self._commit, self.stats)
         self._started = False
+        self._failed_removes: set[str] = set()
+        self._remove_retrier: asyncio.Task[None] | None = None
 
     @abstractmethod
     def _open(self) -> None:
@@ -175,12 +191,63 @@ class BatchingSpool(ABC):
         await self._writer.submit([(STORE, check_spool_id(i), d, m) for i, d, m in items])
 
     async def remove(self, msg_id: str) -> None:
+        """Delete both halves. Never raises for a failed write: a remove that fails is
+        retried in the background (``pending_removes``), as KumoMTA's spool does, so that a
+        delivered message is never handed back to be delivered again."""
         self.stats.removes += 1
-        await self._writer.submit([(REMOVE, check_spool_id(msg_id), None, None)])
+        msg_id = check_spool_id(msg_id)
+        try:
+            await self._writer.submit([(REMOVE, msg_id, None, None)])
+        except SpoolError as exc:
+            log.warning("%s: remove of %s failed, retrying in the background: %s",
+                        self._name, msg_id, exc)  # fmt: skip
+            self._failed_removes.add(msg_id)
+            if self._remove_retrier is None or self._remove_retrier.done():
+                self._remove_retrier = asyncio.get_running_loop().create_task(
+                    self._retry_removes(), name=f"{self._name}-remove-retry"
+                )
+
+    @property
+    def pending_removes(self) -> frozenset[str]:
+        """Ids whose remove failed and is waiting for its next try."""
+        return frozenset(self._failed_removes)
+
+    async def _retry_removes(self) -> None:
+        delay = self.remove_retry_initial
+        while self._failed_removes:
+            await asyncio.sleep(delay)
+            if await self._remove_pending():
+                return
+            delay = min(delay * 2, self.remove_retry_max)
+
+    async def _remove_pending(self) -> bool:
+        """One try at every pending remove, in one batch; True when none is left."""
+        ids = sorted(self._failed_removes)
+        if not ids:
+            return True
+        try:
+            await self._writer.submit([(REMOVE, i, None, None) for i in ids])
+        except SpoolError as exc:
+            log.warning("%s: %d removes still failing: %s", self._name, len(ids), exc)
+            return False
+        self._failed_removes.difference_update(ids)
+        log.info("%s: %d removes that had failed are done", self._name, len(ids))
+        return not self._failed_removes
 
     async def close(self) -> None:
         if not self._started:
             return
         self._started = False
+        retrier = self._remove_retrier
+        if retrier is not None and not retrier.done():
+            retrier.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await retrier
+        if self._failed_removes and not await self._remove_pending():
+            log.error(
+                "%s: closing with %d removes that failed; these messages will be enumerated "
+                "again at the next start: %s",
+                self._name, len(self._failed_removes), ", ".join(sorted(self._failed_removes)),
+            )  # fmt: skip
         await self._writer.close()
         await asyncio.to_thread(self._close_storage)
