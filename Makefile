@@ -27,7 +27,7 @@ test-integration: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check kumoq tests bench
 	$(BIN)/ruff format --check kumoq tests bench
-	$(BIN)/mypy kumoq
+	$(BIN)/mypy kumoq tests bench
 	$(BIN)/lint-imports
 
 fmt: $(STAMP)

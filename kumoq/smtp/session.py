@@ -21,24 +21,45 @@ carrying the reply to write. A reply with code 421 closes the session.
 Only ``\\r\\n.\\r\\n`` ends DATA; a bare ``\\n.\\n`` or ``\\r.\\n`` is message content (and, under
 ``invalid_line_endings='Deny'``, makes the whole message fail with 552 5.6.0 once it ends).
 
-Pure: no asyncio, sockets, clock or IO; imports config.listener, smtp.parser, smtp.replies,
-errors and message.
+The events, ``State``, ``NEED_DATA`` and the state table live in ``smtp/events.py`` and are
+re-exported here.
+
+Pure: no asyncio, sockets, clock or IO; imports config.listener, smtp.events, smtp.parser,
+smtp.replies, errors and message.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
-from enum import Enum
 from functools import lru_cache
-from typing import Final, Literal, TypeAlias, final
+from typing import Final
 
 from kumoq.config.listener import EsmtpListenerConfig, InvalidLineEndings
 from kumoq.errors import LocalProtocolError, RemoteProtocolError
 from kumoq.message import EnvelopeAddress
 from kumoq.smtp import replies as R
-from kumoq.smtp.parser import EsmtpParams, parse_command
+from kumoq.smtp.events import (
+    DEFAULT_ACCEPT,
+    NEED_DATA,
+    ON_ACCEPT,
+    ON_REJECT,
+    SEQUENCE_ERRORS,
+    CommandAnswered,
+    ConnectionClosed,
+    DataStart,
+    Ehlo,
+    Event,
+    MailFrom,
+    MessageData,
+    NeedData,
+    ProtocolError,
+    Quit,
+    RcptTo,
+    Rset,
+    State,
+)
+from kumoq.smtp.parser import parse_command
 from kumoq.smtp.replies import Reply
 
 __all__ = [
@@ -59,149 +80,16 @@ __all__ = [
 ]
 
 
-class State(Enum):
-    READY = "READY"  # no transaction open
-    MAIL = "MAIL"  # MAIL FROM accepted, no recipient yet
-    RCPT = "RCPT"  # at least one recipient accepted
-    DATA = "DATA"  # reading the message content
-    CLOSED = "CLOSED"  # QUIT answered or a 421 sent: ignore all further input
-
-    # Members are singletons: hash by identity (C speed) instead of Enum's Python __hash__.
-    __hash__ = object.__hash__
-
-
-class _Signal(Enum):
-    NEED_DATA = "NEED_DATA"
-
-
-NEED_DATA: Final = _Signal.NEED_DATA
-
-
-# --- events ------------------------------------------------------------------------------------
-@final
-@dataclass(frozen=True, slots=True)
-class Ehlo:
-    """EHLO (``extended``) or HELO; answer ``accept(extensions)`` or ``send(reject)``."""
-
-    domain: str
-    extended: bool
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class MailFrom:
-    sender: EnvelopeAddress
-    params: EsmtpParams
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class RcptTo:
-    recipient: EnvelopeAddress
-    params: EsmtpParams
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class DataStart:
-    """DATA with a sender and recipients; ``accept()`` answers 354 and reads the content."""
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class MessageData:
-    """The complete message: dot-unstuffed, CRLF line endings (unless ``Allow``)."""
-
-    sender: EnvelopeAddress
-    recipients: tuple[EnvelopeAddress, ...]
-    data: bytes
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class Rset:
-    pass
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class Quit:
-    pass
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class CommandAnswered:
-    """The session answered ``command`` itself (NOOP, VRFY, HELP): write ``reply``."""
-
-    command: str
-    reply: Reply
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class ProtocolError:
-    """The session refused ``command`` (4xx/5xx): write ``reply``; close if it is a 421."""
-
-    command: str
-    reply: Reply
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class ConnectionClosed:
-    """The peer closed its side (``receive_data(b"")``), or the session is closed."""
-
-
-Event: TypeAlias = (
-    Ehlo
-    | MailFrom
-    | RcptTo
-    | DataStart
-    | MessageData
-    | Rset
-    | Quit
-    | CommandAnswered
-    | ProtocolError
-    | ConnectionClosed
-)
 _CLOSED_EVENT: Final = ConnectionClosed()
 _DATA_START: Final = DataStart()
 _RSET: Final = Rset()
 _QUIT: Final = Quit()
 
-# --- the state table ---------------------------------------------------------------------------
-# Commands that are out of sequence in a state, and the reply they get.
-SEQUENCE_ERRORS: Final[dict[State, dict[str, Reply]]] = {
-    State.READY: {"RCPT": R.BAD_SEQUENCE_NEED_MAIL, "DATA": R.BAD_SEQUENCE_NEED_MAIL},
-    State.MAIL: {"MAIL": R.BAD_SEQUENCE_MAIL_NESTED, "DATA": R.BAD_SEQUENCE_NEED_RCPT},
-    State.RCPT: {"MAIL": R.BAD_SEQUENCE_MAIL_NESTED},
-}
+# --- the state table (smtp/events.py), flattened for one lookup per command --------------------
 _SEQUENCE_ERRORS: Final = {
     (state, verb): reply
     for state, table in SEQUENCE_ERRORS.items()
     for verb, reply in table.items()
-}
-# Where a positive answer to a pending event takes the session.
-ON_ACCEPT: Final[dict[type, State]] = {
-    Ehlo: State.READY,
-    MailFrom: State.MAIL,
-    RcptTo: State.RCPT,
-    DataStart: State.DATA,
-    MessageData: State.READY,
-    Rset: State.READY,
-    Quit: State.CLOSED,
-}
-# Where a negative answer takes it (absent: the state does not change).
-ON_REJECT: Final[dict[type, State]] = {MessageData: State.READY, Quit: State.CLOSED}
-# The positive reply ``accept()`` sends (Ehlo builds its own).
-DEFAULT_ACCEPT: Final[dict[type, Reply]] = {
-    MailFrom: R.MAIL_OK,
-    RcptTo: R.RCPT_OK,
-    DataStart: R.START_DATA,
-    MessageData: R.OK,
-    Rset: R.RESET_OK,
-    Quit: R.CLOSING,
 }
 _SELF_ANSWERED: Final[dict[str, Reply]] = {"NOOP": R.NOOP_OK, "VRFY": R.VRFY_CANNOT, "HELP": R.HELP}
 
@@ -353,7 +241,7 @@ class ServerSession:
         else:
             self._eof = True
 
-    def next_event(self) -> Event | Literal[_Signal.NEED_DATA]:
+    def next_event(self) -> Event | NeedData:
         """The next event, or ``NEED_DATA``. Raises LocalProtocolError while one is pending.
 
         O(1) per command plus a scan of the newly received bytes."""
@@ -430,7 +318,7 @@ class ServerSession:
             self._state = State.CLOSED
         return ProtocolError(self.command if command is None else command, reply)
 
-    def _next_body_event(self) -> Event | Literal[_Signal.NEED_DATA]:
+    def _next_body_event(self) -> Event | NeedData:
         buf = self._buf
         if self._at_body_start:
             if buf.startswith(b".\r\n"):

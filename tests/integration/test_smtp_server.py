@@ -1,164 +1,30 @@
 """kumoq.smtp.server over real sockets on 127.0.0.1, with stdlib smtplib and aiosmtplib clients
-and a small fake SmtpHandler."""
+and a small fake SmtpHandler: whole sessions and rejections. Connection management (readiness,
+timeouts, limits, shutdown) is in test_smtp_server_connections.py, handlers that suspend in
+test_smtp_server_suspending.py; the fake handler and the clients in smtp_server_support.py."""
 
 from __future__ import annotations
 
 import asyncio
 import smtplib
-import socket
-from collections.abc import AsyncIterator, Callable
 from email.message import EmailMessage
-from typing import Any
 
 import aiosmtplib
 import pytest
-import uvloop
 
-from kumoq.config.listener import EsmtpListenerConfig
-from kumoq.errors import ListenerError, RejectError
+from kumoq.errors import RejectError
 from kumoq.message import EnvelopeAddress
 from kumoq.smtp.replies import Reply
-from kumoq.smtp.server import ConnectionMeta, EsmtpListener, start_esmtp_listener
+from tests.integration.smtp_server_support import (
+    BODY,
+    FakeHandler,
+    RawClient,
+    Start,
+    raw,
+    smtplib_send,
+)
 
 pytestmark = pytest.mark.integration
-
-BODY = b"Subject: hello\r\n\r\nline one\r\n.leading dot\r\n"
-
-
-class FakeHandler:
-    """Records every call; behaviour is set per test through the attributes."""
-
-    def __init__(self) -> None:
-        self.is_ready = True
-        self.extensions: list[str] | Reply | None = None
-        self.mail_reply: Reply | None = None
-        self.rcpt_reply: Reply | None = None
-        self.data_reply = Reply(250, None, "OK ids=1")
-        self.raise_in: dict[str, BaseException] = {}
-        self.suspend = False
-        self.data_gate: asyncio.Event | None = None
-        self.calls: list[tuple[str, Any]] = []
-        self.messages: list[tuple[EnvelopeAddress, list[EnvelopeAddress], bytes]] = []
-        self.rejections: list[tuple[str, Reply]] = []
-        self.conns: list[ConnectionMeta] = []
-
-    def ready(self) -> bool:
-        return self.is_ready
-
-    async def _enter(self, name: str, conn: ConnectionMeta, arg: Any) -> None:
-        self.calls.append((name, arg))
-        if conn not in self.conns:
-            self.conns.append(conn)
-        if self.suspend:
-            await asyncio.sleep(0.001)
-        exc = self.raise_in.get(name)
-        if exc is not None:
-            raise exc
-
-    async def ehlo(
-        self, conn: ConnectionMeta, domain: str, extensions: list[str]
-    ) -> list[str] | Reply | None:
-        await self._enter("ehlo", conn, (domain, extensions))
-        return self.extensions
-
-    async def mail_from(self, conn: ConnectionMeta, sender: EnvelopeAddress) -> Reply | None:
-        await self._enter("mail_from", conn, sender)
-        return self.mail_reply
-
-    async def rcpt_to(self, conn: ConnectionMeta, recipient: EnvelopeAddress) -> Reply | None:
-        await self._enter("rcpt_to", conn, recipient)
-        return self.rcpt_reply
-
-    async def data(
-        self,
-        conn: ConnectionMeta,
-        sender: EnvelopeAddress,
-        recipients: list[EnvelopeAddress],
-        data: bytes,
-    ) -> Reply:
-        await self._enter("data", conn, len(data))
-        if self.data_gate is not None:
-            await self.data_gate.wait()
-        self.messages.append((sender, recipients, data))
-        return self.data_reply
-
-    def rejected(self, conn: ConnectionMeta, command: str, reply: Reply) -> None:
-        self.rejections.append((command, reply))
-
-
-Start = Callable[..., Any]
-
-
-@pytest.fixture
-def handler() -> FakeHandler:
-    return FakeHandler()
-
-
-@pytest.fixture
-async def start(handler: FakeHandler) -> AsyncIterator[Start]:
-    """``await start(**config)`` -> a running listener on 127.0.0.1:<free port>."""
-    listeners: list[EsmtpListener] = []
-
-    async def make(**kw: Any) -> EsmtpListener:
-        mapping = {"listen": "127.0.0.1:0", "hostname": "mx.test", **kw}
-        listener = await start_esmtp_listener(EsmtpListenerConfig.from_mapping(mapping), handler)
-        listeners.append(listener)
-        return listener
-
-    yield make
-    for listener in listeners:
-        await listener.close(drain_seconds=2)
-
-
-def smtplib_send(port: int, rcpts: list[str], body: bytes = BODY) -> dict[str, Any]:
-    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
-        return client.sendmail("sender@example.com", rcpts, body)
-
-
-class RawClient:
-    """A blocking line-oriented client for exact-bytes tests (run it in a thread)."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.buf = b""
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def reply(self) -> str:
-        """One complete (possibly multi-line) reply, as text."""
-        lines = []
-        while True:
-            while b"\r\n" not in self.buf:
-                chunk = self.sock.recv(65536)
-                if not chunk:
-                    raise EOFError(self.buf)
-                self.buf += chunk
-            line, _, self.buf = self.buf.partition(b"\r\n")
-            lines.append(line.decode())
-            if line[3:4] != b"-":
-                return "\n".join(lines)
-
-    def at_eof(self) -> bool:
-        while True:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                return True
-            self.buf += chunk
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-async def raw(port: int, script: Callable[[RawClient], Any]) -> Any:
-    def run() -> Any:
-        client = RawClient(port)
-        try:
-            return script(client)
-        finally:
-            client.close()
-
-    return await asyncio.to_thread(run)
 
 
 # --- happy paths -------------------------------------------------------------------------------
@@ -397,152 +263,3 @@ async def test_data_processing_timeout(start: Start, handler: FakeHandler) -> No
         await asyncio.to_thread(smtplib_send, listener.address[1], ["a@example.com"])
     assert info.value.smtp_code == 451
     assert info.value.smtp_error == b"4.4.5 data_processing_timeout exceeded"
-
-
-# --- connection management ---------------------------------------------------------------------
-async def test_not_ready(start: Start, handler: FakeHandler) -> None:
-    handler.is_ready = False
-    listener = await start()
-
-    def script(c: RawClient) -> tuple[str, bool]:
-        return c.reply(), c.at_eof()
-
-    assert await raw(listener.address[1], script) == (
-        "421 4.3.2 mx.test waiting for spool startup. Try again soon!",
-        True,
-    )
-    with pytest.raises(smtplib.SMTPConnectError):
-        await asyncio.to_thread(smtplib_send, listener.address[1], ["a@example.com"])
-    assert handler.calls == []
-    assert handler.rejections[0][1].code == 421
-
-
-async def test_idle_timeout(start: Start, handler: FakeHandler) -> None:
-    listener = await start(client_timeout=0.3)
-
-    def script(c: RawClient) -> tuple[str, str, bool]:
-        c.reply()
-        c.send(b"NOOP\r\n")
-        noop = c.reply()
-        return noop, c.reply(), c.at_eof()  # then say nothing
-
-    noop, idle, eof = await raw(listener.address[1], script)
-    assert noop.startswith("250 2.0.0")
-    assert idle == "421 4.3.2 mx.test idle too long"
-    assert eof
-    assert listener.connection_count == 0
-
-
-async def test_slow_handler_is_not_idleness(start: Start, handler: FakeHandler) -> None:
-    handler.data_gate = asyncio.Event()
-    listener = await start(client_timeout=0.2)
-    loop = asyncio.get_running_loop()
-    loop.call_later(0.6, handler.data_gate.set)
-    await asyncio.to_thread(smtplib_send, listener.address[1], ["a@example.com"])
-    assert len(handler.messages) == 1
-
-
-async def test_max_connections(start: Start, handler: FakeHandler) -> None:
-    listener = await start(max_connections=1)
-    port = listener.address[1]
-    first = await asyncio.to_thread(RawClient, port)
-    try:
-        assert (await asyncio.to_thread(first.reply)).startswith("220 ")
-
-        def second(c: RawClient) -> str:
-            return c.reply()
-
-        assert (await raw(port, second)).startswith("421 4.3.2 mx.test too many connections")
-    finally:
-        first.close()
-
-
-async def test_graceful_close(start: Start, handler: FakeHandler) -> None:
-    handler.data_gate = asyncio.Event()
-    listener = await start()
-    port = listener.address[1]
-    idle = await asyncio.to_thread(RawClient, port)
-    try:
-        await asyncio.to_thread(idle.reply)
-
-        def busy(c: RawClient) -> list[str]:
-            c.reply()
-            c.send(b"MAIL FROM:<s@example.com>\r\nRCPT TO:<a@example.com>\r\nDATA\r\n")
-            [c.reply() for _ in range(3)]
-            c.send(b"x\r\n.\r\n")
-            return [c.reply(), c.reply()]
-
-        busy_task = asyncio.create_task(raw(port, busy))
-        while not handler.calls or handler.calls[-1][0] != "data":  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
-        closing = asyncio.create_task(listener.close(drain_seconds=5))
-        assert (await asyncio.to_thread(idle.reply)) == "421 4.3.2 mx.test shutting down"
-        assert not closing.done()  # the DATA in progress holds the drain
-        handler.data_gate.set()
-        assert await busy_task == ["250 OK ids=1", "421 4.3.2 mx.test shutting down"]
-        await closing
-        assert listener.connection_count == 0
-        with pytest.raises(ConnectionRefusedError):
-            await asyncio.to_thread(socket.create_connection, ("127.0.0.1", port), 2)
-    finally:
-        idle.close()
-
-
-async def test_drain_timeout_aborts(start: Start, handler: FakeHandler) -> None:
-    handler.data_gate = asyncio.Event()  # never set: the handler outlives the drain
-    listener = await start()
-    sent = asyncio.create_task(
-        asyncio.to_thread(smtplib_send, listener.address[1], ["a@example.com"])
-    )
-    while not handler.calls or handler.calls[-1][0] != "data":  # noqa: ASYNC110
-        await asyncio.sleep(0.01)
-    await listener.close(drain_seconds=0.2)
-    assert listener.connection_count == 0
-    with pytest.raises(smtplib.SMTPServerDisconnected):
-        await sent
-    assert handler.messages == []
-
-
-async def test_bind_failure(start: Start) -> None:
-    listener = await start()
-    with pytest.raises(ListenerError, match="failed to bind"):
-        await start(listen=f"127.0.0.1:{listener.address[1]}")
-
-
-async def test_client_disconnect_mid_transaction(start: Start, handler: FakeHandler) -> None:
-    listener = await start()
-
-    def script(c: RawClient) -> None:
-        c.reply()
-        c.send(b"MAIL FROM:<s@example.com>\r\nRCPT TO:<a@example.com>\r\nDATA\r\npartial")
-
-    await raw(listener.address[1], script)
-    for _ in range(100):
-        if listener.connection_count == 0:
-            break
-        await asyncio.sleep(0.01)
-    assert listener.connection_count == 0
-    assert handler.messages == []
-
-
-def test_works_on_uvloop() -> None:
-    handler = FakeHandler()
-
-    async def main() -> tuple[dict[str, Any], int]:
-        config = EsmtpListenerConfig.from_mapping({"listen": "127.0.0.1:0", "hostname": "mx"})
-        listener = await start_esmtp_listener(config, handler)
-        try:
-            loop = asyncio.get_running_loop()
-            assert "uvloop" in type(loop).__module__
-            refused = await asyncio.to_thread(smtplib_send, listener.address[1], ["a@example.com"])
-            client = aiosmtplib.SMTP(hostname="127.0.0.1", port=listener.address[1], timeout=10)
-            async with client:
-                await client.sendmail(
-                    "s@example.com", ["b@example.com"], b"Subject: x\r\n\r\nhi\r\n"
-                )
-            return refused, len(handler.messages)
-        finally:
-            await listener.close()
-
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        assert runner.run(main()) == ({}, 2)

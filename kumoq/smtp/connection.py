@@ -1,0 +1,478 @@
+"""One inbound ESMTP connection: the ``asyncio.Protocol`` adapter around ``ServerSession``.
+
+This module owns a connection's socket callbacks, its idle timer, its backpressure and the
+driving of its handler calls; the protocol is in ``smtp/session.py`` and every decision goes
+to the ``SmtpHandler`` (``smtp/handler.py``). What a connection needs of the listener that
+accepted it is the small ``ConnectionOwner`` protocol below, which ``EsmtpListener`` satisfies.
+
+Hot path: ``data_received`` feeds the session and handles its events on the spot. The
+``ehlo``/``mail_from``/``rcpt_to`` coroutines are stepped eagerly (no task, no loop round trip):
+one that finishes without suspending -- a Lua call does -- is answered at once; one that
+suspends is finished in a task (``smtp/eager.py``). ``data`` always runs in a task, bounded by
+``data_processing_timeout``. Replies are written in one batch whenever the session needs input
+(RFC 2920 pipelining). The idle timer is one ``call_at`` handle re-armed lazily from the last
+receive time.
+
+Backpressure: while a handler call is in progress, reading pauses once more than
+``HIGH_WATER`` bytes are queued in the session; reading also pauses while the transport's
+write buffer is full.
+
+Imports: asyncio, kumoq.smtp.session/replies/handler/eager, kumoq.config.listener,
+kumoq.errors, kumoq.message. Must not import kumoq.smtp.server (the listener imports this
+module), the daemon, the spool, the queues or lupa.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Final, Protocol, TypeVar, cast
+
+from kumoq.config.listener import EsmtpListenerConfig
+from kumoq.errors import RejectError
+from kumoq.message import new_session_id
+from kumoq.smtp import replies as R
+from kumoq.smtp.eager import drive_suspended
+from kumoq.smtp.handler import ConnectionMeta, SmtpHandler
+from kumoq.smtp.replies import Reply
+from kumoq.smtp.session import (
+    NEED_DATA,
+    CommandAnswered,
+    ConnectionClosed,
+    DataStart,
+    Ehlo,
+    MailFrom,
+    MessageData,
+    ProtocolError,
+    Quit,
+    RcptTo,
+    Rset,
+    ServerSession,
+)
+
+__all__ = ["HIGH_WATER", "ConnectionOwner", "SmtpConnection", "format_addr"]
+
+log = logging.getLogger("kumoq.smtp.server")  # one logger for the listener and its connections
+
+HIGH_WATER: Final = 256 * 1024  # queued input bytes that pause reading while busy
+
+_T = TypeVar("_T")
+
+
+class ConnectionOwner(Protocol):
+    """What a connection needs of the listener that accepted it."""
+
+    @property
+    def config(self) -> EsmtpListenerConfig: ...
+
+    @property
+    def handler(self) -> SmtpHandler: ...
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    @property
+    def draining(self) -> bool:
+        """True once the listener is closing: answer 421 at the next wait for input."""
+        ...
+
+    @property
+    def connection_count(self) -> int: ...
+
+    def relay_allowed(self, peer_ip: str) -> bool: ...
+
+    def track(self, conn: SmtpConnection) -> None:
+        """``conn`` was accepted and greeted."""
+        ...
+
+    def forget(self, conn: SmtpConnection) -> None:
+        """``conn`` is gone and idle (no handler call in progress)."""
+        ...
+
+
+def format_addr(addr: Any) -> str:
+    """``host:port``, ``[v6host]:port``, or ``str(addr)`` for anything else (a unix path)."""
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        host, port = addr[0], addr[1]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return str(addr)
+
+
+class SmtpConnection(asyncio.Protocol):
+    """One client connection. Events are handled synchronously inside ``data_received``; a
+    task exists only while a handler call is suspended (always for ``data``)."""
+
+    __slots__ = (
+        "_busy",
+        "_conn",
+        "_last_rx",
+        "_listener",
+        "_lost",
+        "_out",
+        "_peer",
+        "_read_paused",
+        "_relay_ok",
+        "_session",
+        "_timed_out",
+        "_timer",
+        "_transport",
+        "_write_paused",
+        "task",
+    )
+
+    def __init__(self, listener: ConnectionOwner) -> None:
+        self._listener = listener
+        self._transport: asyncio.Transport | None = None
+        self._session = ServerSession(listener.config)
+        self._conn: ConnectionMeta = {}
+        self._out: list[bytes] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._busy = False  # a handler call is in progress in ``task``
+        self._lost = False
+        self._read_paused = False
+        self._write_paused = False
+        self._last_rx = 0.0
+        self._peer = ""
+        self._relay_ok = False
+        self._timed_out = False
+        self.task: asyncio.Task[None] | None = None
+
+    # --- asyncio.Protocol ----------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport = cast(asyncio.Transport, transport)
+        listener = self._listener
+        config = listener.config
+        peer = transport.get_extra_info("peername")
+        peer_ip = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        self._peer = format_addr(peer)
+        conn = self._conn
+        conn["received_from"] = peer_ip
+        conn["received_via"] = format_addr(transport.get_extra_info("sockname"))
+        conn["hostname"] = config.hostname
+        conn["reception_protocol"] = "ESMTP"
+        conn["session_id"] = new_session_id()
+        if config.meta:
+            conn.update(config.meta)
+
+        refusal = None
+        if listener.draining:
+            refusal = R.shutting_down(config.hostname)
+        elif listener.connection_count >= config.max_connections:
+            refusal = R.connection_limit_reached(config.hostname)
+        else:
+            try:
+                if not listener.handler.ready():
+                    refusal = R.spool_not_ready(config.hostname)
+            except Exception:
+                log.exception("SmtpHandler.ready() failed")
+                refusal = R.technical_difficulties(config.hostname)
+        if refusal is not None:
+            self._rejected("", refusal)
+            transport.write(self._session.send(refusal))
+            transport.close()
+            return
+
+        self._relay_ok = listener.relay_allowed(peer_ip)
+        listener.track(self)
+        loop = listener.loop
+        transport.write(self._session.greeting())
+        self._last_rx = now = loop.time()
+        self._timer = loop.call_at(now + config.client_timeout, self._on_timer)
+
+    def data_received(self, data: bytes) -> None:
+        session = self._session
+        session.receive_data(data)
+        self._last_rx = self._listener.loop.time()
+        if not self._busy:
+            self._process()
+        elif not self._read_paused and session.buffered > HIGH_WATER:
+            self._pause_reading()
+
+    def eof_received(self) -> bool:
+        self._session.receive_data(b"")
+        if not self._busy:
+            self._process()
+        return True  # we close the transport ourselves once the replies are queued
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._session.receive_data(b"")
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._busy:
+            if not self._session.closed:
+                self._process()  # complete commands already received still get handled
+            self._listener.forget(self)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self._pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if not self._busy or self._session.buffered <= HIGH_WATER:
+            self._resume_reading()
+
+    # --- called by the listener ----------------------------------------------------------------
+    def shutdown(self) -> None:
+        """Listener draining: an idle connection is told 421 now, a busy one when it is done."""
+        if not self._busy and not self._session.closed:
+            self._process()
+
+    def abort(self) -> None:
+        if self._transport is not None and not self._lost:
+            self._transport.abort()
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+    # --- helpers -------------------------------------------------------------------------------
+    def _pause_reading(self) -> None:
+        if not self._read_paused and not self._lost and self._transport is not None:
+            self._read_paused = True
+            self._transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._read_paused and not self._write_paused and not self._lost:
+            self._read_paused = False
+            assert self._transport is not None
+            self._transport.resume_reading()
+
+    def _flush(self) -> None:
+        out = self._out
+        if out:
+            if not self._lost:
+                assert self._transport is not None
+                self._transport.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+
+    def _close(self) -> None:
+        self._flush()
+        self._session.close()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._transport is not None and not self._lost:
+            self._transport.close()
+
+    def _rejected(self, command: str, reply: Reply) -> None:
+        try:
+            self._listener.handler.rejected(self._conn, command, reply)
+        except Exception:
+            log.exception("SmtpHandler.rejected() failed")
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._lost or self._session.closed:
+            return
+        loop = self._listener.loop
+        timeout = self._listener.config.client_timeout
+        now = loop.time()
+        if self._busy:  # waiting for our handler is not the client's fault
+            self._timer = loop.call_at(now + timeout, self._on_timer)
+            return
+        due = self._last_rx + timeout
+        if now + 0.001 < due:  # data arrived since the timer was armed
+            self._timer = loop.call_at(due, self._on_timer)
+            return
+        reply = R.idle_too_long(self._listener.config.hostname)
+        self._rejected("", reply)
+        self._out.append(self._session.send(reply))
+        self._close()
+
+    # --- the protocol driver -------------------------------------------------------------------
+    def _process(self) -> None:
+        """Handle events until the session needs input or a handler call suspends."""
+        try:
+            self._drive()
+        except Exception:
+            log.exception("SMTP connection %s failed", self._peer)
+            if not self._session.closed:
+                reply = R.technical_difficulties(self._listener.config.hostname)
+                self._rejected(self._session.command, reply)
+                self._out.append(reply.to_bytes())
+            self._close()
+
+    def _drive(self) -> None:
+        session = self._session
+        handler = self._listener.handler
+        conn = self._conn
+        out = self._out
+        while True:
+            event = session.next_event()
+            if event is NEED_DATA:
+                if self._listener.draining:
+                    reply = R.shutting_down(self._listener.config.hostname)
+                    self._rejected("", reply)
+                    out.append(session.send(reply))
+                    self._close()
+                    return
+                self._flush()
+                if self._read_paused:
+                    self._resume_reading()
+                return
+            cls = type(event)
+            if cls is RcptTo:
+                assert isinstance(event, RcptTo)
+                if not self._step(handler.rcpt_to(conn, event.recipient), event):
+                    return
+            elif cls is MailFrom:
+                assert isinstance(event, MailFrom)
+                if not self._step(handler.mail_from(conn, event.sender), event):
+                    return
+            elif cls is CommandAnswered or cls is ProtocolError:
+                assert isinstance(event, CommandAnswered | ProtocolError)
+                reply = event.reply
+                if reply.code >= 400:
+                    self._rejected(event.command, reply)
+                out.append(reply.to_bytes())
+            elif cls is DataStart or cls is Rset or cls is Quit:
+                out.append(session.accept())
+            elif cls is MessageData:
+                assert isinstance(event, MessageData)
+                self._flush()
+                self._busy = True
+                self.task = self._listener.loop.create_task(self._run_data(event))
+                return
+            elif cls is Ehlo:
+                assert isinstance(event, Ehlo)
+                coro = handler.ehlo(conn, event.domain, session.default_extensions)
+                if not self._step(coro, event):
+                    return
+            elif cls is ConnectionClosed:
+                self._close()
+                return
+            if session.closed:
+                self._close()
+                return
+
+    def _step(self, coro: Coroutine[Any, Any, Any], event: Ehlo | MailFrom | RcptTo) -> bool:
+        """Run a handler coroutine eagerly; True when it finished (and was answered), False
+        when it suspended and continues in a task that resumes ``_process`` afterwards."""
+        try:
+            yielded = coro.send(None)
+        except StopIteration as stop:
+            self._complete(event, stop.value)
+            return True
+        except RejectError as exc:
+            return self._reject(exc)
+        except Exception:
+            self._failed("SmtpHandler failed on %r from %s", event, self._peer)
+            return True
+        self._busy = True
+        self.task = self._listener.loop.create_task(self._resume(coro, yielded, event))
+        return False
+
+    async def _resume(
+        self, coro: Coroutine[Any, Any, Any], yielded: Any, event: Ehlo | MailFrom | RcptTo
+    ) -> None:
+        """Finish a suspended handler coroutine inside this task, then carry on."""
+        await self._settle(
+            drive_suspended(coro, yielded),
+            lambda result: self._complete(event, result),
+            "SmtpHandler failed on %r from %s",
+            event,
+            self._peer,
+        )
+
+    async def _run_data(self, event: MessageData) -> None:
+        await self._settle(
+            self._call_data(event), self._answer, "SmtpHandler.data failed for %s", self._peer
+        )
+
+    async def _call_data(self, event: MessageData) -> Reply:
+        """``SmtpHandler.data``, or ``451 4.4.5`` once ``data_processing_timeout`` passed."""
+        listener = self._listener
+        # A plain timer rather than asyncio.timeout(): that one costs three getpid() syscalls.
+        self._timed_out = False
+        deadline = listener.loop.call_later(
+            listener.config.data_processing_timeout, self._data_deadline
+        )
+        try:
+            return await listener.handler.data(
+                self._conn, event.sender, list(event.recipients), event.data
+            )
+        except asyncio.CancelledError:
+            if not self._timed_out:
+                raise
+            if self.task is not None:
+                self.task.uncancel()
+            return R.DATA_PROCESSING_TIMEOUT
+        finally:
+            deadline.cancel()
+
+    async def _settle(
+        self, call: Awaitable[_T], done: Callable[[_T], None], failure: str, *args: object
+    ) -> None:
+        """Await a handler call running in ``task`` and answer its outcome: ``done(result)``,
+        a ``RejectError``'s reply, or 421 technical difficulties (logging ``failure % args``)
+        for any other exception. Cancelled: the session closes. Then ``_handler_done``."""
+        try:
+            try:
+                result = await call
+            except asyncio.CancelledError:
+                self._session.close()  # aborted: do not go on reading commands
+                raise
+            except RejectError as exc:
+                self._reject(exc)
+            except Exception:
+                self._failed(failure, *args)
+            else:
+                done(result)
+        finally:
+            self._handler_done()
+
+    def _handler_done(self) -> None:
+        """A handler task ended (or was cancelled): carry on with buffered input, or finish."""
+        self._busy = False
+        self.task = None
+        if self._session.closed:
+            self._close()
+        else:
+            self._process()
+        if self._lost:
+            self._listener.forget(self)
+
+    def _data_deadline(self) -> None:
+        if self.task is not None and not self.task.done():
+            self._timed_out = True
+            self.task.cancel()
+
+    def _complete(self, event: Ehlo | MailFrom | RcptTo, result: Any) -> None:
+        session = self._session
+        if type(event) is Ehlo:
+            if isinstance(result, Reply):
+                self._answer(result)
+            else:
+                self._out.append(session.accept(result))
+                self._conn["ehlo_domain"] = event.domain
+        elif result is not None and result.code >= 400:
+            self._answer(result)
+        elif type(event) is RcptTo and not self._relay_ok:
+            # After the handler, as KumoMTA's reference flow does; a positive Reply from the
+            # handler does not bypass it.
+            self._answer(R.relaying_denied(self._peer))
+        elif result is None:
+            self._out.append(session.accept())
+        else:
+            self._answer(result)
+
+    def _failed(self, message: str, *args: object) -> None:
+        """A handler call raised something other than ``RejectError``: log it, answer 421."""
+        log.exception(message, *args)
+        self._answer(R.technical_difficulties(self._listener.config.hostname))
+
+    def _reject(self, exc: RejectError) -> bool:
+        """Answer ``kumo.reject``; False when the connection must be dropped."""
+        self._answer(Reply.from_text(exc.code, exc.reply_text))
+        if exc.disconnect or self._session.closed:
+            self._close()
+            return False
+        return True
+
+    def _answer(self, reply: Reply) -> None:
+        session = self._session
+        if reply.code >= 400:
+            self._rejected(session.command, reply)
+        self._out.append(session.send(reply))  # a 421 closes the session

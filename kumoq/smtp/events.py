@@ -1,0 +1,181 @@
+"""The vocabulary of the sans-IO ESMTP session: its ``State``, the ``NEED_DATA`` signal, the
+events ``ServerSession.next_event()`` returns (frozen dataclasses; ``Event`` is their union),
+and the state table: where an accepted or rejected event takes the session.
+
+This module owns these values only; ``smtp/session.py`` produces them and re-exports them for
+its importers. Pure: no asyncio, sockets, clock or IO; imports smtp.parser (for
+``EsmtpParams``), smtp.replies and message. Must not import smtp.session or anything that
+does IO.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Final, Literal, TypeAlias, final
+
+from kumoq.message import EnvelopeAddress
+from kumoq.smtp import replies as R
+from kumoq.smtp.parser import EsmtpParams
+from kumoq.smtp.replies import Reply
+
+__all__ = [
+    "DEFAULT_ACCEPT",
+    "NEED_DATA",
+    "ON_ACCEPT",
+    "ON_REJECT",
+    "SEQUENCE_ERRORS",
+    "CommandAnswered",
+    "ConnectionClosed",
+    "DataStart",
+    "Ehlo",
+    "Event",
+    "MailFrom",
+    "MessageData",
+    "NeedData",
+    "ProtocolError",
+    "Quit",
+    "RcptTo",
+    "Rset",
+    "State",
+]
+
+
+class State(Enum):
+    READY = "READY"  # no transaction open
+    MAIL = "MAIL"  # MAIL FROM accepted, no recipient yet
+    RCPT = "RCPT"  # at least one recipient accepted
+    DATA = "DATA"  # reading the message content
+    CLOSED = "CLOSED"  # QUIT answered or a 421 sent: ignore all further input
+
+    # Members are singletons: hash by identity (C speed) instead of Enum's Python __hash__.
+    __hash__ = object.__hash__
+
+
+class _Signal(Enum):
+    NEED_DATA = "NEED_DATA"
+
+
+NEED_DATA: Final = _Signal.NEED_DATA
+NeedData: TypeAlias = Literal[_Signal.NEED_DATA]
+"""The type of ``NEED_DATA``: ``ServerSession.next_event()`` returns ``Event | NeedData``."""
+
+
+# --- events ------------------------------------------------------------------------------------
+@final
+@dataclass(frozen=True, slots=True)
+class Ehlo:
+    """EHLO (``extended``) or HELO; answer ``accept(extensions)`` or ``send(reject)``."""
+
+    domain: str
+    extended: bool
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class MailFrom:
+    sender: EnvelopeAddress
+    params: EsmtpParams
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class RcptTo:
+    recipient: EnvelopeAddress
+    params: EsmtpParams
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class DataStart:
+    """DATA with a sender and recipients; ``accept()`` answers 354 and reads the content."""
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class MessageData:
+    """The complete message: dot-unstuffed, CRLF line endings (unless ``Allow``)."""
+
+    sender: EnvelopeAddress
+    recipients: tuple[EnvelopeAddress, ...]
+    data: bytes
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Rset:
+    pass
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Quit:
+    pass
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class CommandAnswered:
+    """The session answered ``command`` itself (NOOP, VRFY, HELP): write ``reply``."""
+
+    command: str
+    reply: Reply
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ProtocolError:
+    """The session refused ``command`` (4xx/5xx): write ``reply``; close if it is a 421."""
+
+    command: str
+    reply: Reply
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ConnectionClosed:
+    """The peer closed its side (``receive_data(b"")``), or the session is closed."""
+
+
+Event: TypeAlias = (
+    Ehlo
+    | MailFrom
+    | RcptTo
+    | DataStart
+    | MessageData
+    | Rset
+    | Quit
+    | CommandAnswered
+    | ProtocolError
+    | ConnectionClosed
+)
+
+
+# --- the state table ---------------------------------------------------------------------------
+# Commands that are out of sequence in a state, and the reply they get.
+SEQUENCE_ERRORS: Final[dict[State, dict[str, Reply]]] = {
+    State.READY: {"RCPT": R.BAD_SEQUENCE_NEED_MAIL, "DATA": R.BAD_SEQUENCE_NEED_MAIL},
+    State.MAIL: {"MAIL": R.BAD_SEQUENCE_MAIL_NESTED, "DATA": R.BAD_SEQUENCE_NEED_RCPT},
+    State.RCPT: {"MAIL": R.BAD_SEQUENCE_MAIL_NESTED},
+}
+# Where a positive answer to a pending event takes the session.
+ON_ACCEPT: Final[dict[type, State]] = {
+    Ehlo: State.READY,
+    MailFrom: State.MAIL,
+    RcptTo: State.RCPT,
+    DataStart: State.DATA,
+    MessageData: State.READY,
+    Rset: State.READY,
+    Quit: State.CLOSED,
+}
+# Where a negative answer takes it (absent: the state does not change).
+ON_REJECT: Final[dict[type, State]] = {MessageData: State.READY, Quit: State.CLOSED}
+# The positive reply ``accept()`` sends (Ehlo builds its own).
+DEFAULT_ACCEPT: Final[dict[type, Reply]] = {
+    MailFrom: R.MAIL_OK,
+    RcptTo: R.RCPT_OK,
+    DataStart: R.START_DATA,
+    MessageData: R.OK,
+    Rset: R.RESET_OK,
+    Quit: R.CLOSING,
+}

@@ -1,0 +1,73 @@
+"""The seam between the ESMTP listener and the daemon: ``SmtpHandler`` and ``ConnectionMeta``.
+
+This module owns the contract only: what the listener asks of whoever decides (the daemon's
+``reception`` implements it) and the connection metadata both sides share. No behaviour lives
+here.
+
+Imports: kumoq.message and kumoq.smtp.replies only. Must not import kumoq.smtp.server or
+kumoq.smtp.connection (they import this module), the daemon, the spool, the queues or lupa.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, TypeAlias
+
+from kumoq.message import EnvelopeAddress
+from kumoq.smtp.replies import Reply
+
+__all__ = ["ConnectionMeta", "SmtpHandler"]
+
+ConnectionMeta: TypeAlias = dict[str, Any]
+"""Connection metadata shared with the handler: ``received_from`` (peer ip), ``received_via``
+(local ``ip:port``), ``hostname``, ``reception_protocol`` ("ESMTP"), ``session_id`` (uuid4
+hex), the listener's ``meta`` entries, and ``ehlo_domain`` once EHLO/HELO succeeded."""
+
+
+class SmtpHandler(Protocol):
+    """What the server asks of the daemon. Every method may raise ``RejectError``
+    (``kumo.reject``): its code and text become the reply, and the connection is dropped
+    when it is a 421 or ``disconnect`` is set. Any other exception answers
+    ``421 4.3.0 <host> technical difficulties`` and drops the connection. A returned Reply
+    with code 421 is sent and the connection closed.
+
+    ``ehlo``, ``mail_from`` and ``rcpt_to`` are started eagerly from the protocol callback:
+    until their first suspension they run outside any task (``asyncio.current_task()`` is
+    None), so they must not enter ``asyncio.timeout()`` or a TaskGroup before their first
+    ``await``. ``data`` always runs in its own task."""
+
+    def ready(self) -> bool:
+        """False until the spool is enumerated: new connections get ``421 4.3.2 <host>
+        waiting for spool startup. Try again soon!`` and are closed."""
+        ...
+
+    async def ehlo(
+        self, conn: ConnectionMeta, domain: str, extensions: list[str]
+    ) -> list[str] | Reply | None:
+        """EHLO/HELO: a replacement extension list, ``None`` for the default, or a rejection."""
+        ...
+
+    async def mail_from(self, conn: ConnectionMeta, sender: EnvelopeAddress) -> Reply | None:
+        """``None`` accepts (``250 2.1.0 OK``)."""
+        ...
+
+    async def rcpt_to(self, conn: ConnectionMeta, recipient: EnvelopeAddress) -> Reply | None:
+        """``None`` accepts so far; the server then checks ``relay_hosts`` and answers
+        ``550 5.7.1 relaying not permitted for <peer>`` when the peer may not relay."""
+        ...
+
+    async def data(
+        self,
+        conn: ConnectionMeta,
+        sender: EnvelopeAddress,
+        recipients: list[EnvelopeAddress],
+        data: bytes,
+    ) -> Reply:
+        """The final reply for the transaction (``250 OK ids=...`` or a rejection). Bounded by
+        ``data_processing_timeout`` (then ``451 4.4.5``); the call is cancelled at the deadline,
+        so a handler should make its own writes safe to cancel or check the deadline itself."""
+        ...
+
+    def rejected(self, conn: ConnectionMeta, command: str, reply: Reply) -> None:
+        """Called for every 4xx/5xx reply the server sends (for Rejection log records).
+        KumoMTA does not log its ``421 4.3.2`` replies (shutdown, spool startup, idle)."""
+        ...
