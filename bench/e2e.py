@@ -196,6 +196,8 @@ class KumoqProcess:
         return self._proc.pid
 
     def start(self, timeout: float = 30.0) -> None:
+        self._ready.clear()  # a restart waits for the new process's lines
+        self.port = 0
         self._proc = subprocess.Popen(
             [*self.argv_prefix, "-m", "kumoq", "serve", "--policy", str(self.policy)],
             cwd=self.workdir,
@@ -227,6 +229,34 @@ class KumoqProcess:
             if "initialization complete" in line:
                 self._ready.set()
         proc.stderr.close()
+
+    def kill(self) -> None:
+        """SIGKILL the daemon (a crash: nothing is flushed or drained) and reap it."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        proc.kill()
+        proc.wait(10)
+        if self._reader is not None:
+            self._reader.join(5)
+
+    def signal(self, signum: int) -> None:
+        assert self._proc is not None
+        self._proc.send_signal(signum)
+
+    def wait(self, timeout: float) -> int | None:
+        """The exit code once the daemon has exited within ``timeout``; None if it has not."""
+        proc = self._proc
+        if proc is None:
+            return 0
+        try:
+            rc = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        if self._reader is not None:
+            self._reader.join(5)
+        self._proc = None
+        return rc
 
     def stop(self, timeout: float = 60.0) -> int:
         proc = self._proc
