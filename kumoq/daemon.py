@@ -12,7 +12,6 @@ This module may import anything below it; nothing imports it but the CLI.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import uuid
@@ -33,16 +32,18 @@ from kumoq.egress.lua_dispatch import LuaDispatch
 from kumoq.egress.maildir_dispatch import MaildirDispatch
 from kumoq.egress.smtp_dispatch import SmtpDispatch
 from kumoq.egress.sources import SourceSelector
-from kumoq.errors import ConfigError, KumoqError
+from kumoq.errors import ConfigError, KumoqError, SpoolRecordError
 from kumoq.logs.logger import RecordLogger
 from kumoq.logs.writer import LocalLogWriter
 from kumoq.lua.events import PolicyEvents
 from kumoq.lua.runtime import PolicyRuntime
 from kumoq.message import Message, QueueNameParts
+from kumoq.metrics import SPOOL_QUARANTINED
 from kumoq.reception import Reception
 from kumoq.scheduler.attempt import Deliverer
 from kumoq.scheduler.context import InsertContext, InsertReason
 from kumoq.scheduler.manager import QueueManager
+from kumoq.scheduler.scheduling import parse_scheduling
 from kumoq.smtp.server import EsmtpListener, start_esmtp_listener
 from kumoq.spool import open_spool
 from kumoq.spool.base import Spool
@@ -297,17 +298,51 @@ class Daemon:
             log.info("shutdown complete")
 
     async def _enumerate(self, spool: Spool, queues: QueueManager) -> None:
-        """Re-queue every spooled message with its persisted attempts and due time."""
-        count = 0
+        """Re-queue every spooled message with its persisted attempts and due time.
+
+        A record that cannot be read back is quarantined (docs/operations.md, "Spool
+        quarantine") with one log line and a count in ``spool_quarantined``; the others start
+        normally. A spool that cannot be read at all raises SpoolError."""
+        count = quarantined = 0
         async for spool_id, meta in spool.enumerate():
             try:
-                msg = Message.from_spool_meta(spool_id, json.loads(meta))
-            except (ValueError, KeyError, TypeError, KumoqError) as exc:
-                log.error("spool entry %s is unreadable (%s); removing it", spool_id, exc)
-                await spool.remove(spool_id)
+                msg = _spooled_message(spool_id, meta)
+            except Exception as exc:  # one bad record must never stop the start
+                quarantined += await _quarantine(spool, spool_id, exc)
                 continue
             queues.insert(msg, InsertContext(InsertReason.Enumerated))
             count += 1
             if count % ENUMERATION_PROGRESS_EVERY == 0:
                 log.info("spool enumeration: %d messages re-queued so far", count)
-        log.info("spool enumeration complete: %d messages re-queued", count)
+        more = f", {quarantined} quarantined" if quarantined else ""
+        log.info("spool enumeration complete: %d messages re-queued%s", count, more)
+
+
+def _spooled_message(spool_id: str, meta: bytes) -> Message:
+    """The message of one enumerated record; SpoolRecordError names what is wrong with it."""
+    msg = Message.from_spool_bytes(spool_id, meta)
+    if msg.schedule is not None:
+        try:
+            parse_scheduling(msg.schedule)  # what set_scheduling accepts, and only that
+        except ConfigError as exc:
+            raise SpoolRecordError("schedule", str(exc)) from None
+    return msg
+
+
+async def _quarantine(spool: Spool, spool_id: str, exc: Exception) -> int:
+    """Move one unreadable record aside and say so; 1 if it was moved, 0 if it stays."""
+    if isinstance(exc, SpoolRecordError):
+        reason, label = str(exc), exc.field
+    else:  # a bug in the validation: keep the traceback for the report
+        log.error("spool entry %s: unexpected error reading it", spool_id, exc_info=exc)
+        reason, label = f"{type(exc).__name__}: {exc}", "unexpected"
+    try:
+        await spool.quarantine(spool_id, reason)
+    except KumoqError as err:
+        log.error("spool entry %s is unreadable (%s) and could not be quarantined: %s; it "
+                  "stays in the spool, not queued", spool_id, reason, err)  # fmt: skip
+        return 0
+    SPOOL_QUARANTINED.labels(spool="meta", reason=label).inc()
+    log.error("spool entry %s is unreadable (%s); moved to the spool's quarantine",
+              spool_id, reason)  # fmt: skip
+    return 1

@@ -15,7 +15,9 @@ This module imports nothing from kumoq. The tree::
     │                          caller awaits ``wait()`` and calls the handler again
     ├── SpoolError             the spool could not store, load or remove an entry
     │   ├── SpoolLockedError   another instance holds the spool lock; startup exits 1
-    │   └── SpoolCorruptError  an entry cannot be parsed; enumeration removes it and logs
+    │   └── SpoolCorruptError  an entry's data is missing or empty; the manager removes it
+    │       └── SpoolRecordError  a meta record fails validation (names the field);
+    │                          enumeration quarantines it and logs
     ├── ListenerError          a listener cannot bind its address; startup exits 1
     ├── DeliveryError          a deliverer failed in a way that is a transient failure
     └── SmtpProtocolError      a peer broke the SMTP grammar or sequence
@@ -45,6 +47,7 @@ __all__ = [
     "SpoolCorruptError",
     "SpoolError",
     "SpoolLockedError",
+    "SpoolRecordError",
 ]
 
 
@@ -113,7 +116,22 @@ class SpoolLockedError(SpoolError):
 
 
 class SpoolCorruptError(SpoolError):
-    """A spool entry cannot be parsed; enumeration removes it and logs the id."""
+    """A spool entry is unusable: its data is missing or empty, or (``SpoolRecordError``) its
+    meta record does not validate."""
+
+
+class SpoolRecordError(SpoolCorruptError):
+    """A meta record read back from the spool is not a valid message record.
+
+    ``field`` names what is wrong: ``json`` (not JSON), ``record`` (not a JSON object), or the
+    record's key (``sender``, ``recipient``, ``meta``, ``schedule``, ``num_attempts``, ``due``,
+    ``created``). It is a small fixed set, fit for a metric label. The daemon quarantines such a
+    record at enumeration instead of loading it.
+    """
+
+    def __init__(self, field: str, detail: str) -> None:
+        super().__init__(f"{field}: {detail}")
+        self.field = field
 
 
 class ListenerError(KumoqError):

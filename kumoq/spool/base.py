@@ -13,12 +13,13 @@ Pure: imports only kumoq.errors and the standard library; no IO here.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, Protocol, runtime_checkable
 
 from kumoq.errors import SpoolError
 
 __all__ = [
+    "QUARANTINE",
     "REMOVE",
     "STORE",
     "Folded",
@@ -64,6 +65,15 @@ class Spool(Protocol):
     def enumerate(self) -> AsyncIterator[tuple[str, bytes]]:
         """``(id, meta bytes)`` of every stored message, read in pages, without the data."""
 
+    async def quarantine(self, msg_id: str, reason: str) -> None:
+        """Move both halves of ``msg_id`` (those present) out of the spool into its quarantine,
+        with ``reason``, so that ``enumerate`` no longer returns it. Nothing is deleted: the
+        operator decides what becomes of it (docs/operations.md, "Spool quarantine").
+
+        Acts on what earlier batches stored; not synced (a quarantine lost in a crash is done
+        again at the next start). Raises SpoolError if the move failed.
+        """
+
     async def close(self) -> None:
         """Finish pending work, close the storage and release the lock."""
 
@@ -74,7 +84,8 @@ class SpoolStats:
 
     ``batches``: group commits done; ``ops``: operations they carried (stores and removes);
     ``syncs``: disk-sync calls made (fdatasync, fsync, syncfs, or SQLite commits when flush);
-    ``max_batch``: the largest batch seen; ``errors``: batches that failed.
+    ``max_batch``: the largest batch seen; ``errors``: batches that failed;
+    ``quarantines``: records moved to the quarantine.
     """
 
     batches: int = 0
@@ -84,24 +95,30 @@ class SpoolStats:
     syncs: int = 0
     max_batch: int = 0
     errors: int = 0
+    quarantines: int = 0
 
 
 STORE: Final = 0
 REMOVE: Final = 1
+QUARANTINE: Final = 2
 
-# One queued operation: (STORE, id, data | None, meta) or (REMOVE, id, None, None).
+# One queued operation: (STORE, id, data | None, meta), (REMOVE, id, None, None) or
+# (QUARANTINE, id, None, reason as UTF-8).
 Op = tuple[int, str, bytes | None, bytes | None]
 
 
 @dataclass(slots=True)
 class Folded:
-    """A batch reduced to its effect: first delete ``removes``, then write ``stores``.
+    """A batch reduced to its effect: first move ``quarantines`` aside, then delete
+    ``removes``, then write ``stores``.
 
     ``stores`` holds ``(id, data | None, meta)``; data None keeps the stored data as it is.
+    ``quarantines`` holds ``(id, reason)``.
     """
 
     removes: list[str]
     stores: list[tuple[str, bytes | None, bytes]]
+    quarantines: list[tuple[str, str]] = field(default_factory=list)
 
 
 class _Entry:
@@ -117,11 +134,16 @@ def fold_ops(ops: Iterable[Op]) -> Folded:
     """Fold a batch in arrival order so that each id is written or deleted at most once.
 
     The last write of an id wins (meta-only updates keep the data of an earlier write in the
-    batch); a remove cancels earlier writes, and a write after a remove starts afresh.
-    O(len(ops)).
+    batch); a remove cancels earlier writes, and a write after a remove starts afresh. A
+    quarantine leaves the batch's writes alone: it moves what earlier batches stored (a
+    quarantine never drops a write). O(len(ops)).
     """
     entries: dict[str, _Entry] = {}
+    quarantines: dict[str, str] = {}
     for kind, msg_id, data, meta in ops:
+        if kind == QUARANTINE:
+            quarantines[msg_id] = (meta or b"").decode("utf-8", "replace")
+            continue
         entry = entries.get(msg_id)
         if entry is None:
             entry = entries[msg_id] = _Entry()
@@ -139,7 +161,7 @@ def fold_ops(ops: Iterable[Op]) -> Folded:
             removes.append(msg_id)
         if entry.meta is not None:
             stores.append((msg_id, entry.data, entry.meta))
-    return Folded(removes, stores)
+    return Folded(removes, stores, list(quarantines.items()))
 
 
 _HEX: Final = frozenset("0123456789abcdef")

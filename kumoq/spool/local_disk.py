@@ -5,6 +5,8 @@ Each of the two spools (``data`` and ``meta``) is a KumoMTA LocalDisk directory 
     <path>/lock                         flock-ed pid file (kumoq.spool.lock)
     <path>/new/<id>                     temporary files, deleted on start
     <path>/data/a1/a2/a3/a4/<rest>      one file per message
+    <path>/quarantine/<id>              records moved aside by ``quarantine`` (kumoq), with
+    <meta path>/quarantine/<id>.reason  when and why
 
 where ``a1..a4`` are the first 8 hex digits of the spool id (the UUID ``time_low`` bytes,
 big-endian) and ``rest`` the other 24 (reference §7). So with KumoMTA's usual policy the data
@@ -12,11 +14,12 @@ of a message lives in ``/var/spool/kumo/data/data/...`` and its meta in
 ``/var/spool/kumo/meta/data/...``. The meta files hold kumoq's JSON record (KumoMTA's plus
 ``num_attempts`` and ``due``).
 
-A batch is committed as: remove what the batch removes (unlink, then prune the emptied
-directories; not synced), write every temp file, make them durable (``sync_mode``), rename
-each into place (creating its directories), make the renames durable by fsyncing each
-affected directory once. Data is renamed before meta, so a crash can leave an orphan data
-file (wasted space) but never a meta record whose data was not written.
+A batch is committed as: move what the batch quarantines (renames, not synced), remove what
+the batch removes (unlink, then prune the emptied directories; not synced), write every temp
+file, make them durable (``sync_mode``), rename each into place (creating its directories),
+make the renames durable by fsyncing each affected directory once. Data is renamed before
+meta, so a crash can leave an orphan data file (wasted space) but never a meta record whose
+data was not written.
 
 How the batch is made durable (both knobs measured by ``python -m bench.spool``):
 - ``sync_mode="fdatasync"``: fdatasync each temp file, then fsync each affected directory
@@ -37,6 +40,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -95,12 +99,13 @@ def fsync_dir(path: str) -> None:
 class _Tree:
     """One KumoMTA LocalDisk directory (the ``data`` or the ``meta`` spool)."""
 
-    __slots__ = ("data_dir", "flush", "new_dir", "root")
+    __slots__ = ("data_dir", "flush", "new_dir", "quarantine_dir", "root")
 
     def __init__(self, definition: SpoolDefinition) -> None:
         self.root = Path(definition.path)
         self.data_dir = str(self.root / "data")
         self.new_dir = str(self.root / "new")
+        self.quarantine_dir = str(self.root / "quarantine")
         self.flush = definition.flush
 
     def path_for(self, msg_id: str) -> str:
@@ -133,12 +138,18 @@ class _Tree:
             os.unlink(path)
         except FileNotFoundError:
             return  # already gone: a remove is idempotent
-        for _ in range(4):
-            path = os.path.dirname(path)
-            try:
-                os.rmdir(path)
-            except OSError:
-                return
+        _prune(path)
+
+    def move_out(self, msg_id: str, dest: str) -> bool:
+        """Rename the file of ``msg_id`` to ``dest`` (in an existing directory on the same
+        filesystem) and prune what that leaves empty; False if there was no file."""
+        path = self.path_for(msg_id)
+        try:
+            os.rename(path, dest)
+        except FileNotFoundError:
+            return False
+        _prune(path)
+        return True
 
     def scan(self) -> Iterator[list[tuple[str, bytes]]]:
         """Pages of ``(id, file bytes)`` in id-prefix order; prunes empty directories."""
@@ -148,6 +159,9 @@ class _Tree:
                 with open(path, "rb") as f:
                     page.append((prefix, f.read()))
             except FileNotFoundError:
+                continue
+            except OSError as exc:  # permissions, a directory, EIO: one entry, not the spool
+                log.error("spool %s: cannot read %s, leaving it in place: %s", self.root, path, exc)
                 continue
             if len(page) >= _ENUM_PAGE:
                 yield page
@@ -177,6 +191,16 @@ class _Tree:
                 except SpoolError:
                     pass
             log.warning("spool %s: ignoring %s: not a spool entry", self.root, path)
+
+
+def _prune(path: str) -> None:
+    """Remove the directories below ``data/`` that the removal of ``path`` left empty."""
+    for _ in range(4):
+        path = os.path.dirname(path)
+        try:
+            os.rmdir(path)
+        except OSError:
+            return
 
 
 @final
@@ -271,6 +295,8 @@ class LocalDiskSpool(BatchingSpool):
 
     def _commit(self, ops: list[Op]) -> int:
         folded = fold_ops(ops)
+        for msg_id, reason in folded.quarantines:
+            self._quarantine_one(msg_id, reason)
         if folded.removes:
             self._map(self._remove_one, folded.removes)
         stores = folded.stores
@@ -284,6 +310,30 @@ class LocalDiskSpool(BatchingSpool):
         # enumerates (a leak, swept at start), never a meta that points at no data.
         self._meta.unlink(msg_id)
         self._data.unlink(msg_id)
+
+    def _quarantine_one(self, msg_id: str, reason: str) -> None:
+        """Move the meta, then the data, to ``<path>/quarantine/<id>`` in their own spools,
+        and write the reason beside the meta as ``<id>.reason``. A name already taken (the
+        same id quarantined before) gets a suffix ``.1``, ``.2``...: nothing is overwritten."""
+        meta, data = self._meta, self._data
+        for tree in (meta, data):
+            os.makedirs(tree.quarantine_dir, exist_ok=True)
+        name, n = msg_id, 0
+        while any(
+            os.path.lexists(p)
+            for p in (f"{meta.quarantine_dir}/{name}", f"{meta.quarantine_dir}/{name}.reason",
+                      f"{data.quarantine_dir}/{name}")
+        ):  # fmt: skip
+            n += 1
+            name = f"{msg_id}.{n}"
+        # Meta first, as in a remove: a crash in between leaves data without meta (never
+        # enumerated, still on disk), never a meta without its data.
+        moved = meta.move_out(msg_id, f"{meta.quarantine_dir}/{name}")
+        moved = data.move_out(msg_id, f"{data.quarantine_dir}/{name}") or moved
+        if moved:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            with open(f"{meta.quarantine_dir}/{name}.reason", "w", encoding="utf-8") as f:
+                f.write(f"{stamp} {reason}\n")
 
     def _commit_stores(self, stores: list[tuple[str, bytes | None, bytes]]) -> int:
         data_tree, meta_tree = self._data, self._meta

@@ -1,8 +1,15 @@
 """``kind='SQLite'`` (a kumoq extension): data and meta in one SQLite database in WAL mode.
 
-The database is ``<data path>/spool.sqlite3`` with one table::
+The database is ``<data path>/spool.sqlite3`` with two tables::
 
     spool(id TEXT PRIMARY KEY, meta BLOB NOT NULL, data BLOB)
+    quarantine(id TEXT NOT NULL, meta BLOB, data BLOB, reason TEXT NOT NULL,
+               quarantined_at TEXT NOT NULL)
+
+``quarantine`` holds the rows moved aside by ``SqliteSpool.quarantine`` (the time is UTC, RFC
+3339); nothing deletes them. A database SQLite reports as damaged (``SQLITE_CORRUPT``,
+``SQLITE_NOTADB``) at open or enumeration raises a SpoolError that tells the operator what to
+do (``unreadable_database``).
 
 Both spool directories are locked with the same pid-file lock as LocalDisk (a ``meta`` path
 different from the ``data`` one only holds its lock). The writer thread commits each batch in
@@ -32,7 +39,7 @@ from kumoq.spool.base import Op, check_spool_id, fold_ops
 from kumoq.spool.lock import SpoolLock
 from kumoq.spool.writer import BatchingSpool
 
-__all__ = ["DB_NAME", "SqliteSpool"]
+__all__ = ["DB_NAME", "SqliteSpool", "unreadable_database"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +48,14 @@ _ENUM_PAGE: Final = 1000
 
 _SCHEMA: Final = (
     "CREATE TABLE IF NOT EXISTS spool (id TEXT PRIMARY KEY, meta BLOB NOT NULL, data BLOB)"
+)
+_QUARANTINE_SCHEMA: Final = (
+    "CREATE TABLE IF NOT EXISTS quarantine (id TEXT NOT NULL, meta BLOB, data BLOB, "
+    "reason TEXT NOT NULL, quarantined_at TEXT NOT NULL)"
+)
+_QUARANTINE: Final = (
+    "INSERT INTO quarantine (id, meta, data, reason, quarantined_at) "
+    "SELECT id, meta, data, ?, strftime('%Y-%m-%dT%H:%M:%SZ', 'now') FROM spool WHERE id = ?"
 )
 _UPSERT_FULL: Final = (
     "INSERT INTO spool (id, meta, data) VALUES (?, ?, ?) "
@@ -100,9 +115,12 @@ class SqliteSpool(BatchingSpool):
                 self._locks.append(SpoolLock.acquire(meta_dir))
             self._wconn = _connect(self.db_path, synchronous=self._synchronous)
             self._wconn.execute(_SCHEMA)
+            self._wconn.execute(_QUARANTINE_SCHEMA)
             self._rconn = _connect(self.db_path, synchronous="NORMAL")
         except sqlite3.Error as exc:
             self._close_storage()
+            if _is_damaged(exc):
+                raise SpoolError(unreadable_database(self.db_path, exc)) from exc
             raise SpoolError(f"spool {self.db_path}: cannot open the database: {exc}") from exc
         except BaseException:
             self._close_storage()
@@ -137,6 +155,9 @@ class SqliteSpool(BatchingSpool):
             self._synchronous = synchronous
         conn.execute("BEGIN")
         try:
+            for msg_id, reason in folded.quarantines:
+                conn.execute(_QUARANTINE, (reason, msg_id))
+                conn.execute(_DELETE, (msg_id,))
             if folded.removes:
                 conn.executemany(_DELETE, [(i,) for i in folded.removes])
             if full:
@@ -176,6 +197,8 @@ class SqliteSpool(BatchingSpool):
             try:
                 rows = await asyncio.to_thread(self._read, _SELECT_PAGE, (last, _ENUM_PAGE))
             except sqlite3.Error as exc:
+                if _is_damaged(exc):
+                    raise SpoolError(unreadable_database(self.db_path, exc)) from exc
                 raise SpoolError(f"cannot enumerate {self.db_path}: {exc}") from exc
             for msg_id, meta in rows:
                 assert isinstance(msg_id, str)
@@ -183,3 +206,31 @@ class SqliteSpool(BatchingSpool):
             if len(rows) < _ENUM_PAGE:
                 return
             last = str(rows[-1][0])
+
+
+_DAMAGED: Final = frozenset({11, 26})  # SQLITE_CORRUPT, SQLITE_NOTADB (primary result codes)
+
+
+def _is_damaged(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in _DAMAGED
+
+
+def unreadable_database(db_path: Path, exc: BaseException) -> str:
+    """What the operator sees when SQLite reports the spool database as damaged: which file,
+    SQLite's error, and the commands that salvage what is still readable."""
+    db = db_path.absolute()
+    name = db.name
+    return (
+        f"spool database {db} is unreadable: {exc}\n"
+        f"kumoq cannot start on it. With kumoq stopped, in {db.parent}:\n"
+        f"  1. back it up: cp -p {name}* /some/safe/place/\n"
+        f"  2. copy out what is readable: sqlite3 {name} .recover | sqlite3 recovered.sqlite3\n"
+        f"     (a sqlite3 without .recover: sqlite3 {name} .dump "
+        "| sed 's/^ROLLBACK; -- due to errors$/COMMIT;/' | sqlite3 recovered.sqlite3)\n"
+        f"  3. put the copy in place: mv {name} {name}.damaged && rm -f {name}-wal {name}-shm "
+        f"&& mv recovered.sqlite3 {name}\n"
+        f"Or, to start at once with an empty spool, move {name} and its -wal and -shm files "
+        "aside (their messages are not delivered unless recovered later as above). See "
+        "docs/operations.md, 'Spool quarantine'."
+    )

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Final
 
 from kumoq.errors import SpoolError
-from kumoq.spool.base import REMOVE, STORE, Op, SpoolStats, check_spool_id
+from kumoq.spool.base import QUARANTINE, REMOVE, STORE, Op, SpoolStats, check_spool_id
 
 __all__ = ["BatchingSpool", "GroupCommitWriter"]
 
@@ -140,7 +140,8 @@ class BatchingSpool(ABC):
     """The loop-side half of a group-committed ``Spool``; backends fill in the IO.
 
     Subclasses implement ``_open`` (lock + recovery, on a worker thread), ``_commit`` (on the
-    writer thread), ``_close_storage`` (on a worker thread), ``load_data`` and ``enumerate``.
+    writer thread; it also carries out quarantines), ``_close_storage`` (on a worker thread),
+    ``load_data`` and ``enumerate``.
     """
 
     remove_retry_initial: float = 1.0
@@ -161,7 +162,9 @@ class BatchingSpool(ABC):
 
     @abstractmethod
     def _commit(self, ops: list[Op]) -> int:
-        """Blocking, writer thread: apply ``ops`` durably; return the number of syncs made."""
+        """Blocking, writer thread: apply ``ops`` durably; return the number of syncs made.
+
+        ``fold_ops(ops)`` gives their effect: quarantines first, then removes, then stores."""
 
     @abstractmethod
     def _close_storage(self) -> None:
@@ -206,6 +209,13 @@ class BatchingSpool(ABC):
                 self._remove_retrier = asyncio.get_running_loop().create_task(
                     self._retry_removes(), name=f"{self._name}-remove-retry"
                 )
+
+    async def quarantine(self, msg_id: str, reason: str) -> None:
+        """Move both halves of ``msg_id`` into the quarantine (the backend's ``_commit`` does
+        it on the writer thread, before the batch's removes and stores); SpoolError if the move
+        failed, and the record then stays where it was."""
+        await self._writer.submit([(QUARANTINE, check_spool_id(msg_id), None, reason.encode())])
+        self.stats.quarantines += 1
 
     @property
     def pending_removes(self) -> frozenset[str]:

@@ -87,6 +87,9 @@ class FaultySpool:
     def enumerate(self) -> AsyncIterator[tuple[str, bytes]]:
         return self.inner.enumerate()
 
+    async def quarantine(self, msg_id: str, reason: str) -> None:
+        await self.inner.quarantine(msg_id, reason)
+
     async def close(self) -> None:
         await self.inner.close()
 

@@ -50,6 +50,9 @@ class NoSpool:
     async def remove(self, msg_id: str) -> None:
         pass
 
+    async def quarantine(self, msg_id: str, reason: str) -> None:
+        pass
+
     async def enumerate(self) -> AsyncIterator[tuple[str, bytes]]:
         stored: tuple[tuple[str, bytes], ...] = ()
         for item in stored:

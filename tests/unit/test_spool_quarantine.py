@@ -1,0 +1,354 @@
+"""Bad spool records: validation of a meta record, and the spools' quarantine (issue 9).
+
+``Message.from_spool_bytes`` must name the bad field of every damaged record with a
+``SpoolRecordError``; ``quarantine`` must move the record aside (files for LocalDisk, rows for
+SQLite) so that ``enumerate`` no longer returns it; a damaged SQLite database must be reported
+with what the operator can do.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import sqlite3
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+from kumoq.config.spool import SpoolDefinition
+from kumoq.daemon import Daemon
+from kumoq.errors import SpoolCorruptError, SpoolError, SpoolRecordError
+from kumoq.message import EnvelopeAddress, Message, new_spool_id
+from kumoq.metrics import REGISTRY
+from kumoq.scheduler.context import InsertContext
+from kumoq.scheduler.manager import QueueManager
+from kumoq.spool import LocalDiskSpool, SqliteSpool, open_spool
+from kumoq.spool.base import QUARANTINE, REMOVE, STORE, fold_ops
+from kumoq.spool.sqlite import DB_NAME
+
+NOW = 1_700_000_000.0
+GOOD: dict[str, Any] = {
+    "sender": "s@example.com",
+    "recipient": "r@example.com",
+    "meta": {"tenant": "acme"},
+    "schedule": None,
+    "num_attempts": 2,
+    "due": NOW + 60,
+}
+
+
+def record(**changes: Any) -> bytes:
+    """GOOD with ``changes`` (a value of ``...`` drops the key), as the spool stores it."""
+    rec = {k: v for k, v in {**GOOD, **changes}.items() if v is not ...}
+    return json.dumps(rec).encode()  # allow_nan: Infinity and NaN are written as such
+
+
+BAD_RECORDS: dict[str, tuple[bytes, str]] = {
+    "sender-5": (record(sender=5), "sender"),
+    "sender-missing": (record(sender=...), "sender"),
+    "sender-no-domain": (record(sender="nobody"), "sender"),
+    "recipient-missing": (record(recipient=...), "recipient"),
+    "recipient-empty-list": (record(recipient=[]), "recipient"),
+    "recipient-number-in-list": (record(recipient=["a@example.com", 7]), "recipient"),
+    "recipient-null-address": (record(recipient="<>"), "recipient"),
+    "due-infinity": (record(due=float("inf")), "due"),
+    "due-minus-infinity": (record(due=float("-inf")), "due"),
+    "due-nan": (record(due=float("nan")), "due"),
+    "due-string": (record(due="soon"), "due"),
+    "due-bool": (record(due=True), "due"),
+    "due-past-year-9999": (record(due=1e300), "due"),
+    "due-negative": (record(due=-5), "due"),
+    "created-infinity": (record(created=float("inf")), "created"),
+    "num-attempts-negative": (record(num_attempts=-1), "num_attempts"),
+    "num-attempts-float": (record(num_attempts=1.5), "num_attempts"),
+    "num-attempts-string": (record(num_attempts="3"), "num_attempts"),
+    "num-attempts-bool": (record(num_attempts=True), "num_attempts"),
+    "num-attempts-over-u16": (record(num_attempts=65536), "num_attempts"),
+    "meta-list": (record(meta=[]), "meta"),
+    "meta-null": (record(meta=None), "meta"),
+    "meta-queue-not-a-string": (record(meta={"queue": 5}), "meta"),
+    "schedule-string": (record(schedule="daily"), "schedule"),
+    "not-json": (b"{not json", "json"),
+    "not-utf8": (b"\xc3\x28\xa0\xa1", "json"),
+    "empty": (b"", "json"),
+    "truncated": (record()[:20], "json"),
+    "nested-too-deep": (b"[" * 200_000, "json"),
+    "array": (b'["s@example.com", "r@example.com"]', "record"),
+    "number": (b"5", "record"),
+    "null": (b"null", "record"),
+}
+
+
+@pytest.mark.parametrize(("raw", "field"), BAD_RECORDS.values(), ids=list(BAD_RECORDS))
+def test_a_bad_record_raises_the_error_that_names_its_field(raw: bytes, field: str) -> None:
+    with pytest.raises(SpoolRecordError) as info:
+        Message.from_spool_bytes(new_spool_id(NOW), raw)
+    assert info.value.field == field
+    assert str(info.value).startswith(f"{field}: ")
+    assert isinstance(info.value, SpoolCorruptError)
+
+
+def test_good_records_still_load() -> None:
+    msg_id = new_spool_id(NOW)
+    msg = Message.from_spool_bytes(msg_id, record())
+    assert (msg.sender.email, msg.recipient.email) == ("s@example.com", "r@example.com")
+    assert (msg.num_attempts, msg.due, msg.meta, msg.schedule) == (
+        2,
+        NOW + 60,
+        {"tenant": "acme"},
+        None,
+    )
+    again = Message.from_spool_bytes(msg_id, json.dumps(msg.to_spool_meta()).encode())
+    assert again.to_spool_meta() == msg.to_spool_meta()
+    # KumoMTA's record: no num_attempts, due or created; the null sender; a list of recipients.
+    kumo = Message.from_spool_meta(
+        msg_id, {"sender": "", "recipient": ["a@x.example", "b@y.example"], "meta": {}}
+    )
+    assert kumo.sender.is_null
+    assert len(kumo.recipients) == 2
+    assert (kumo.num_attempts, kumo.due) == (0, None)
+    dated = Message.from_spool_bytes(msg_id, record(due=1, created=NOW, num_attempts=65535))
+    assert (dated.due, dated.created, dated.num_attempts) == (1.0, NOW, 65535)
+
+
+def test_fold_ops_keeps_the_writes_of_a_batch_with_a_quarantine() -> None:
+    folded = fold_ops(
+        [
+            (STORE, "a", b"d", b"m"),
+            (QUARANTINE, "a", None, b"first"),
+            (QUARANTINE, "b", None, b"why"),
+            (REMOVE, "c", None, None),
+            (QUARANTINE, "a", None, b"second"),
+        ]
+    )
+    assert folded.quarantines == [("a", "second"), ("b", "why")]
+    assert folded.stores == [("a", b"d", b"m")]  # a quarantine never drops a write
+    assert folded.removes == ["c"]
+
+
+def definitions(root: Path, kind: str) -> tuple[SpoolDefinition, SpoolDefinition]:
+    data, meta = (
+        SpoolDefinition.from_mapping({"name": n, "path": str(root / n), "kind": kind})
+        for n in ("data", "meta")
+    )
+    return data, meta
+
+
+def in_tree(root: Path, msg_id: str) -> Path:
+    """Where LocalDisk keeps the file of ``msg_id`` under the spool directory ``root``."""
+    i = msg_id
+    return root / "data" / i[0:2] / i[2:4] / i[4:6] / i[6:8] / i[8:]
+
+
+async def enumerated(spool: LocalDiskSpool | SqliteSpool) -> dict[str, bytes]:
+    return {msg_id: meta async for msg_id, meta in spool.enumerate()}
+
+
+@pytest.mark.parametrize("kind", ["LocalDisk", "SQLite"])
+async def test_quarantine_takes_a_record_out_of_the_spool(tmp_path: Path, kind: str) -> None:
+    spool = open_spool(*definitions(tmp_path, kind))
+    await spool.start()
+    good, bad, meta_only = (new_spool_id(NOW) for _ in range(3))
+    await spool.store_many([(good, b"good data", b"{}"), (bad, b"bad data", b'{"sender": 5}')])
+    await spool.store(meta_only, None, b"not json")  # a meta whose data is missing
+    await spool.quarantine(bad, "sender: expected an address string, got int 5")
+    await spool.quarantine(meta_only, "json: not a JSON text")
+    assert await enumerated(spool) == {good: b"{}"}
+    with pytest.raises(SpoolCorruptError):
+        await spool.load_data(bad)
+    assert await spool.load_data(good) == b"good data"
+    assert spool.stats.quarantines == 2
+    await spool.close()
+
+    # Still out after a restart; the good message is untouched.
+    spool = open_spool(*definitions(tmp_path, kind))
+    await spool.start()
+    assert await enumerated(spool) == {good: b"{}"}
+    await spool.close()
+
+    if isinstance(spool, LocalDiskSpool):
+        meta_q, data_q = tmp_path / "meta" / "quarantine", tmp_path / "data" / "quarantine"
+        assert (meta_q / bad).read_bytes() == b'{"sender": 5}'
+        assert (data_q / bad).read_bytes() == b"bad data"
+        assert "sender: expected an address string" in (meta_q / f"{bad}.reason").read_text()
+        assert (meta_q / meta_only).read_bytes() == b"not json"
+        assert not (data_q / meta_only).exists()
+        # Nothing left of them in the spool trees.
+        for tree in ("meta", "data"):
+            assert not in_tree(tmp_path / tree, bad).exists()
+            assert in_tree(tmp_path / tree, good).exists()
+    else:
+        with sqlite3.connect(tmp_path / "data" / DB_NAME) as db:
+            rows = db.execute(
+                "SELECT id, meta, data, reason, quarantined_at FROM quarantine ORDER BY reason"
+            ).fetchall()
+            spooled = db.execute("SELECT id FROM spool").fetchall()
+        db.close()
+        assert [r[:4] for r in rows] == [
+            (meta_only, b"not json", None, "json: not a JSON text"),
+            (bad, b'{"sender": 5}', b"bad data", "sender: expected an address string, got int 5"),
+        ]
+        assert all(r[4].endswith("Z") and r[4][:2] == "20" for r in rows)
+        assert spooled == [(good,)]
+
+
+@pytest.mark.parametrize("kind", ["LocalDisk", "SQLite"])
+async def test_a_second_quarantine_of_an_id_keeps_the_first(tmp_path: Path, kind: str) -> None:
+    spool = open_spool(*definitions(tmp_path, kind))
+    await spool.start()
+    msg_id = new_spool_id(NOW)
+    for n in (1, 2):
+        await spool.store(msg_id, b"data %d" % n, b"meta %d" % n)
+        await spool.quarantine(msg_id, f"reason {n}")
+    await spool.quarantine(msg_id, "nothing left to move")  # a no-op, not an error
+    assert await enumerated(spool) == {}
+    await spool.close()
+    if isinstance(spool, LocalDiskSpool):
+        meta_q = tmp_path / "meta" / "quarantine"
+        assert sorted(p.name for p in meta_q.iterdir()) == [
+            msg_id, f"{msg_id}.1", f"{msg_id}.1.reason", f"{msg_id}.reason"
+        ]  # fmt: skip
+        assert (meta_q / msg_id).read_bytes() == b"meta 1"
+        assert (meta_q / f"{msg_id}.1").read_bytes() == b"meta 2"
+        assert (tmp_path / "data" / "quarantine" / f"{msg_id}.1").read_bytes() == b"data 2"
+    else:
+        with sqlite3.connect(tmp_path / "data" / DB_NAME) as db:
+            rows = db.execute("SELECT meta, reason FROM quarantine ORDER BY rowid").fetchall()
+        db.close()
+        assert rows == [(b"meta 1", "reason 1"), (b"meta 2", "reason 2")]
+
+
+async def test_a_failed_quarantine_raises_and_leaves_the_record(tmp_path: Path) -> None:
+    spool = LocalDiskSpool(*definitions(tmp_path, "LocalDisk"))
+    await spool.start()
+    msg_id = new_spool_id(NOW)
+    await spool.store(msg_id, b"data", b"meta")
+    (tmp_path / "meta" / "quarantine").write_text("a file where the directory should be")
+    with pytest.raises(SpoolError):
+        await spool.quarantine(msg_id, "why")
+    assert await enumerated(spool) == {msg_id: b"meta"}
+    await spool.close()
+
+
+async def start_and_enumerate(spool: SqliteSpool) -> None:
+    await spool.start()
+    try:
+        await enumerated(spool)
+    finally:
+        await spool.close()
+
+
+async def _damaged_sqlite(root: Path, offset: int | None) -> Path:
+    """A SQLite spool of 300 small messages with 4 KB of garbage written at ``offset`` (the
+    middle of the file when None); returns the database path."""
+    spool = SqliteSpool(*definitions(root, "SQLite"))
+    await spool.start()
+    msg = Message(
+        id=new_spool_id(NOW),
+        sender=EnvelopeAddress.parse("s@example.com"),
+        recipients=[EnvelopeAddress.parse("r@example.com")],
+    )
+    meta = json.dumps(msg.to_spool_meta()).encode()
+    await spool.store_many(
+        [(new_spool_id(NOW), b"Subject: x\r\n\r\nbody\r\n", meta) for _ in range(300)]
+    )
+    await spool.close()
+    db = root / "data" / DB_NAME
+    size = db.stat().st_size
+    with db.open("r+b") as f:
+        f.seek(size // 2 // 4096 * 4096 if offset is None else offset)
+        f.write(random.Random(9).randbytes(4096))
+    return db
+
+
+@pytest.mark.parametrize("where", ["middle", "header"])
+async def test_a_damaged_sqlite_database_tells_the_operator_what_to_do(
+    tmp_path: Path, where: str
+) -> None:
+    db = await _damaged_sqlite(tmp_path, None if where == "middle" else 0)
+    spool = SqliteSpool(*definitions(tmp_path, "SQLite"))
+    with pytest.raises(SpoolError) as info:
+        await start_and_enumerate(spool)
+    text = str(info.value)
+    sqlite_error = "malformed" if where == "middle" else "not a database"
+    assert f"spool database {db.absolute()} is unreadable: " in text
+    assert sqlite_error in text
+    assert f"in {db.parent.absolute()}:" in text
+    assert "sqlite3 spool.sqlite3 .recover | sqlite3 recovered.sqlite3" in text
+    for advice in ("cp -p", "-wal", "empty spool", "docs/operations.md"):
+        assert advice in text
+    # The lock was released (the same error again, not "locked"), and the file left as it was.
+    again = SqliteSpool(*definitions(tmp_path, "SQLite"))
+    with pytest.raises(SpoolError, match=sqlite_error):
+        await start_and_enumerate(again)
+
+
+class RecordingQueues:
+    """Stands in for the QueueManager: records what enumeration inserts."""
+
+    def __init__(self) -> None:
+        self.inserted: list[str] = []
+
+    def insert(self, msg: Message, context: InsertContext | None = None) -> None:
+        self.inserted.append(msg.id)
+
+
+def quarantined_count(reason: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "spool_quarantined_total", {"spool": "meta", "reason": reason}
+    )
+    return value or 0.0
+
+
+@pytest.mark.parametrize("kind", ["LocalDisk", "SQLite"])
+async def test_enumeration_quarantines_bad_records_and_queues_the_rest(
+    tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    spool = open_spool(*definitions(tmp_path, kind))
+    await spool.start()
+    good = [new_spool_id(NOW) for _ in range(3)]
+    bad = {new_spool_id(NOW): (raw, field) for raw, field in BAD_RECORDS.values()}
+    bad_schedule = new_spool_id(NOW)
+    items: list[tuple[str, bytes | None, bytes]] = [(i, b"data", record()) for i in good]
+    items += [(i, b"data", raw) for i, (raw, _field) in bad.items()]
+    items.append((bad_schedule, b"data", record(schedule={"tz": "Mars/Olympus"})))
+    await spool.store_many(items)
+    fields = [field for _raw, field in bad.values()] + ["schedule"]
+    before = {f: quarantined_count(f) for f in set(fields)}
+    queues = RecordingQueues()
+
+    with caplog.at_level(logging.INFO, logger="kumoq.daemon"):
+        await Daemon(tmp_path / "init.lua")._enumerate(spool, cast(QueueManager, queues))
+
+    assert sorted(queues.inserted) == sorted(good)
+    assert await enumerated(spool) == {i: record() for i in good}
+    for f in set(fields):
+        assert quarantined_count(f) - before[f] == fields.count(f), f
+    for msg_id in [*bad, bad_schedule]:
+        lines = [r.getMessage() for r in caplog.records if msg_id in r.getMessage()]
+        assert len(lines) == 1, lines
+        assert lines[0].startswith(f"spool entry {msg_id} is unreadable (")
+        assert lines[0].endswith("moved to the spool's quarantine")
+    assert "schedule: set_scheduling: dow, tz, start and end must be given together" in caplog.text
+    assert f"3 messages re-queued, {len(bad) + 1} quarantined" in caplog.text
+    await spool.close()
+
+
+async def test_enumeration_leaves_a_record_it_cannot_move(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    spool = LocalDiskSpool(*definitions(tmp_path, "LocalDisk"))
+    await spool.start()
+    msg_id = new_spool_id(NOW)
+    await spool.store(msg_id, b"data", record(sender=5))
+    (tmp_path / "meta" / "quarantine").write_text("a file where the directory should be")
+    before = quarantined_count("sender")
+    queues = RecordingQueues()
+    await Daemon(tmp_path / "init.lua")._enumerate(spool, cast(QueueManager, queues))
+    assert queues.inserted == []
+    assert msg_id in await enumerated(spool)  # still spooled: the next start tries again
+    assert quarantined_count("sender") == before
+    assert "could not be quarantined" in caplog.text
+    await spool.close()
