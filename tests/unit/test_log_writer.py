@@ -57,20 +57,6 @@ def make_writer(tmp_path: Path, clock: FakeClock) -> Iterator[Any]:
         writer.close()
 
 
-class BrokenFile:
-    def __init__(self, real: Any) -> None:
-        self.real = real
-
-    def write(self, data: bytes) -> int:
-        raise OSError(28, "No space left on device")
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        self.real.close()
-
-
 # -- config ------------------------------------------------------------------------------
 
 
@@ -360,25 +346,36 @@ def test_thread_rotates_idle_segment_by_duration(make_writer: Any, tmp_path: Pat
     assert writer.current_segment is None
 
 
-def test_write_error_is_logged_and_writer_survives(
-    make_writer: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+def test_write_error_is_logged_and_the_record_is_retried(
+    make_writer: Any,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # tests/unit/test_log_disk_full.py fills a real filesystem; this one fails one pwrite.
     writer = make_writer()
     log_dir = tmp_path / "logs"
     writer.write(line(1))
     writer.pump()
     [seg] = segments(log_dir)
-    assert writer._segment is not None
-    writer._segment.file = BrokenFile(writer._segment.file)  # the disk fills up
+    real_pwrite = os.pwrite
+
+    def full(fd: int, data: Any, offset: int) -> int:
+        monkeypatch.setattr(os, "pwrite", real_pwrite)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", full)  # the disk fills up, for one write
     writer.write(line(2))
     writer.pump()
-    assert "failed to write 1 log records" in caplog.text
-    assert is_read_only(seg)
+    assert "cannot write log records" in caplog.text
+    assert writer.backlog == 1  # held for a retry, not lost
+    assert seg.read_bytes() == line(1)
     writer.write(line(3))
     writer.pump()
+    assert "are written to" in caplog.text
     writer.close()
-    assert [r["n"] for r in read_all_records(log_dir)] == [1, 3]
-    os.chmod(seg, 0o644)  # let tmp_path cleanup proceed normally
+    assert [r["n"] for r in read_all_records(log_dir)] == [1, 2, 3]
+    assert writer.records_dropped == 0
 
 
 def test_construction_does_no_io_and_keeps_early_records(tmp_path: Path) -> None:
