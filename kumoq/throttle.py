@@ -8,6 +8,7 @@ of quantity ``q`` at ``now``::
     tat = max(stored or now, now);  new_tat = tat + T*q;  allow_at = new_tat - T*burst
     diff = now - allow_at
     diff < 0  -> throttled, retry_after = ceil(-diff) whole seconds, nothing stored
+                 (``wait`` = -diff exactly, rounded up to the nanosecond)
     otherwise -> allowed, store new_tat, remaining = floor(diff / T)
 
 so a fresh key admits ``burst`` at once and then one every ``T``. The stored key is
@@ -33,7 +34,7 @@ time comes in as ``now`` (unix seconds; non-decreasing per backend for exact res
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, Protocol, final
 
 from kumoq.config.values import ThrottleSpec
@@ -60,6 +61,10 @@ class ThrottleResult:
     - ``reset_after``: whole seconds until the key is back to full capacity.
     - ``retry_after``: whole seconds (at least 1) to wait before the same check can pass, or
       None when it was allowed.
+    - ``wait``: the exact seconds (rounded up to the nanosecond) before the same check can pass,
+      or None when it was allowed or the backend only knows whole seconds. A kumoq extension,
+      left out of comparisons: results compare by KumoMTA's fields. The scheduler paces a
+      queue's ``max_message_rate`` with it (kumoq.scheduler.scheduled).
     """
 
     throttled: bool
@@ -67,6 +72,7 @@ class ThrottleResult:
     remaining: int
     reset_after: float
     retry_after: float | None
+    wait: float | None = field(default=None, compare=False)
 
 
 def throttle_key(key: str, spec: ThrottleSpec) -> str:
@@ -136,6 +142,7 @@ class LocalThrottleBackend:
                 remaining,
                 float(_ceil_div(tat - now_u, per_second)),
                 float(_ceil_div(-diff, per_second)),
+                _ceil_div(-diff, limit) / _NS,
             )
         remaining = diff // interval
         if quantity == 0 and remaining == 0:

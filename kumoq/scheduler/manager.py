@@ -5,8 +5,9 @@
   does. A ``strategy`` change applies when the queue is recreated.
 - ``insert(msg, context)``: due later: wait in the queue (a ``Delayed`` record); due now:
   ``insert_ready``.
-- ``insert_ready``: the queue's ``max_message_rate`` GCRA gate (throttled: back into the queue
-  with ``delay = retry_after``, attempts not incremented), then the protocol's deliverer.
+- ``insert_ready``: the queue's ``max_message_rate`` GCRA gate (throttled: into the queue's
+  pacing line at the throttle's exact wait, spaced ``period / limit`` behind the messages already
+  held, attempts not incremented), then the protocol's deliverer.
 - After an attempt: delivered or bounced: removed from the spool; transient failure: backoff
   with jitter (§3.1), expiry by ``max_age`` or ``set_scheduling{expires}`` (§3.2), and the new
   ``num_attempts`` and ``due`` persisted before waiting.
@@ -249,7 +250,13 @@ class QueueManager:
             self._insert_into(queue, msg, context)
 
     def _insert_delayed(
-        self, queue: ScheduledQueue, msg: Message, due: float, context: InsertContext
+        self,
+        queue: ScheduledQueue,
+        msg: Message,
+        due: float,
+        context: InsertContext,
+        *,
+        pace: float | None = None,
     ) -> None:
         if context.logs_delayed():
             now = self._clock.now()
@@ -258,7 +265,7 @@ class QueueManager:
                 f"{format_duration(max(0.0, due - now))} at {rfc3339(due)}"
             )
             self._records.log(RecordType.Delayed, msg, response=Response(400, None, content, None))
-        queue.insert_delayed(msg, due)
+        queue.insert_delayed(msg, due, pace=pace)
 
     def _park(self, msg: Message, delay: float) -> None:
         """Hold a message whose queue cannot be resolved; it stays spooled meanwhile."""
@@ -280,7 +287,13 @@ class QueueManager:
         context = InsertContext(InsertReason.DueTimeWasReached)
         for msg in batch:
             msg.due = None
-            self._insert_ready(queue, msg, context)
+            try:
+                self._insert_ready(queue, msg, context)
+            except Exception:
+                # Never raise once a message was handed over (the maintainer would hold the
+                # whole batch again): a bug strands none; it is still spooled; try again later.
+                log.exception("message %s: promoting it failed unexpectedly", msg.id)
+                self._park(msg, FAILED_RESOLVE_TTL)
 
     def _insert_ready(self, queue: ScheduledQueue, msg: Message, context: InsertContext) -> None:
         """§1.6: the queue's rate gate, then the protocol."""
@@ -289,10 +302,11 @@ class QueueManager:
             now = self._clock.now()
             result = self._throttle.check(f"schedq-{queue.name}-message-rate", rate, now)
             if result.throttled:
-                delay = result.retry_after or 1.0
-                self._requeue_without_increment(
-                    queue, msg, delay, context.add(InsertReason.MessageRateThrottle)
-                )
+                # The exact wait, and a place in the queue's pacing line: one leaves every T.
+                delay = result.wait or result.retry_after or 1.0
+                reason = InsertReason.MessageRateThrottle
+                pace = rate.period / rate.limit
+                self._requeue_without_increment(queue, msg, delay, context.add(reason), pace=pace)
                 return
         queue.in_flight += 1
         queue.idle_since = None
@@ -403,18 +417,27 @@ class QueueManager:
         self.insert(msg, context)
 
     def _requeue_without_increment(
-        self, queue: ScheduledQueue, msg: Message, delay: float, context: InsertContext
+        self,
+        queue: ScheduledQueue,
+        msg: Message,
+        delay: float,
+        context: InsertContext,
+        *,
+        pace: float | None = None,
     ) -> None:
         """Throttled or held: back into the queue after ``delay``, attempts unchanged; not
-        persisted (a restart makes it due at its persisted, earlier, time)."""
+        persisted (a restart makes it due at its persisted, earlier, time). ``pace``: held by
+        the queue's rate, one message per ``pace`` seconds (``ScheduledQueue.pace``)."""
         now = self._clock.now()
-        due = next_allowed(now + delay, msg.schedule)
+        wanted = now + delay if pace is None else queue.pace(now + delay, pace)
+        due = next_allowed(wanted, msg.schedule)
         if expires_of(msg.schedule) is None:
             expired = expiry_without_increment(msg.created, due, queue.config.max_age)
             if expired is not None:
                 self._spawn_expire(msg, expired)
                 return
-        self._insert_delayed(queue, msg, due, context)
+        # Moved into a scheduling window: it waits in the queue, not in the pacing line.
+        self._insert_delayed(queue, msg, due, context, pace=pace if due == wanted else None)
 
     def _spawn_expire(self, msg: Message, expired: Expired) -> None:
         self._spawn(self._expire(msg, expired))
@@ -460,5 +483,8 @@ class QueueManager:
         self._singleton.close()
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=drain_seconds)
-            for task in pending:
-                task.cancel()
+            if pending:  # their messages stay spooled and are attempted after the restart
+                log.warning("queues: abandoning %d tasks after %gs", len(pending), drain_seconds)
+                for task in pending:
+                    task.cancel()
+                await asyncio.wait(pending, timeout=1.0)

@@ -89,8 +89,9 @@ end)
     assert "configured via set_scheduling" in expiration["response"]["content"]
 
 
-def test_queue_message_rate_holds_10_per_second(kumoq):
-    daemon = kumoq(policy(blockable(extra="max_message_rate = '10/s',")))
+@pytest.mark.parametrize("strategy", ["SkipList", "SingletonTimerWheel"])
+def test_queue_message_rate_holds_10_per_second(kumoq, strategy):
+    daemon = kumoq(policy(blockable(strategy=strategy, extra="max_message_rate = '10/s',")))
     recipients = [f"r{i}@example.com" for i in range(60)]
     daemon.send("s@example.com", recipients)
     deliveries = daemon.wait_for_records("Delivery", 60, timeout=30)
@@ -103,6 +104,9 @@ def test_queue_message_rate_holds_10_per_second(kumoq):
     delayed = daemon.records("Delayed")
     assert delayed
     assert all("MessageRateThrottle" in r["response"]["content"] for r in delayed)
+    # 50 held back (after the burst of 10), each held once, not again and again (150 before
+    # the pacing line); some slack for a loaded machine, where a late release can lose its turn.
+    assert len(delayed) <= 1.5 * 50, len(delayed)
     # A throttled message is not a failed attempt.
     assert all(r["num_attempts"] == 0 for r in deliveries)
 
