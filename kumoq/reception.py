@@ -4,7 +4,16 @@
 the policy's events, splits the transaction into one message per recipient, prepends the
 ``Received:`` header, resolves each message's queue, stores every message durably in the spool,
 logs ``Reception`` records, inserts the messages into the queue manager, and only then answers
-``250 OK ids=...``. Any failure before the spool write answers 4xx and stores nothing.
+``250 OK ids=...``.
+
+A transaction is all or nothing: either the client gets 250 and every message is spooled and
+queued, or it gets 4xx/5xx and nothing of the transaction stays in the spool. A failure before
+the spool write stores nothing. A failed store takes the transaction's other messages back out
+of the spool. The server cancels ``data()`` at ``data_processing_timeout`` and at the end of the
+shutdown drain; a spool write in flight cannot be stopped (it runs on the writer thread), so a
+cancellation that comes while the writes are in flight, or after they ended but before the
+insert, lets them end and removes the transaction's messages before the cancellation goes on
+(as KumoMTA unwinds a reception that passed its deadline).
 """
 
 from __future__ import annotations
@@ -13,7 +22,7 @@ import asyncio
 import email.utils
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -83,6 +92,7 @@ class Reception:
         self._received_header_enabled = received_header
         self._ready = False
         self._date_cache: tuple[int, str] = (0, "")
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def set_ready(self) -> None:
         """The spool has been enumerated: accept mail from now on."""
@@ -135,7 +145,7 @@ class Reception:
                 )
             )
         for msg in messages:
-            # A kumo.reject here rejects the whole transaction: nothing has been stored yet.
+            # A kumo.reject, or a cancellation, here ends the transaction: nothing is stored yet.
             await self._events.smtp_server_message_received(msg, conn)
 
         spooled: list[Message] = []
@@ -153,18 +163,75 @@ class Reception:
             log.error("get_queue_config failed: %s", exc)
             return Reply(451, "4.3.0", f"{self._hostname} technical difficulties: {exc}")
 
-        if spooled:
-            try:
-                await asyncio.gather(*(self._store(m) for m in spooled))
-            except KumoqError as exc:
-                log.error("spool write failed: %s", exc)
-                await asyncio.gather(
-                    *(self._spool.remove(m.id) for m in spooled), return_exceptions=True
-                )
-                return Reply(451, "4.3.0", f"{self._hostname} spool error, try again later")
+        if spooled and not await self._spool_all(spooled):
+            return Reply(451, "4.3.0", f"{self._hostname} spool error, try again later")
+        # The commit point: from here on nothing awaits, so nothing can cancel the reply.
+        return self._accept(conn, messages, names)
 
+    async def _spool_all(self, msgs: list[Message]) -> bool:
+        """Store every message; False (after taking them all back out) when a store failed.
+
+        A cancellation while the writes are in flight, or once they ended, waits for them to
+        end, removes every message of the transaction, and then goes on: the caller answers
+        4xx, so nothing may stay. Exceptions other than KumoqError propagate, after the same
+        removal."""
+        stores = asyncio.ensure_future(self._store_each(msgs))
+        try:
+            errors = await asyncio.shield(stores)
+        except asyncio.CancelledError:
+            await _to_the_end(self._unwind(msgs, stores))
+            raise
+        if not errors:
+            return True
+        log.error(
+            "spool write failed; removing the %d messages of the transaction: %s",
+            len(msgs), errors[0],
+        )  # fmt: skip
+        await _to_the_end(self._unwind(msgs, stores))
+        for error in errors:
+            if not isinstance(error, KumoqError):
+                raise error
+        return False
+
+    async def _store_each(self, msgs: list[Message]) -> list[BaseException]:
+        """Store all of ``msgs`` concurrently (they share a group commit); every failure."""
+        if len(msgs) == 1:  # the common case: no task per store
+            try:
+                await self._store(msgs[0])
+            except Exception as exc:
+                return [exc]
+            return []
+        results = await asyncio.gather(*(self._store(m) for m in msgs), return_exceptions=True)
+        return [r for r in results if isinstance(r, BaseException)]
+
+    async def _unwind(self, msgs: list[Message], stores: asyncio.Future[Any] | None = None) -> None:
+        """Take ``msgs`` back out of the spool, once ``stores`` has ended.
+
+        Waiting first matters: a remove sent while its store is still in flight could land
+        before it, and the ``Spool`` seam does not promise to keep their order."""
+        if stores is not None:
+            await asyncio.wait((stores,))
+        results = await asyncio.gather(
+            *(self._spool.remove(m.id) for m in msgs), return_exceptions=True
+        )
+        for msg, result in zip(msgs, results, strict=True):
+            if isinstance(result, BaseException):
+                log.error(
+                    "message %s: removing it from the spool after a failed reception failed "
+                    "(%s); it will be delivered after the next start",
+                    msg.id, result,
+                )  # fmt: skip
+
+    def _accept(self, conn: ConnectionMeta, messages: list[Message], names: list[str]) -> Reply:
+        """Log a ``Reception`` for each message and queue it; the 250. Never awaits.
+
+        A message whose insert raises (a bug: the queue manager handles its own failures) is
+        taken back out of the spool with a ``Bounce`` record, as KumoMTA's
+        ``insert_or_unwind`` does; the reply is then ``250 PARTIAL``, or 451 if none was
+        queued."""
         ok = Response(code=250, enhanced_code=None, content="", command=None)
         peer = {"name": str(conn.get("ehlo_domain", "")), "addr": str(conn.get("received_from"))}
+        failed = 0
         for msg, name in zip(messages, names, strict=True):
             self._records.log(
                 RecordType.Reception,
@@ -174,9 +241,27 @@ class Reception:
                 reception_protocol="ESMTP",
                 session_id=conn.get("session_id"),
             )
-            if name != NULL_QUEUE:
+            if name == NULL_QUEUE:
+                continue
+            try:
                 self._queues.insert(msg)
-        return Reply(250, None, _ids_text(m.id for m in messages))
+            except Exception as exc:
+                log.exception("message %s: inserting it into its queue failed", msg.id)
+                failed += 1
+                content = f"KumoMTA internal: QueueManager::insert failed during reception: {exc}"
+                self._records.log(
+                    RecordType.Bounce, msg, response=Response(500, None, content, None)
+                )
+                self._background(self._unwind([msg]))
+        if failed and failed == len(messages):
+            return Reply(451, "4.3.0", f"{self._hostname} technical difficulties")
+        disposition = "PARTIAL" if failed else "OK"
+        return Reply(250, None, _ids_text((m.id for m in messages), disposition))
+
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _store(self, msg: Message) -> None:
         await self._spool.store(msg.id, msg.data, json.dumps(msg.to_spool_meta()).encode())
@@ -211,9 +296,24 @@ def _response(reply: Reply, command: str | None) -> Response:
 IDS_PER_LINE = 12  # 12 ids keep a reply line well under RFC 5321's 512 octets
 
 
-def _ids_text(ids: Iterable[str]) -> str:
+def _ids_text(ids: Iterable[str], disposition: str = "OK") -> str:
     """``OK ids=<id> <id> ...``; past 12 ids, continued on further lines of a multi-line reply
     (one long line would break clients such as smtplib, which stops at 8 KB)."""
     all_ids = list(ids)
     lines = [" ".join(all_ids[i : i + IDS_PER_LINE]) for i in range(0, len(all_ids), IDS_PER_LINE)]
-    return "OK ids=" + "\n".join(lines)
+    return f"{disposition} ids=" + "\n".join(lines)
+
+
+async def _to_the_end(coro: Coroutine[Any, Any, None]) -> None:
+    """Run ``coro`` to its end even when the current task is cancelled meanwhile, then raise
+    that cancellation. Its own exceptions propagate."""
+    task = asyncio.ensure_future(coro)
+    cancelled: asyncio.CancelledError | None = None
+    while not task.done():
+        try:
+            await asyncio.wait((task,))
+        except asyncio.CancelledError as exc:
+            cancelled = exc
+    if cancelled is not None:
+        raise cancelled
+    task.result()

@@ -9,7 +9,8 @@ daemon implements. Works on asyncio's and uvloop's loops.
 Shutdown (``EsmtpListener.close``): stop accepting, let every handler call in progress finish
 and its reply be written, then answer ``421 4.3.2 <host> shutting down`` at the next point
 where the connection would wait for input (as KumoMTA does); connections still busy after the
-drain timeout are aborted.
+drain timeout are aborted, and ``close`` returns once their handler calls have ended (an aborted
+DATA first undoes the spool writes it had in flight).
 
 ``ConnectionMeta`` and ``SmtpHandler`` are re-exported here for the daemon's imports.
 
@@ -115,9 +116,17 @@ class EsmtpListener:
                 log.warning("esmtp listener: aborting %d connections", len(stuck))
                 for conn in stuck:
                     conn.abort()
-                tasks = [c.task for c in stuck if c.task is not None]
-                if tasks:
-                    await asyncio.wait(tasks, timeout=1.0)
+                tasks = {c.task for c in stuck if c.task is not None}
+                while tasks:
+                    # An aborted handler call ends at once, except a DATA whose spool writes
+                    # are in flight: it lets them end and takes its messages back out of the
+                    # spool (kumoq.reception), which must happen before the spool is closed.
+                    _, tasks = await asyncio.wait(tasks, timeout=10.0)
+                    if tasks:
+                        log.warning(
+                            "esmtp listener: waiting for %d aborted transactions to undo "
+                            "their spool writes", len(tasks),
+                        )  # fmt: skip
         if server is not None:
             await server.wait_closed()
 
