@@ -13,6 +13,11 @@ waits for its reply. Either way each reply is bounded by its command's own ``*_t
 egress path, and is read by ``ClientConnection``
 (kumoq.delivery.client_connection), which keeps replies that arrive together.
 
+Only the reply to the body's final dot can make a ``Delivery``. A positive reply a command
+cannot get (RFC 5321 §4.3.2: MAIL 250; RCPT 250 or 251; DATA 354; RSET 250), such as a 251 to
+MAIL or a 250 to DATA, is a protocol violation: every recipient not refused by its own reply
+gets a ``TransientFailure`` (451 4.5.0) and the connection is dropped without a final dot.
+
 L2: asyncio. Imports kumoq.config, kumoq.logs.records, kumoq.message and kumoq.smtp's reply
 reader; must not import the policy bridge (kumoq.lua), the queues or the daemon.
 """
@@ -107,6 +112,19 @@ class DeliveryOutcome:
     source_address: str
     tls: TlsInfo | None
     session_id: str
+
+
+_POSITIVE: Final = {"RSET": (250,), "MAIL": (250,), "RCPT": (250, 251), "DATA": (354,)}
+"""The only positive replies each command may get (RFC 5321 §4.3.2); any other reply below
+400 is a protocol violation. Only the reply after the body's final dot can make a Delivery."""
+
+
+def _violated(verb: str, code: int) -> str | None:
+    """What ``verb`` should have got, when ``code`` is a positive reply it cannot get."""
+    allowed = _POSITIVE[verb]
+    if code < 400 and code not in allowed:
+        return " or ".join(map(str, allowed))
+    return None
 
 
 class _TransportError(Exception):
@@ -329,6 +347,13 @@ class SmtpClientSession:
             if code == 421:
                 envelope.settle_all(results, Response.from_reply(code, reply.lines, line))
                 return
+            expected = _violated(verb, code)
+            if expected is not None:
+                # Nothing the server said after this can be trusted: the message was not
+                # handed over. Drop the connection (no lone dot that could end a message).
+                envelope.settle_all(results, self._violation(verb, reply, line, expected))
+                self.closed = True
+                return
             if verb == "RSET":
                 if code != 250:
                     self.closed = True
@@ -337,7 +362,7 @@ class SmtpClientSession:
                 if code != 250:
                     envelope.mail_refused(results, Response.from_reply(code, reply.lines, line))
             elif verb == "RCPT":
-                if code == 250 or code == 251:
+                if code < 400:  # 250 or 251 (any other positive reply is a violation)
                     envelope.rcpt_accepted()
                 else:
                     envelope.rcpt_refused(results, Response.from_reply(code, reply.lines, line))
@@ -349,6 +374,17 @@ class SmtpClientSession:
                 await self._command(".\r\n", path.data_dot_timeout)
             else:
                 envelope.data_refused(results, Response.from_reply(code, reply.lines, line))
+
+    def _violation(self, verb: str, reply: ServerReply, line: str, expected: str) -> Response:
+        """The transient response kumoq records when the server broke the protocol."""
+        said = f"{reply.code} {' '.join(reply.lines)}".strip()
+        return Response(
+            451,
+            (4, 5, 0),
+            f"KumoMTA internal: protocol violation by {self.peer.name} {self.peer.addr}: "
+            f"{verb} got '{said}', expected {expected}; the message was not sent",
+            line,
+        )
 
     async def _send_body(
         self, msg: Message, results: dict[int, tuple[RecordType, Response]], envelope: _Envelope
