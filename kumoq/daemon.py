@@ -4,7 +4,8 @@ Startup follows KumoMTA (reference §1.1): fire ``init``; open the log writers a
 (taking its lock); start the listeners, which answer 421 until the spool has been enumerated;
 re-queue every spooled message with its persisted schedule; then print
 ``initialization complete``. SIGTERM or SIGINT stops accepting, lets sessions and attempts in
-flight finish, flushes and closes the logs and releases the spool.
+flight finish, flushes and closes the logs and releases the spool, every wait bounded and
+logged (``ShutdownBounds``, from ``KUMOQ_SHUTDOWN_*``; 60 s in all by default).
 
 This module may import anything below it; nothing imports it but the CLI.
 """
@@ -13,11 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
+import threading
 import uuid
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from kumoq.clock import Clock, SystemClock
 from kumoq.config.egress import EgressPathConfig, EgressPool, EgressSource
@@ -25,6 +29,7 @@ from kumoq.config.listener import EsmtpListenerConfig
 from kumoq.config.logs import LocalLogsConfig
 from kumoq.config.queue import CustomLuaProtocol, MaildirProtocol, QueueConfig, SmtpProtocol
 from kumoq.config.spool import SpoolDefinition, check_spool_pair
+from kumoq.config.values import parse_duration
 from kumoq.delivery.maildir import MaildirDeliverer
 from kumoq.dns.mx_cache import MxCache
 from kumoq.dns.resolver import DnsPythonResolver, Resolver, TestResolver
@@ -48,7 +53,7 @@ from kumoq.smtp.server import EsmtpListener, start_esmtp_listener
 from kumoq.spool import open_spool
 from kumoq.spool.base import Spool
 
-__all__ = ["Daemon", "Declarations", "load_policy"]
+__all__ = ["Daemon", "Declarations", "ShutdownBounds", "load_policy", "shutdown_bounds"]
 
 log = logging.getLogger("kumoq.daemon")
 
@@ -207,6 +212,71 @@ def _node_id(meta_spool: SpoolDefinition) -> str:
         return node
 
 
+@dataclass(frozen=True, slots=True)
+class ShutdownBounds:
+    """How long each shutdown phase may take, in seconds (docs/operations.md#shutdown).
+
+    ``total`` (60 s by default) bounds SIGTERM to exit: past it a watchdog ends the process
+    (status 1). ``flush`` covers the maildir writer, the spool's and the logs' last batch,
+    and the unwinding (``_GRACE``) of what the drains aborted."""
+
+    listener_drain: float = 25.0
+    delivery_drain: float = 25.0
+    flush: float = 10.0
+
+    @property
+    def total(self) -> float:
+        return self.listener_drain + self.delivery_drain + self.flush
+
+
+_GRACE: Final = 2.0
+SHUTDOWN_ENV: Final = {
+    "listener_drain": "KUMOQ_SHUTDOWN_LISTENER_DRAIN",
+    "delivery_drain": "KUMOQ_SHUTDOWN_DELIVERY_DRAIN",
+    "flush": "KUMOQ_SHUTDOWN_FLUSH",
+}
+
+
+def shutdown_bounds(environ: Mapping[str, str]) -> ShutdownBounds:
+    """The bounds from the environment: seconds (``2.5``) or a duration (``30s``)."""
+    values: dict[str, float] = {}
+    for key, name in SHUTDOWN_ENV.items():
+        text = environ.get(name, "").strip()
+        if text:
+            try:
+                values[key] = float(text)
+            except ValueError:
+                values[key] = parse_duration(name, text)
+            if not 0 <= values[key] < math.inf:
+                raise ConfigError(f"{name}: expected seconds >= 0 or a duration, got {text!r}")
+    return ShutdownBounds(**values)
+
+
+def _watchdog(bound: float, waiting_for: list[str]) -> threading.Timer:
+    """End the process if the shutdown overruns ``bound``, even with the event loop stuck.
+    Every message that got 250 is on disk; log records still queued are lost."""
+
+    def overrun() -> None:
+        log.error("shutdown: not complete after its bound of %gs, still waiting for %s; "
+                  "exiting now (messages not delivered stay spooled for the next start)",
+                  bound, waiting_for[0])  # fmt: skip
+        logging.shutdown()
+        os._exit(1)
+
+    timer = threading.Timer(bound, overrun)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+async def _within(seconds: float, awaitable: Awaitable[Any]) -> None:
+    try:
+        async with asyncio.timeout(seconds):
+            await awaitable
+    except TimeoutError:
+        log.error("shutdown: the listeners did not close within %gs; going on", seconds)
+
+
 class Daemon:
     """One running kumoq: ``await Daemon(policy).run(stop_event)``."""
 
@@ -216,6 +286,7 @@ class Daemon:
         self.listeners: list[EsmtpListener] = []
 
     async def run(self, stop: asyncio.Event) -> None:
+        bounds = shutdown_bounds(os.environ)
         runtime, events, decl = load_policy(self.policy_path)
         data_def, meta_def = decl.spool_pair()
         if decl.http_listeners:
@@ -286,16 +357,55 @@ class Daemon:
             await stop.wait()
             log.info("shutting down: draining sessions and deliveries")
         finally:
-            for listener in self.listeners:
-                await listener.close()
-            await smtp.close()
-            await lua.close()
-            await queues.close()
+            await self._shutdown(bounds, smtp, lua, queues, (maildir, spool, writers))
+
+    async def _shutdown(
+        self,
+        bounds: ShutdownBounds,
+        smtp: SmtpDispatch,
+        lua: LuaDispatch,
+        queues: QueueManager,
+        local: tuple[MaildirDeliverer, Spool, list[LocalLogWriter]],
+    ) -> None:
+        """Every wait bounded and logged, the whole within ``bounds.total`` (a watchdog ends
+        the process past it). What is abandoned stays spooled for the next start."""
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        waiting_for = ["the SMTP listeners to drain"]
+        watchdog = _watchdog(bounds.total, waiting_for)
+        try:
+            log.info(
+                "shutdown: bound %gs: listener drain %gs, delivery drain %gs, flush %gs",
+                bounds.total, bounds.listener_drain, bounds.delivery_drain, bounds.flush,
+            )  # fmt: skip
+            if self.listeners:
+                sessions = sum(len(listener.connections) for listener in self.listeners)
+                log.info("shutdown: waiting up to %gs for %d SMTP sessions to end",
+                         bounds.listener_drain, sessions)  # fmt: skip
+                started = loop.time()
+                closing = (listener.close(bounds.listener_drain) for listener in self.listeners)
+                await _within(bounds.listener_drain + _GRACE, asyncio.gather(*closing))
+                log.info("shutdown: listeners closed in %.1fs", loop.time() - started)
+            waiting_for[0] = "delivery attempts in flight"
+            attempts = sum(queue.in_flight for queue in queues.queues())
+            log.info("shutdown: waiting up to %gs for %d delivery attempts in flight",
+                     bounds.delivery_drain, attempts)  # fmt: skip
+            started, drain = loop.time(), bounds.delivery_drain
+            closed = queues.close(drain + _GRACE), smtp.close(drain), lua.close(drain)
+            for result in await asyncio.gather(*closed, return_exceptions=True):
+                if isinstance(result, BaseException):
+                    log.error("shutdown: closing deliveries failed: %r", result)
+            log.info("shutdown: deliveries ended in %.1fs", loop.time() - started)
+            waiting_for[0] = "the maildir writer, the spool and the logs to flush"
+            log.info("shutdown: flushing the maildir writer, the spool and the logs")
+            maildir, spool, writers = local
             await maildir.close()
             await spool.close()
             for writer in writers:
                 await asyncio.to_thread(writer.close)
-            log.info("shutdown complete")
+            log.info("shutdown complete in %.1fs", loop.time() - began)
+        finally:
+            watchdog.cancel()
 
     async def _enumerate(self, spool: Spool, queues: QueueManager) -> None:
         """Re-queue every spooled message with its persisted attempts and due time.

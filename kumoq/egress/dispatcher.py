@@ -10,7 +10,13 @@ reuses for up to ``max_deliveries_per_connection`` messages and keeps idle for
 fails every waiting message at once.
 
 No outcome is ever stranded: an unexpected error while connecting or delivering fails the
-attempt (a transient failure) rather than leaving its future unresolved.
+attempt (a transient failure) rather than leaving its future unresolved, and ``close()``
+cancels the attempt of every message it did not finish (it stays spooled).
+
+A message past its deadline (``max_age`` or ``set_scheduling{expires}``) is not attempted: the
+dispatcher settles it with its ``Expiration`` when it pops it or before its transaction, and
+while it waits for a throttle or a connection the ready queue's expiry sweep does (it is
+``held``). A transaction already started runs to its end.
 """
 
 from __future__ import annotations
@@ -38,7 +44,10 @@ __all__ = ["Dispatchers"]
 log = logging.getLogger("kumoq.egress")
 
 CLOSE_WAIT_SECONDS = 10.0
-"""How long ``close()`` lets sessions in progress finish before cancelling them."""
+"""How long ``close()`` lets sessions in progress finish by default before aborting them (the
+daemon passes its delivery drain, ``KUMOQ_SHUTDOWN_DELIVERY_DRAIN``)."""
+ABANDON_GRACE_SECONDS = 2.0
+"""How long ``close()`` waits for aborted sessions to unwind (they only drop their sockets)."""
 
 
 class Dispatchers:
@@ -60,6 +69,7 @@ class Dispatchers:
         self._rng = rng
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
+        self._aborting = False  # sessions are dropped without QUIT
 
     def spawn(self, ready: ReadyQueue) -> None:
         """Start dispatchers for ``ready`` up to its ideal count (at least one)."""
@@ -73,22 +83,56 @@ class Dispatchers:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def close(self, ready_queues: Iterable[ReadyQueue]) -> None:
-        """Stop dispatching; messages waiting in ready queues stay spooled for the next start."""
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    async def close(
+        self, ready_queues: Iterable[ReadyQueue], drain_seconds: float = CLOSE_WAIT_SECONDS
+    ) -> None:
+        """Stop dispatching; let sessions in progress finish for up to ``drain_seconds``, then
+        abort them. Every message not delivered (waiting in a ready queue, or in a session
+        that was aborted) has its attempt cancelled: no record, it stays spooled for the next
+        start. Never waits longer than ``drain_seconds + ABANDON_GRACE_SECONDS``."""
         self._closing = True
+        waiting = 0
         for ready in ready_queues:
+            ready.expiry.cancel()
             for it in ready.fifo.drain():
                 if not it.future.done():
                     it.future.cancel()
+                    waiting += 1
             ready.wake.set()
-        if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=CLOSE_WAIT_SECONDS)
-            for task in pending:
-                task.cancel()
+        tasks = set(self._tasks)
+        if not tasks and not waiting:
+            return
+        log.info(
+            "smtp egress: %d messages waiting in ready queues stay spooled; waiting up to %gs "
+            "for %d sessions", waiting, drain_seconds, len(tasks),
+        )  # fmt: skip
+        if not tasks:
+            return
+        started = asyncio.get_running_loop().time()
+        _, pending = await asyncio.wait(tasks, timeout=drain_seconds)
+        elapsed = asyncio.get_running_loop().time() - started
+        if not pending:
+            log.info("smtp egress: every session ended in %.1fs", elapsed)
+            return
+        log.warning(
+            "smtp egress: aborting %d sessions still busy after %.1fs; their messages stay "
+            "spooled and are attempted again after the restart", len(pending), elapsed,
+        )  # fmt: skip
+        self._aborting = True
+        for task in pending:
+            task.cancel()
+        _, stuck = await asyncio.wait(pending, timeout=ABANDON_GRACE_SECONDS)
+        if stuck:
+            log.error("smtp egress: %d sessions did not end when aborted", len(stuck))
 
     async def _dispatch(self, ready: ReadyQueue) -> None:
         session: SmtpClientSession | None = None
         delivered = 0
+        item: QueuedMessage | None = None
         try:
             while not self._closing:
                 item = ready.fifo.pop()
@@ -102,33 +146,20 @@ class Dispatchers:
                     if not len(ready.fifo):
                         return
                     continue
-                if item.future.done():
-                    continue
-                path = ready.path
-                if path.max_message_rate is not None and not await self._admit(
-                    ready, item, f"kumomta.max_message_rate.{ready.name}",
-                    path.max_message_rate, InsertReason.MessageRateThrottle,
-                ):  # fmt: skip
-                    return
-                if session is not None and not session.reusable:
-                    session.abort()  # the server hung up (or spoke unasked) while idle
-                    await session.quit()
-                    session = None
+                if item.expire(self._clock.now()):
+                    continue  # settled meanwhile, or popped past its deadline: not attempted
+                # Held, it still expires on time while it waits for a throttle or a connection.
+                ready.held.add(item)
+                try:
+                    previous, session = session, await self._session_for(ready, item, session)
+                finally:
+                    ready.held.discard(item)
                 if session is None:
-                    if path.max_connection_rate is not None and not await self._admit(
-                        ready, item, f"{ready.name}-connection-rate",
-                        path.max_connection_rate, InsertReason.ConnectionRateThrottle,
-                    ):  # fmt: skip
-                        return
-                    connected = await self._connect(ready)
-                    if isinstance(connected, Attempt):
-                        item.future.set_result(connected)
-                        if ready.failures.record_failure():
-                            self._bulk_transfail(ready)
-                        return
-                    ready.failures.record_success()
-                    session = connected
+                    return  # its attempt was settled: throttled, or no connection
+                if session is not previous:
                     delivered = 0
+                if item.expire(self._clock.now()):
+                    continue  # expired while it waited; the session serves the next one
                 try:
                     outcome = await session.deliver(item.msg)
                 except Exception as exc:  # a bug: fail this attempt, never strand it
@@ -148,15 +179,65 @@ class Dispatchers:
                         ready.attempt(first.disposition, first.response, session)
                     )
                 delivered += 1
-                if delivered >= path.max_deliveries_per_connection or session.closed:
+                if delivered >= ready.path.max_deliveries_per_connection or session.closed:
                     await session.quit()
                     session = None
         finally:
             ready.dispatchers -= 1
+            if item is not None:
+                ready.held.discard(item)
+                if not item.future.done() and self._closing:
+                    item.future.cancel()  # aborted at shutdown: no record, it stays spooled
+                elif not item.future.done():  # a bug: fail this attempt, never strand it
+                    failed = transient("KumoMTA internal: the dispatcher ended unexpectedly")
+                    item.future.set_result(Attempt(RecordType.TransientFailure, failed))
             if session is not None:
-                await session.quit()
+                if self._aborting:
+                    session.abort()
+                else:
+                    try:
+                        await session.quit()  # bounded by rset_timeout
+                    except BaseException:  # cancelled at the end of the drain
+                        session.abort()
+                        raise
             if len(ready.fifo) and not self._closing:
                 self.spawn(ready)
+
+    async def _session_for(
+        self, ready: ReadyQueue, item: QueuedMessage, session: SmtpClientSession | None
+    ) -> SmtpClientSession | None:
+        """The path's rates, then a session for ``item``: ``session`` when still usable, else
+        a new one. None when ``item``'s attempt has been settled instead (a long throttle
+        requeued the ready queue, or no host could be reached); the dispatcher then ends."""
+        path = ready.path
+        if path.max_message_rate is not None and not await self._admit(
+            ready, item, f"kumomta.max_message_rate.{ready.name}",
+            path.max_message_rate, InsertReason.MessageRateThrottle,
+        ):  # fmt: skip
+            if session is not None:
+                await session.quit()
+            return None
+        if item.future.done():  # it expired during an inline throttle sleep
+            return session
+        if session is not None and session.reusable:
+            return session
+        if session is not None:
+            session.abort()  # the server hung up (or spoke unasked) while idle
+            await session.quit()
+        if path.max_connection_rate is not None and not await self._admit(
+            ready, item, f"{ready.name}-connection-rate",
+            path.max_connection_rate, InsertReason.ConnectionRateThrottle,
+        ):  # fmt: skip
+            return None
+        connected = await self._connect(ready)
+        if isinstance(connected, Attempt):
+            if not item.future.done():  # it may have expired while connecting
+                item.future.set_result(connected)
+            if ready.failures.record_failure():
+                self._bulk_transfail(ready)
+            return None
+        ready.failures.record_success()
+        return connected
 
     async def _connect(self, ready: ReadyQueue) -> SmtpClientSession | Attempt:
         try:

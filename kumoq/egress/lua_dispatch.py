@@ -23,6 +23,10 @@ the same event-loop turn join the same batch, even with a latency of 0.
 Records carry ``delivery_protocol="Lua"`` and ``peer_address={name="Lua via <ctor>",
 addr="0.0.0.0"}``. The Lua calls are synchronous, on the event loop thread.
 
+A message still waiting at its expiry (``max_age`` or ``set_scheduling{expires}``), for a
+batch or for its connection's call in progress, gets its ``Expiration`` then (the text the
+queue manager writes) and is not attempted; a call in progress runs to its end.
+
 L2: imports kumoq.config, kumoq.errors, kumoq.logs, kumoq.message, kumoq.clock and the queue
 manager's ``Attempt``; never kumoq.lua (the runtime comes in through ``LuaConnections``).
 """
@@ -30,8 +34,8 @@ manager's ``Attempt``; never kumoq.lua (the runtime comes in through ``LuaConnec
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +44,8 @@ from typing import Any, Final, Protocol, final
 from kumoq.clock import Clock, SystemClock
 from kumoq.config.egress import UNSPECIFIED
 from kumoq.config.queue import CustomLuaProtocol, QueueConfig
+from kumoq.egress.ready import expiration, expiry_deadline
+from kumoq.egress.ready_queue import ExpiryTimer, settle_expired
 from kumoq.egress.sources import SourceSelector
 from kumoq.errors import KumoqError, PolicyError, PolicyWouldBlock, RejectError
 from kumoq.logs.records import RecordType, Response
@@ -51,8 +57,10 @@ __all__ = ["Idle", "LuaConnections", "LuaDispatch", "SendNow", "WaitFor", "plan_
 log = logging.getLogger("kumoq.egress")
 
 CLOSE_DRAIN_SECONDS: Final = 10.0
-"""How long ``close()`` waits for Lua calls in progress (as SmtpDispatch waits for its
-dispatchers)."""
+"""How long ``close()`` waits for Lua calls in progress by default (as SmtpDispatch waits for
+its dispatchers; the daemon passes its delivery drain, ``KUMOQ_SHUTDOWN_DELIVERY_DRAIN``)."""
+ABANDON_GRACE_SECONDS: Final = 2.0
+"""How long ``close()`` waits for cancelled batch calls to unwind."""
 
 
 class LuaConnections(Protocol):
@@ -126,17 +134,33 @@ class _Waiting:
     route: _Route
     future: asyncio.Future[Attempt]
     arrived: float
+    deadline: float = math.inf  # expiry_deadline: settled with its Expiration if still here
+    max_age: float = math.inf
+
+    def expire(self, now: float) -> bool:
+        return settle_expired(self.future, self.msg, self.deadline, self.max_age, now)
 
 
 @dataclass(slots=True, eq=False)
 class _Batch:
-    """The messages of one ready queue waiting for ``send_batch``, and its sender task."""
+    """The messages of one ready queue waiting for ``send_batch``, its sender task and the
+    timer that expires waiting messages on time."""
 
     site: str
     protocol: CustomLuaProtocol  # the latest message's; a refreshed config applies at once
     waiting: deque[_Waiting] = field(default_factory=deque)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    expiry: ExpiryTimer | None = None
+
+    def expire_due(self, now: float) -> float:
+        """Settle the waiting messages past their deadline; the next deadline. O(n)."""
+        kept = [it for it in self.waiting if not it.expire(now)]
+        if len(kept) != len(self.waiting):
+            self.waiting.clear()  # the same deque: the sender task holds it
+            self.waiting.extend(kept)
+            self.wake.set()
+        return min((it.deadline for it in kept), default=math.inf)
 
 
 @final
@@ -176,14 +200,23 @@ class LuaDispatch:
             return route
         routing_domain = parts.routing_domain or parts.domain
         site = f"{route.source}->{routing_domain}@lua:{protocol.constructor}"
+        max_age = config.max_age
+        deadline = expiry_deadline(msg, max_age)
         if protocol.batch_size == 1 and site not in self._batches:
-            return await self._send(site, protocol, route, [msg])
+            now = self._clock.now()
+            if now >= deadline:  # not attempted past its expiry
+                return expiration(msg, max_age, now) or _failed("KumoMTA internal: expired")
+            return await self._send(site, protocol, route, [msg], (deadline, max_age))
         batch = self._batches.get(site)
         if batch is None:
             batch = self._batches[site] = _Batch(site, protocol)
+            batch.expiry = ExpiryTimer(self._clock, batch.expire_due)
         batch.protocol = protocol
         future: asyncio.Future[Attempt] = asyncio.get_running_loop().create_future()
-        batch.waiting.append(_Waiting(msg, route, future, self._clock.monotonic()))
+        waiting = _Waiting(msg, route, future, self._clock.monotonic(), deadline, max_age)
+        batch.waiting.append(waiting)
+        if batch.expiry is not None:
+            batch.expiry.watch(deadline)
         if batch.task is None:
             batch.task = asyncio.create_task(self._run(batch), name=f"lua-batch {site}")
         batch.wake.set()
@@ -235,7 +268,8 @@ class LuaDispatch:
                 match plan_batch(len(waiting), oldest, self._clock.monotonic(), batch.protocol):
                     case SendNow(count):
                         items = [waiting.popleft() for _ in range(count)]
-                        items = [it for it in items if not it.future.done()]
+                        now = self._clock.now()  # past its expiry: not attempted
+                        items = [it for it in items if not it.expire(now)]
                         if items:
                             await self._send_batch(batch, items)
                         await asyncio.sleep(0)  # let new arrivals and other work in
@@ -251,6 +285,8 @@ class LuaDispatch:
             batch.task = None
             if not waiting and self._batches.get(batch.site) is batch:
                 del self._batches[batch.site]
+                if batch.expiry is not None:
+                    batch.expiry.cancel()
 
     async def _send_batch(self, batch: _Batch, items: list[_Waiting]) -> None:
         """Send ``items`` and resolve their attempts (a bug fails them, never strands them)."""
@@ -271,17 +307,36 @@ class LuaDispatch:
                 it.future.set_result(attempt)
 
     async def _send(
-        self, site: str, protocol: CustomLuaProtocol, route: _Route, msgs: list[Message]
+        self,
+        site: str,
+        protocol: CustomLuaProtocol,
+        route: _Route,
+        msgs: list[Message],
+        expiry: tuple[float, float] | None = None,
     ) -> Attempt:
         """``conn:send(msg)`` when ``batch_size`` is 1, else ``conn:send_batch(msgs)``, on the
         ready queue's connection (constructed on first use from ``parts``); the outcome of every
         message in ``msgs``. One call at a time per connection: a handler waiting for DNS
-        (``kumo.dns.lookup_mx``) holds its connection until it returns."""
+        (``kumo.dns.lookup_mx``) holds its connection until it returns. With ``expiry``
+        (``(deadline, max_age)`` of a single message), the wait for the connection ends at
+        the deadline, with the message's ``Expiration``."""
         lock = self._locks.get(site)
         if lock is None:
             lock = self._locks[site] = asyncio.Lock()
-        async with lock:
+        if expiry is not None and lock.locked():
+            deadline, max_age = expiry
+            try:
+                async with asyncio.timeout(max(0.0, deadline - self._clock.now())):
+                    await lock.acquire()
+            except TimeoutError:
+                now = max(self._clock.now(), deadline)
+                return expiration(msgs[0], max_age, now) or _failed("KumoMTA internal: expired")
+        else:
+            await lock.acquire()
+        try:
             return await self._send_locked(site, protocol, route, msgs)
+        finally:
+            lock.release()
 
     async def _send_locked(
         self, site: str, protocol: CustomLuaProtocol, route: _Route, msgs: list[Message]
@@ -326,29 +381,50 @@ class LuaDispatch:
     async def close(self, drain_seconds: float = CLOSE_DRAIN_SECONDS) -> None:
         """Stop taking work; let the Lua calls in progress finish (up to ``drain_seconds``:
         one may be waiting for DNS), cancel the attempts still waiting for a batch (their
-        messages stay spooled), then close every connection once nothing uses it."""
+        messages stay spooled), then close every connection once nothing uses it. Never
+        waits longer than ``drain_seconds + ABANDON_GRACE_SECONDS``."""
         self._closing = True
+        waiting = 0
         for batch in self._batches.values():
+            if batch.expiry is not None:
+                batch.expiry.cancel()
             for it in batch.waiting:
+                waiting += not it.future.done()
                 it.future.cancel()
             batch.waiting.clear()
             batch.wake.set()  # the sender sees _closing and ends after its current call
         loop = asyncio.get_running_loop()
         deadline = loop.time() + drain_seconds
         tasks = [b.task for b in self._batches.values() if b.task is not None]
+        calls = len(tasks) + sum(lock.locked() for lock in self._locks.values())
+        if waiting or calls:
+            log.info(
+                "custom_lua: %d messages waiting for a batch stay spooled; waiting up to %gs "
+                "for %d Lua calls in progress", waiting, drain_seconds, calls,
+            )  # fmt: skip
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=drain_seconds)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            if pending:
+                log.warning(
+                    "custom_lua: abandoning %d batch calls still running after %gs; their "
+                    "messages stay spooled", len(pending), drain_seconds,
+                )  # fmt: skip
+                for task in pending:
+                    task.cancel()
+                await asyncio.wait(pending, timeout=ABANDON_GRACE_SECONDS)
         self._batches.clear()
         for site in list(self._conns):
             lock = self._locks.get(site)
             if lock is not None and lock.locked():  # a send(msg) is still running
-                with contextlib.suppress(TimeoutError):
+                try:
                     async with asyncio.timeout(max(0.0, deadline - loop.time())):
                         await lock.acquire()
                         lock.release()
+                except TimeoutError:
+                    log.warning(
+                        "custom_lua: closing %s under a call still running after %gs; its "
+                        "message stays spooled", site, drain_seconds,
+                    )  # fmt: skip
             self._close(site)
 
 

@@ -11,6 +11,8 @@ Owns:
 - ``classify_response``: the log record type for one recipient's SMTP response (§1.9, §3.3).
 - ``throttle_decision``: sleep inline or requeue the ready queue when an egress throttle says
   wait (§3.4).
+- ``expiry_deadline`` / ``expiration``: when a message waiting for delivery expires, and the
+  ``Expiration`` it then gets (its ``max_age`` or ``set_scheduling{expires}``).
 
 This module is pure (L0): no asyncio, sockets, file IO, lupa or clocks. It must not import
 ``kumoq.delivery``, ``kumoq.lua`` or ``kumoq.http``. (``priority_of`` is re-exported from
@@ -21,10 +23,15 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Final, Generic, Literal, Protocol, TypeVar, final
 
-from kumoq.message import DEFAULT_PRIORITY, priority_of
+from kumoq.logs.records import RecordType, Response
+from kumoq.message import DEFAULT_PRIORITY, Message, priority_of
+from kumoq.scheduler.attempt import Attempt
+from kumoq.scheduler.retry import expiry_after_increment, expiry_without_increment
+from kumoq.scheduler.scheduling import expires_of
 
 __all__ = [
     "BULK_DELAY_RESPONSE",
@@ -42,6 +49,8 @@ __all__ = [
     "ThrottleDecision",
     "ThrottleOutcome",
     "classify_response",
+    "expiration",
+    "expiry_deadline",
     "ideal_connection_count",
     "priority_of",
     "throttle_decision",
@@ -127,6 +136,25 @@ class ReadyFifo(Generic[T]):
                 return queue.popleft()
         raise AssertionError("ReadyFifo length out of step with its deques")  # pragma: no cover
 
+    def __iter__(self) -> Iterator[T]:
+        """Every item, in pop order. O(n)."""
+        for queue in self._desc:
+            yield from queue
+
+    def remove_if(self, predicate: Callable[[T], bool]) -> list[T]:
+        """Remove and return the items ``predicate`` selects, in pop order (the expiry
+        sweep). O(n)."""
+        removed: list[T] = []
+        for queue in self._desc:
+            for _ in range(len(queue)):  # one turn of the deque keeps the order of the rest
+                item = queue.popleft()
+                if predicate(item):
+                    removed.append(item)
+                else:
+                    queue.append(item)
+        self._len -= len(removed)
+        return removed
+
     def drain(self) -> list[T]:
         """Remove and return every item, in pop order (priority, then FIFO). O(n)."""
         items: list[T] = []
@@ -171,6 +199,33 @@ def _checked(priority: int) -> int:
     if 0 <= priority <= MAX_PRIORITY:
         return priority
     raise ValueError(f"priority must be 0..{MAX_PRIORITY}, not {priority!r}")
+
+
+def expiry_deadline(msg: Message, max_age: float) -> float:
+    """When ``msg`` expires while it waits for delivery (unix seconds): its
+    ``set_scheduling{expires}`` when set (``max_age`` is then ignored, §3.2), else its
+    creation time plus ``max_age``. O(1)."""
+    expires = expires_of(msg.schedule)
+    return expires if expires is not None else msg.created + max_age
+
+
+def expiration(msg: Message, max_age: float, now: float) -> Attempt | None:
+    """The ``Expiration`` of a message still waiting for delivery at ``now``, or None while
+    it has time (``now`` before ``expiry_deadline``). O(1).
+
+    The response is the one the queue manager logs for an expiry at requeue: without an
+    attempt increment for ``max_age`` (``Next delivery time PT…S > PT…S``, site
+    ``localhost``), and for a ``set_scheduling{expires}`` the text of that expiry.
+    """
+    expires = expires_of(msg.schedule)
+    if expires is not None:
+        expired = expiry_after_increment(msg.created, now, 0.0, max_age, expires, next_due=now)
+    else:
+        expired = expiry_without_increment(msg.created, now, max_age)
+    if expired is None:
+        return None
+    response = Response(expired.code, expired.enhanced_code, expired.content, None)
+    return Attempt(RecordType.Expiration, response, site=expired.site)
 
 
 def ideal_connection_count(queue_len: int, connection_limit: int) -> int:

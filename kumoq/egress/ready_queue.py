@@ -6,24 +6,42 @@ how many dispatchers serve it, and its run of connection failures. ``ReadyQueue.
 turns an outcome into the scheduler's ``Attempt`` with the record fields KumoMTA logs for
 egress (``site``, ``egress_pool``, ``egress_source``, ``source_address``, ``tls_*``).
 
-Imports asyncio (the wake event and each waiting message's future); never a socket.
+Expiry while waiting: each waiting message knows its deadline (``max_age`` or
+``set_scheduling{expires}``). The ready queue's ``ExpiryTimer`` fires at the earliest one and
+``expire_due`` settles every message past its deadline, in the FIFO or ``held`` by a dispatcher
+that has not started its transaction (waiting for a connection or a throttle), with its
+``Expiration``; the queue manager logs it and removes the message from the spool.
+
+Imports asyncio (the wake event, the expiry timer and each waiting message's future); never a
+socket.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from kumoq.clock import Clock, SystemClock
 from kumoq.config.egress import EgressPathConfig, EgressSource
 from kumoq.delivery.smtp import SmtpClientSession
 from kumoq.dns.site_name import MailExchanger
-from kumoq.egress.ready import ConnectionFailureTracker, ReadyFifo
+from kumoq.egress.ready import ConnectionFailureTracker, ReadyFifo, expiration
 from kumoq.logs.records import RecordType, Response, SourceAddress
 from kumoq.message import Message
 from kumoq.scheduler.attempt import Attempt
 
-__all__ = ["SMTP_PROTO", "QueuedMessage", "ReadyQueue", "transient"]
+__all__ = [
+    "SMTP_PROTO",
+    "ExpiryTimer",
+    "QueuedMessage",
+    "ReadyQueue",
+    "settle_expired",
+    "transient",
+]
 
 SMTP_PROTO: Final = "smtp_client"
 
@@ -35,12 +53,75 @@ def transient(
     return Response(code=code, enhanced_code=enhanced, content=content, command=None)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class QueuedMessage:
-    """A message waiting in a ready queue; its future receives the attempt's outcome."""
+    """A message waiting in a ready queue; its future receives the attempt's outcome.
+
+    ``deadline`` (unix seconds, ``expiry_deadline``) is when it expires if still waiting;
+    ``max_age`` is its queue's, for the ``Expiration`` text."""
 
     msg: Message
     future: asyncio.Future[Attempt]
+    deadline: float = math.inf
+    max_age: float = math.inf
+
+    def expire(self, now: float) -> bool:
+        """Settle with its ``Expiration`` if ``now`` is past the deadline; True if settled
+        (or already settled: nothing is left to attempt)."""
+        return settle_expired(self.future, self.msg, self.deadline, self.max_age, now)
+
+
+def settle_expired(
+    future: asyncio.Future[Attempt], msg: Message, deadline: float, max_age: float, now: float
+) -> bool:
+    """Give ``future`` the ``Expiration`` of ``msg`` when ``now`` is past ``deadline``; True
+    when ``future`` is settled (now, or before: nothing is left to attempt)."""
+    if future.done():
+        return True
+    if now < deadline:
+        return False
+    attempt = expiration(msg, max_age, now)
+    if attempt is None:  # pragma: no cover - expiry_deadline and expiration agree
+        return False
+    future.set_result(attempt)
+    return True
+
+
+class ExpiryTimer:
+    """One timer at the earliest deadline of the messages waiting somewhere (a ready queue,
+    a batch). ``watch(deadline)`` brings it forward when needed; when it fires it calls
+    ``sweep(now)``, which settles what is due and returns the next deadline (``inf``: none)."""
+
+    __slots__ = ("_at", "_clock", "_handle", "_sweep")
+
+    def __init__(self, clock: Clock, sweep: Callable[[float], float]) -> None:
+        self._clock = clock
+        self._sweep = sweep
+        self._handle: asyncio.TimerHandle | None = None
+        self._at = math.inf
+
+    def watch(self, deadline: float) -> None:
+        if deadline < self._at:
+            self._arm(deadline)
+
+    def _arm(self, deadline: float) -> None:
+        self.cancel()
+        if deadline == math.inf:
+            return
+        self._at = deadline
+        delay = max(0.0, deadline - self._clock.now())
+        self._handle = asyncio.get_running_loop().call_later(delay, self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        self._at = math.inf
+        self._arm(self._sweep(self._clock.now()))
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self._at = math.inf
 
 
 @dataclass(eq=False)
@@ -57,15 +138,37 @@ class ReadyQueue:
     path: EgressPathConfig
     path_until: float
     fifo: ReadyFifo[QueuedMessage] = field(init=False)
+    clock: Clock = field(default_factory=SystemClock)
     dispatchers: int = 0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     failures: ConnectionFailureTracker = field(init=False)
+    #: popped by a dispatcher that has not started its transaction yet
+    held: set[QueuedMessage] = field(default_factory=set)
+    expiry: ExpiryTimer = field(init=False)
 
     def __post_init__(self) -> None:
         self.fifo = ReadyFifo(self.path.max_ready)
         self.failures = ConnectionFailureTracker(
             self.path.consecutive_connection_failures_before_delay
         )
+        self.expiry = ExpiryTimer(self.clock, self.expire_due)
+
+    def push(self, item: QueuedMessage, priority: int) -> bool:
+        """Queue ``item`` (False when the FIFO is full) and watch its deadline."""
+        if not self.fifo.try_push(item, priority):
+            return False
+        self.expiry.watch(item.deadline)
+        return True
+
+    def expire_due(self, now: float) -> float:
+        """Settle every waiting message past its deadline at ``now`` with its ``Expiration``
+        (those in the FIFO leave it; a held one is skipped by its dispatcher); return the next
+        deadline of those still waiting. O(n)."""
+        self.fifo.remove_if(lambda item: item.expire(now))
+        for item in self.held:
+            item.expire(now)
+        waiting = itertools.chain(self.fifo, self.held)
+        return min((it.deadline for it in waiting if not it.future.done()), default=math.inf)
 
     def attempt(
         self, disposition: RecordType, response: Response, session: SmtpClientSession | None = None

@@ -10,7 +10,8 @@
    from ``get_egress_path_config`` (refreshed every ``refresh_interval``).
 3. The message waits in the ready queue's priority FIFO (``max_ready``; when full it goes back to
    its scheduled queue for a random 0-60 s, attempts not incremented), and the ready queue's
-   dispatchers (``kumoq.egress.dispatcher``) deliver it.
+   dispatchers (``kumoq.egress.dispatcher``) deliver it. A message still waiting at its expiry
+   (``max_age`` or ``set_scheduling{expires}``) gets its ``Expiration`` then, not attempted.
 4. The SMTP response becomes the message's ``Attempt`` (``ReadyQueue.attempt``).
 
 The modules below this one: ``ready_queue`` (one path and its attempts), ``dispatcher`` (the
@@ -33,8 +34,9 @@ from kumoq.config.queue import QueueConfig, SmtpProtocol
 from kumoq.dns.mx_cache import MxCache, MxFailure
 from kumoq.dns.resolver import Resolver
 from kumoq.dns.site_name import MailExchanger
-from kumoq.egress.dispatcher import Dispatchers
+from kumoq.egress.dispatcher import CLOSE_WAIT_SECONDS, Dispatchers
 from kumoq.egress.names import mx_list_site_name, ready_queue_name
+from kumoq.egress.ready import expiry_deadline
 from kumoq.egress.ready_queue import SMTP_PROTO, QueuedMessage, ReadyQueue, transient
 from kumoq.egress.sources import EgressSources, SourceSelector
 from kumoq.errors import KumoqError, PolicyWouldBlock
@@ -107,8 +109,11 @@ class SmtpDispatch:
             )
         if isinstance(ready, Attempt):
             return ready
+        if self._dispatchers.closing:
+            raise asyncio.CancelledError  # not attempted: the message stays spooled
         future: asyncio.Future[Attempt] = asyncio.get_running_loop().create_future()
-        if not ready.fifo.try_push(QueuedMessage(msg, future), priority_of(msg)):
+        item = QueuedMessage(msg, future, expiry_deadline(msg, config.max_age), config.max_age)
+        if not ready.push(item, priority_of(msg)):
             return Attempt(
                 RecordType.Delayed,
                 transient("ready queue is full", 400, None),
@@ -183,6 +188,7 @@ class SmtpDispatch:
                     mx_list=protocol.mx_list,
                     path=path,
                     path_until=now + path.refresh_interval,
+                    clock=self._clock,
                 )
                 self._ready[name] = ready
             else:
@@ -190,6 +196,7 @@ class SmtpDispatch:
                 ready.path_until = now + path.refresh_interval
         return ready
 
-    async def close(self) -> None:
-        """Stop dispatching; messages waiting in ready queues stay spooled for the next start."""
-        await self._dispatchers.close(self._ready.values())
+    async def close(self, drain_seconds: float = CLOSE_WAIT_SECONDS) -> None:
+        """Stop dispatching; sessions in progress get ``drain_seconds`` to finish, then are
+        aborted. Messages not delivered stay spooled for the next start (no record)."""
+        await self._dispatchers.close(self._ready.values(), drain_seconds)
