@@ -83,7 +83,7 @@ def _serve(policy: Path) -> int:
 
 
 def _validate(policy: Path) -> int:
-    from kumoq.daemon import load_policy
+    from kumoq.declarations import load_policy
 
     _runtime, _events, decl = load_policy(policy)
     print(

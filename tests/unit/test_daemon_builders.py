@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kumoq.config.egress import EgressPathConfig, EgressPool, EgressSource
-from kumoq.daemon import BUILDERS, _PolicyEgress
+from kumoq.declarations import BUILDERS, PolicyEgress
 from kumoq.errors import ConfigError, PolicyError
 from kumoq.lua import PolicyEvents, PolicyRuntime
 
@@ -60,7 +60,7 @@ def test_egress_events_must_return_the_matching_maker(tmp_path):
         "kumo.on('get_egress_pool', function(name) return nil end)\n"
         "kumo.on('get_egress_source', function(name) return { name = name } end)\n"
     )
-    egress = _PolicyEgress(PolicyEvents(PolicyRuntime(path, builders=BUILDERS)))
+    egress = PolicyEgress(PolicyEvents(PolicyRuntime(path, builders=BUILDERS)))
     with pytest.raises(ConfigError, match=r"return kumo\.make_egress_pool\{\.\.\.\}, got None"):
         egress.get_egress_pool("pool-a")
     with pytest.raises(ConfigError, match=r"must return kumo\.make_egress_source\{\.\.\.\}, got"):

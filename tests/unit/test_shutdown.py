@@ -14,13 +14,13 @@ import pytest
 from kumoq.clock import SystemClock
 from kumoq.config.egress import EgressPathConfig, EgressPool, EgressSource
 from kumoq.config.queue import CustomLuaProtocol, QueueConfig, SmtpProtocol
-from kumoq.daemon import ShutdownBounds, shutdown_bounds
 from kumoq.dns.mx_cache import MxCache
 from kumoq.dns.resolver import TestResolver
 from kumoq.egress.lua_dispatch import LuaDispatch
 from kumoq.egress.smtp_dispatch import SmtpDispatch
 from kumoq.errors import ConfigError
 from kumoq.message import EnvelopeAddress, Message, new_spool_id
+from kumoq.shutdown import ShutdownBounds, shutdown_bounds
 
 
 def test_the_default_bound_is_60_seconds() -> None:

@@ -1,0 +1,173 @@
+"""What the policy declares, and the policy seen through the seams the daemon wires.
+
+- ``load_policy`` loads the policy file and runs its ``init``, collecting ``Declarations``
+  (listeners, spools, logs, the test resolver) made by ``BUILDERS``.
+- ``PolicyEgress`` and ``PolicyQueueConfigs`` answer the egress and scheduler seams through
+  the policy's events (reference §2.1, §2.4).
+- ``PolicyEvents.swap`` (kumoq.lua.events) lets a reload replace the policy under all of them.
+
+L3: imports the Lua bridge and the config tables; imported by the daemon and the CLI.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kumoq.config.egress import EgressPathConfig, EgressPool, EgressSource
+from kumoq.config.listener import EsmtpListenerConfig
+from kumoq.config.logs import LocalLogsConfig
+from kumoq.config.queue import QueueConfig
+from kumoq.config.spool import SpoolDefinition, check_spool_pair
+from kumoq.dns.resolver import TestResolver
+from kumoq.errors import ConfigError
+from kumoq.lua.events import PolicyEvents
+from kumoq.lua.runtime import PolicyRuntime
+from kumoq.message import QueueNameParts
+
+__all__ = [
+    "BUILDERS",
+    "Declarations",
+    "PolicyEgress",
+    "PolicyQueueConfigs",
+    "load_policy",
+]
+
+
+@dataclass(slots=True)
+class Declarations:
+    """What the policy's ``init`` asked for."""
+
+    listeners: list[EsmtpListenerConfig] = field(default_factory=list)
+    spools: dict[str, SpoolDefinition] = field(default_factory=dict)
+    logs: list[LocalLogsConfig] = field(default_factory=list)
+    http_listeners: list[dict[str, Any]] = field(default_factory=list)
+    test_zones: list[str] = field(default_factory=list)
+
+    def declare(self, kind: str, value: object) -> None:
+        if isinstance(value, EsmtpListenerConfig):
+            self.listeners.append(value)
+        elif isinstance(value, SpoolDefinition):
+            if value.name in self.spools:
+                raise ConfigError(f"define_spool: spool {value.name!r} is already defined")
+            self.spools[value.name] = value
+        elif isinstance(value, LocalLogsConfig):
+            self.logs.append(value)
+        elif kind == "start_http_listener" and isinstance(value, dict):
+            self.http_listeners.append(value)
+        elif isinstance(value, _TestZones):
+            self.test_zones.extend(value.texts)
+
+    def spool_pair(self) -> tuple[SpoolDefinition, SpoolDefinition]:
+        missing = [n for n in ("data", "meta") if n not in self.spools]
+        if missing:
+            raise ConfigError(
+                "define_spool: both a 'data' and a 'meta' spool must be defined in init; "
+                f"missing {', '.join(repr(m) for m in missing)}"
+            )
+        data, meta = self.spools["data"], self.spools["meta"]
+        check_spool_pair(data, meta)
+        return data, meta
+
+
+def _http_listener(mapping: Any) -> dict[str, Any]:
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"start_http_listener: expected a table, got {mapping!r}")
+    allowed = {
+        "listen", "trusted_hosts", "request_body_limit", "use_tls", "hostname",
+        "tls_certificate", "tls_private_key",
+    }  # fmt: skip
+    unknown = sorted(set(mapping) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"start_http_listener: unknown key {unknown[0]!r}; "
+            f"allowed keys are: {', '.join(sorted(allowed))}"
+        )
+    return dict(mapping)
+
+
+@dataclass(frozen=True, slots=True)
+class _TestZones:
+    texts: tuple[str, ...]
+
+
+def _test_resolver(mapping: Any) -> _TestZones:
+    """``kumo.dns.configure_test_resolver``: zone texts, checked by parsing them now."""
+    zones = mapping.get("zones") if isinstance(mapping, dict) else None
+    if isinstance(zones, str):
+        zones = [zones]
+    if not isinstance(zones, list) or not all(isinstance(z, str) for z in zones):
+        raise ConfigError(f"configure_test_resolver: expected zone text, got {zones!r}")
+    TestResolver.from_zone_texts(zones)  # a syntax error names the policy line
+    return _TestZones(tuple(zones))
+
+
+BUILDERS = {
+    "configure_test_resolver": _test_resolver,
+    "start_esmtp_listener": EsmtpListenerConfig.from_mapping,
+    "define_spool": SpoolDefinition.from_mapping,
+    "configure_local_logs": LocalLogsConfig.from_mapping,
+    "make_queue_config": QueueConfig.from_mapping,
+    "make_egress_pool": EgressPool.from_mapping,
+    "make_egress_source": EgressSource.from_mapping,
+    "make_egress_path": EgressPathConfig.from_mapping,
+    "start_http_listener": _http_listener,
+}
+
+
+def load_policy(path: Path) -> tuple[PolicyRuntime, PolicyEvents, Declarations]:
+    """Load the policy file and run its ``init``; raises PolicyError naming file and line."""
+    declarations = Declarations()
+    runtime = PolicyRuntime(path, builders=BUILDERS, declare=declarations.declare)
+    runtime.fire_init()
+    declarations.spool_pair()
+    return runtime, PolicyEvents(runtime), declarations
+
+
+class PolicyEgress:
+    """``EgressPolicy`` through the policy's events (reference §2.1, §2.4)."""
+
+    def __init__(self, events: PolicyEvents) -> None:
+        self._events = events
+
+    def _made(self, event: str, kind: type, name: str) -> Any:
+        if not self._events.has_handler(event):
+            raise ConfigError(f"{event} is not defined, so the egress {kind.__name__} "
+                              f"{name!r} cannot be resolved")  # fmt: skip
+        value = self._events.call(event, name)
+        if not isinstance(value, kind):
+            maker = f"make_egress_{kind.__name__[6:].lower()}"
+            raise ConfigError(f"{event}({name!r}) must return kumo.{maker}{{...}}, "
+                              f"got {value!r}")  # fmt: skip
+        return value
+
+    def get_egress_pool(self, name: str) -> EgressPool:
+        pool: EgressPool = self._made("get_egress_pool", EgressPool, name)
+        return pool
+
+    def get_egress_source(self, name: str) -> EgressSource:
+        source: EgressSource = self._made("get_egress_source", EgressSource, name)
+        return source
+
+    def get_egress_path_config(
+        self, routing_domain: str, source: str, site_name: str
+    ) -> EgressPathConfig | None:
+        if not self._events.has_handler("get_egress_path_config"):
+            return None
+        value = self._events.call("get_egress_path_config", routing_domain, source, site_name)
+        if value is not None and not isinstance(value, EgressPathConfig):
+            raise ConfigError(
+                f"get_egress_path_config must return kumo.make_egress_path{{...}}, got {value!r}"
+            )
+        return value
+
+
+class PolicyQueueConfigs:
+    def __init__(self, events: PolicyEvents) -> None:
+        self._events = events
+
+    def get_queue_config(self, parts: QueueNameParts) -> QueueConfig | None:
+        return self._events.get_queue_config(
+            parts.domain, parts.tenant, parts.campaign, parts.routing_domain
+        )
