@@ -75,7 +75,14 @@ def _serve(policy: Path) -> int:
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal, sig.name)
-        await Daemon(policy).run(stop)
+        daemon = Daemon(policy)
+
+        def on_hangup() -> None:
+            log.info("received SIGHUP: reloading the policy %s", policy)
+            daemon.request_reload()
+
+        loop.add_signal_handler(signal.SIGHUP, on_hangup)
+        await daemon.run(stop)
 
     with asyncio.Runner(loop_factory=_loop_factory) as runner:
         runner.run(run())

@@ -16,12 +16,19 @@ import asyncio
 import logging
 import os
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from kumoq.clock import Clock, SystemClock
 from kumoq.config.queue import CustomLuaProtocol, MaildirProtocol, SmtpProtocol
 from kumoq.config.spool import SpoolDefinition
-from kumoq.declarations import PolicyEgress, PolicyQueueConfigs, load_policy
+from kumoq.declarations import (
+    CurrentLuaConnections,
+    Declarations,
+    PolicyEgress,
+    PolicyQueueConfigs,
+    load_policy,
+)
 from kumoq.delivery.maildir import MaildirDeliverer
 from kumoq.dns.mx_cache import MxCache
 from kumoq.dns.resolver import DnsPythonResolver, Resolver, TestResolver
@@ -32,6 +39,7 @@ from kumoq.egress.sources import SourceSelector
 from kumoq.errors import ConfigError, KumoqError, SpoolRecordError
 from kumoq.logs.logger import RecordLogger
 from kumoq.logs.writer import LocalLogWriter
+from kumoq.lua.events import PolicyEvents
 from kumoq.message import Message
 from kumoq.metrics import SPOOL_QUARANTINED
 from kumoq.reception import Reception
@@ -65,17 +73,78 @@ def _node_id(meta_spool: SpoolDefinition) -> str:
         return node
 
 
+@dataclass(frozen=True, slots=True)
+class _Live:
+    """What a reload swaps or refreshes."""
+
+    events: PolicyEvents
+    decl: Declarations
+    mx: MxCache
+    sources: SourceSelector
+    smtp: SmtpDispatch
+    queues: QueueManager
+
+
 class Daemon:
-    """One running kumoq: ``await Daemon(policy).run(stop_event)``."""
+    """One running kumoq: ``await Daemon(policy).run(stop_event)``; ``request_reload()`` (SIGHUP)
+    loads the policy again."""
 
     def __init__(self, policy_path: Path, *, clock: Clock | None = None) -> None:
         self.policy_path = policy_path
         self.clock = clock or SystemClock()
         self.listeners: list[EsmtpListener] = []
+        self.config_epoch = 0
+        self._live: _Live | None = None
+        self._reload_wanted = asyncio.Event()
+
+    def request_reload(self) -> None:
+        """Reload the policy soon (SIGHUP, ``kumo.bump_config_epoch``); requests made while a
+        reload is pending are one reload."""
+        self._reload_wanted.set()
+
+    def reload(self) -> bool:
+        """Load and validate the policy file again; on success fire every event in it from now
+        on and refresh every queue and egress config. On failure keep the running policy and
+        log why. Listeners, spools and spooled messages stay as they are."""
+        live = self._live
+        if live is None:
+            log.warning("reload: not running yet; ignored")
+            return False
+        try:
+            runtime, _events, decl = load_policy(self.policy_path)
+        except KumoqError as exc:
+            log.error("reload: the policy %s failed, the running policy stays: %s",
+                      self.policy_path, exc)  # fmt: skip
+            return False
+        decl.on_bump_config_epoch = self.request_reload
+        changed = live.decl.restart_only_changes(decl)
+        if changed:
+            log.warning("reload: changes to %s take effect at the next restart",
+                        ", ".join(changed))  # fmt: skip
+        runtime.waits.dns = live.mx
+        live.events.swap(runtime)
+        live.sources.expire()
+        live.smtp.expire_paths()
+        queues = live.queues.refresh_configs()
+        self.config_epoch += 1
+        log.info("reload: policy %s loaded (config epoch %d); %d queue configs refreshed, "
+                 "egress configs refresh at their next use",
+                 self.policy_path, self.config_epoch, queues)  # fmt: skip
+        return True
+
+    async def _reloader(self) -> None:
+        while True:
+            await self._reload_wanted.wait()
+            self._reload_wanted.clear()
+            try:
+                self.reload()
+            except Exception:  # a bug: the daemon runs on with the policy it has
+                log.exception("reload failed unexpectedly; the running policy stays")
 
     async def run(self, stop: asyncio.Event) -> None:
         bounds = shutdown_bounds(os.environ)
         runtime, events, decl = load_policy(self.policy_path)
+        decl.on_bump_config_epoch = self.request_reload
         data_def, meta_def = decl.spool_pair()
         if decl.http_listeners:
             log.warning("start_http_listener: the HTTP listener is not available in this build")
@@ -110,7 +179,7 @@ class Daemon:
             policy=egress_policy, mx=mx, resolver=lambda: mx.resolver,
             clock=self.clock, hostname=hostname, sources=sources,
         )  # fmt: skip
-        lua = LuaDispatch(runtime, clock=self.clock, sources=sources)
+        lua = LuaDispatch(CurrentLuaConnections(events), clock=self.clock, sources=sources)
         deliverers: dict[type, Deliverer] = {
             MaildirProtocol: MaildirDispatch(maildir),
             SmtpProtocol: smtp,
@@ -135,16 +204,21 @@ class Daemon:
             )
             for cfg in decl.listeners
         ]
+        self._live = _Live(events, decl, mx, sources, smtp, queues)
+        reloader: asyncio.Task[None] | None = None
         try:
             for cfg, reception in zip(decl.listeners, receptions, strict=True):
                 self.listeners.append(await start_esmtp_listener(cfg, reception))
             await self._enumerate(spool, queues)
             for reception in receptions:
                 reception.set_ready()
+            reloader = asyncio.create_task(self._reloader(), name="kumoq-reload")
             log.info("initialization complete")
             await stop.wait()
             log.info("shutting down: draining sessions and deliveries")
         finally:
+            if reloader is not None:
+                reloader.cancel()
             await self._shutdown(bounds, smtp, lua, queues, (maildir, spool, writers))
 
     async def _shutdown(

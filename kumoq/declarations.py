@@ -11,6 +11,8 @@ L3: imports the Lua bridge and the config tables; imported by the daemon and the
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,10 +26,11 @@ from kumoq.dns.resolver import TestResolver
 from kumoq.errors import ConfigError
 from kumoq.lua.events import PolicyEvents
 from kumoq.lua.runtime import PolicyRuntime
-from kumoq.message import QueueNameParts
+from kumoq.message import Message, QueueNameParts
 
 __all__ = [
     "BUILDERS",
+    "CurrentLuaConnections",
     "Declarations",
     "PolicyEgress",
     "PolicyQueueConfigs",
@@ -44,9 +47,14 @@ class Declarations:
     logs: list[LocalLogsConfig] = field(default_factory=list)
     http_listeners: list[dict[str, Any]] = field(default_factory=list)
     test_zones: list[str] = field(default_factory=list)
+    #: called by ``kumo.bump_config_epoch()`` (the daemon reloads the policy)
+    on_bump_config_epoch: Callable[[], None] | None = None
 
     def declare(self, kind: str, value: object) -> None:
-        if isinstance(value, EsmtpListenerConfig):
+        if kind == "bump_config_epoch":
+            if self.on_bump_config_epoch is not None:
+                self.on_bump_config_epoch()
+        elif isinstance(value, EsmtpListenerConfig):
             self.listeners.append(value)
         elif isinstance(value, SpoolDefinition):
             if value.name in self.spools:
@@ -58,6 +66,17 @@ class Declarations:
             self.http_listeners.append(value)
         elif isinstance(value, _TestZones):
             self.test_zones.extend(value.texts)
+
+    def restart_only_changes(self, new: Declarations) -> list[str]:
+        """What ``new`` (a reloaded policy's ``init``) changes that only a restart applies."""
+        pairs = {
+            "ESMTP listeners": (self.listeners, new.listeners),
+            "spools": (self.spools, new.spools),
+            "local logs": (self.logs, new.logs),
+            "HTTP listeners": (self.http_listeners, new.http_listeners),
+            "the test resolver": (self.test_zones, new.test_zones),
+        }
+        return [what for what, (old, now) in pairs.items() if old != now]
 
     def spool_pair(self) -> tuple[SpoolDefinition, SpoolDefinition]:
         missing = [n for n in ("data", "meta") if n not in self.spools]
@@ -171,3 +190,34 @@ class PolicyQueueConfigs:
         return self._events.get_queue_config(
             parts.domain, parts.tenant, parts.campaign, parts.routing_domain
         )
+
+
+class CurrentLuaConnections:
+    """Custom Lua delivery (``LuaConnections``) through the current policy: a new connection is
+    made by the runtime in place then, and keeps using it after a reload, until it closes."""
+
+    def __init__(self, events: PolicyEvents) -> None:
+        self._events = events
+        self._conns: dict[int, tuple[PolicyRuntime, int]] = {}
+        self._ids = itertools.count(1)
+
+    async def construct(self, name: str, *args: str | None) -> int:
+        runtime = self._events.runtime
+        inner = await runtime.construct(name, *args)
+        conn = next(self._ids)
+        self._conns[conn] = (runtime, inner)
+        return conn
+
+    async def conn_send(self, conn: int, msg: Message) -> Any:
+        runtime, inner = self._conns[conn]
+        return await runtime.conn_send(inner, msg)
+
+    async def conn_send_batch(self, conn: int, msgs: Sequence[Message]) -> Any:
+        runtime, inner = self._conns[conn]
+        return await runtime.conn_send_batch(inner, msgs)
+
+    def conn_close(self, conn: int) -> None:
+        entry = self._conns.pop(conn, None)
+        if entry is not None:
+            runtime, inner = entry
+            runtime.conn_close(inner)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import socket
 from collections.abc import Callable
@@ -195,6 +196,12 @@ class SmtpDispatch:
                 ready.path = path
                 ready.path_until = now + path.refresh_interval
         return ready
+
+    def expire_paths(self) -> None:
+        """Every ready queue asks ``get_egress_path_config`` again at its next message (a
+        policy reload)."""
+        for ready in self._ready.values():
+            ready.path_until = -math.inf
 
     async def close(self, drain_seconds: float = CLOSE_WAIT_SECONDS) -> None:
         """Stop dispatching; sessions in progress get ``drain_seconds`` to finish, then are

@@ -79,6 +79,11 @@ class SourceSelector:
             self._rr[queue_name] = state
         return state[1].next()
 
+    def expire(self) -> None:
+        """Forget every cached pool and source (a policy reload): the next use asks again."""
+        self._pools.clear()
+        self._sources.clear()
+
     def forget(self, queue_name: str) -> None:
         """Drop a scheduled queue's round-robin state (when the queue is reaped)."""
         self._rr.pop(queue_name, None)

@@ -42,6 +42,12 @@ class PolicyEvents:
     def runtime(self) -> PolicyRuntime:
         return self._rt
 
+    def swap(self, runtime: PolicyRuntime) -> PolicyRuntime:
+        """Fire every event from now on in ``runtime`` (a reloaded policy); returns the old
+        one, which calls in progress keep using until they end."""
+        old, self._rt = self._rt, runtime
+        return old
+
     def has_handler(self, name: str) -> bool:
         return name in self._rt.handler_names
 

@@ -202,6 +202,16 @@ for _, kind in ipairs(M.declarations) do
   kumo[kind] = declaration(kind)
 end
 
+-- kumo.bump_config_epoch(): reload the policy and refresh every queue and
+-- egress config, as SIGHUP does (kumoq runs the reload after this call).
+local py_bump = py.kumo_bump_config_epoch
+kumo.bump_config_epoch = function()
+  local r, e = py_bump()
+  if r == ERR then
+    error(e, 2)
+  end
+end
+
 -- kumo.dns.configure_test_resolver(zone_text | {zone_text, ...}): answer DNS
 -- from zone text instead of the network (init only), so tests and staging
 -- route domains to 127.0.0.x.

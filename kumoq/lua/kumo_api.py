@@ -125,6 +125,11 @@ def python_api(rt: KumoApiRuntime) -> dict[str, Callable[..., Any]]:
         if callback is not None:
             prefixed(kind, lambda value: callback(kind, value), built)
 
+    def bump_config_epoch() -> None:
+        callback = rt.declare_callback
+        if callback is not None:
+            callback("bump_config_epoch", None)
+
     def make(kind: str, params: object) -> int:
         return rt.new_opaque(kind, build(kind, params))
 
@@ -137,6 +142,7 @@ def python_api(rt: KumoApiRuntime) -> dict[str, Callable[..., Any]]:
         "kumo_json_parse": rt.guard("json_parse", json_parse),
         "kumo_log": rt.guard("log", log),
         "kumo_declare": rt.guard(None, declare),
+        "kumo_bump_config_epoch": rt.guard("bump_config_epoch", bump_config_epoch),
         "kumo_make": rt.guard(None, make),
         "kumo_release": rt.guard("release", release),
     }

@@ -195,6 +195,16 @@ class QueueManager:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def refresh_configs(self) -> int:
+        """Call ``get_queue_config`` again for every queue now (a policy reload); a queue
+        whose call fails keeps its last config. Returns how many queues were refreshed."""
+        self._failed.clear()
+        names = list(self._queues)
+        for name in names:
+            self._queues[name].resolved_at = -math.inf
+            self._resolve(name, refresh_later=True)  # keeps the last config on a failure
+        return len(names)
+
     def get(self, name: str) -> ScheduledQueue | None:
         return self._queues.get(name)
 

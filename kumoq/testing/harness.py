@@ -138,6 +138,29 @@ class KumoqDaemon:
         """SIGKILL the daemon, as a crash would."""
         self.stop(timeout=10, sig=signal.SIGKILL)
 
+    def reload(self, policy: str | None = None, timeout: float = 10.0) -> str:
+        """Send SIGHUP (after writing ``policy`` to the policy file, if given) and return the
+        daemon's ``reload:`` line that answers it: the policy loaded, or why it stays."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            raise RuntimeError("daemon is not running")
+        if policy is not None:
+            self.policy_path.write_text(policy)
+        seen = len(self.stderr_lines)
+        proc.send_signal(signal.SIGHUP)
+
+        def answer() -> str | None:
+            return next(
+                (
+                    line
+                    for line in self.stderr_lines[seen:]
+                    if "reload: policy" in line or "reload: the policy" in line
+                ),
+                None,
+            )
+
+        return self.wait_for(answer, timeout, what="the daemon's answer to SIGHUP")
+
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
