@@ -18,9 +18,21 @@ kumo.on('init', function()
   }
 end)
 
+-- X-Tenant comes from whoever sends the message: use it only when it is a plain name (letters,
+-- digits, '_' and '-', at most 64 of them). Anything else, such as '../../etc' or a value with
+-- '@', ':' or '!' that would change the queue name, is ignored: the message goes to 'none'.
+-- (kumoq also encodes every value expanded into maildir_path, so that no value can leave the
+-- maildir root whatever the policy lets through; see docs/security.md, "Maildir paths".)
+local function plain_tenant(value)
+  if value and #value <= 64 and value:match '^[%w_-]+$' then
+    return value
+  end
+  return nil
+end
+
 kumo.on('smtp_server_message_received', function(msg)
   msg:import_x_headers { 'x-tenant' }
-  local tenant = msg:get_meta 'x_tenant'
+  local tenant = plain_tenant(msg:get_meta 'x_tenant')
   if tenant then
     msg:set_meta('tenant', tenant)
   end

@@ -51,6 +51,7 @@ from kumoq.shutdown import GRACE, ShutdownBounds, shutdown_bounds, watchdog, wit
 from kumoq.smtp.server import EsmtpListener, start_esmtp_listener
 from kumoq.spool import open_spool
 from kumoq.spool.base import Spool
+from kumoq.spool.health import FreeSpaceMonitor
 
 __all__ = ["Daemon"]
 
@@ -192,6 +193,7 @@ class Daemon:
             records=records,
             clock=self.clock,
         )
+        free_space = FreeSpaceMonitor.for_config((data_def, meta_def), decl.logs)
         receptions = [
             Reception(
                 events=events,
@@ -201,11 +203,13 @@ class Daemon:
                 clock=self.clock,
                 hostname=cfg.hostname,
                 received_header=cfg.trace_headers.received_header,
+                free_space=free_space,
             )
             for cfg in decl.listeners
         ]
         self._live = _Live(events, decl, mx, sources, smtp, queues)
         reloader: asyncio.Task[None] | None = None
+        await asyncio.to_thread(free_space.start)
         try:
             for cfg, reception in zip(decl.listeners, receptions, strict=True):
                 self.listeners.append(await start_esmtp_listener(cfg, reception))
@@ -217,6 +221,7 @@ class Daemon:
             await stop.wait()
             log.info("shutting down: draining sessions and deliveries")
         finally:
+            free_space.stop()
             if reloader is not None:
                 reloader.cancel()
             await self._shutdown(bounds, smtp, lua, queues, (maildir, spool, writers))

@@ -4,6 +4,13 @@ A ``Message`` is one recipient's copy of a received transaction (KumoMTA's ``Bif
 Its meta is a plain JSON-able dict; its data are the RFC 5322 bytes, which may be ``None`` while
 the message waits in a scheduled queue (loaded again from the spool when needed).
 
+The messages of one transaction share one body (copy on write): each holds its own short
+prefix (the ``Received:`` header) and a reference to the transaction's body bytes, so a
+1 MiB message to 200 recipients holds 1 MiB, not 200. Reading ``data`` builds the whole bytes
+for the caller (a transient copy; ``data_parts``, ``size``, ``header_data`` and ``has_data``
+read without one); assigning ``data`` gives that message bytes of its own and leaves the
+others alone.
+
 The spool's meta record is KumoMTA's JSON (``sender``, ``recipient``, ``meta``, ``schedule``)
 plus kumoq's ``num_attempts`` and ``due`` so that a restart keeps each message's schedule.
 Reading a record back (``Message.from_spool_bytes``) validates every field and raises
@@ -190,11 +197,16 @@ class Message:
 
     ``due`` is the unix time of the next attempt (``None``: due now); ``num_attempts`` counts
     attempts made so far. Both are persisted in the spool meta record (a kumoq extension).
+
+    ``shared_body``: bytes that follow ``data`` and that other messages hold too (never
+    copied); the message's data are then ``data + shared_body`` until something assigns
+    ``data``.
     """
 
     __slots__ = (
+        "_own",
+        "_shared",
         "created",
-        "data",
         "due",
         "id",
         "meta",
@@ -216,12 +228,18 @@ class Message:
         num_attempts: int = 0,
         due: float | None = None,
         created: float | None = None,
+        shared_body: bytes | None = None,
     ) -> None:
         self.id = id
         self.sender = sender
         self.recipients = recipients
         self.meta: dict[str, Any] = meta if meta is not None else {}
-        self.data = data
+        # The data are _own, followed by _shared when it is not None (then _own is not None).
+        self._own: bytes | None = data
+        self._shared: bytes | None = None
+        if shared_body is not None:
+            self._own = data or b""
+            self._shared = shared_body
         self.schedule = schedule
         self.num_attempts = num_attempts
         self.due = due
@@ -229,6 +247,60 @@ class Message:
 
     def __repr__(self) -> str:
         return f"<Message {self.id} {self.sender} -> {[str(r) for r in self.recipients]}>"
+
+    @property
+    def data(self) -> bytes | None:
+        """The message bytes, or None when they are not loaded.
+
+        A message that shares its body builds them at each read: a copy the caller owns,
+        O(size). Prefer ``has_data``, ``size``, ``data_parts`` or ``header_data`` when they
+        suffice."""
+        shared = self._shared
+        if shared is None:
+            return self._own
+        return self._own + shared if self._own else shared
+
+    @data.setter
+    def data(self, value: bytes | None) -> None:
+        """Give this message data of its own (the shared body, if any, is no longer used)."""
+        self._own = value
+        self._shared = None
+
+    @property
+    def has_data(self) -> bool:
+        """True when the data are loaded. O(1)."""
+        return self._own is not None
+
+    @property
+    def shares_body(self) -> bool:
+        """True while the data are a prefix followed by a body other messages share."""
+        return self._shared is not None
+
+    @property
+    def size(self) -> int:
+        """``len(data)`` (0 when not loaded), without building the data. O(1)."""
+        own = self._own
+        return (len(own) if own is not None else 0) + len(self._shared or b"")
+
+    def data_parts(self) -> tuple[bytes, ...] | None:
+        """The data as pieces to write one after the other (no copy), or None when not
+        loaded: ``(data,)``, or ``(prefix, shared body)``."""
+        own, shared = self._own, self._shared
+        if own is None:
+            return None
+        if shared is None:
+            return (own,)
+        return (own, shared) if own else (shared,)
+
+    def header_data(self) -> bytes | None:
+        """Bytes that start with the whole header block, for ``kumoq.headers``' read
+        functions; None when not loaded. A shared message gives its prefix and the shared
+        body up to the first empty line (a copy of the header block only); any other gives
+        its data as they are (no copy)."""
+        own, shared = self._own, self._shared
+        if shared is None:
+            return own
+        return (own or b"") + shared[: _header_end(shared)]
 
     @property
     def recipient(self) -> EnvelopeAddress:
@@ -339,6 +411,19 @@ class Message:
         except QueueNameError as exc:
             raise SpoolRecordError("meta", f"no queue name can be computed: {exc}") from None
         return msg
+
+
+def _header_end(data: bytes) -> int:
+    """Where the first empty line of ``data`` starts (``len(data)`` if it has none).
+
+    Every header field ends before the first empty line, so ``data[:_header_end(data)]``
+    holds the whole header block whatever the prefix before it."""
+    if data.startswith((b"\r\n", b"\n")):
+        return 0
+    crlf = data.find(b"\n\r\n")
+    lf = data.find(b"\n\n", 0, crlf if crlf >= 0 else len(data))
+    ends = [i for i in (crlf, lf) if i >= 0]
+    return min(ends) + 1 if ends else len(data)
 
 
 _MISSING: Final = object()

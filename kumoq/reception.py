@@ -6,6 +6,15 @@ the policy's events, splits the transaction into one message per recipient, prep
 logs ``Reception`` records, inserts the messages into the queue manager, and only then answers
 ``250 OK ids=...``.
 
+The messages of a transaction share the body the client sent: each holds only its own
+``Received:`` header, and the spool writes the two pieces without joining them
+(``Message.data_parts``). A policy that changes one message's data gives that message a copy
+of its own (``kumoq.message``).
+
+While a ``free_space`` check reports a floor crossed (``kumoq.spool.health``), MAIL FROM is
+answered ``452 4.3.1 Insufficient system storage`` before any policy event, as Postfix does;
+the transactions already under way, and deliveries, go on.
+
 A transaction is all or nothing: either the client gets 250 and every message is spooled and
 queued, or it gets 4xx/5xx and nothing of the transaction stays in the spool. A failure before
 the spool write stores nothing. A failed store takes the transaction's other messages back out
@@ -24,7 +33,7 @@ import json
 import logging
 from collections.abc import Coroutine, Iterable
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from kumoq.clock import Clock
 from kumoq.errors import KumoqError, PolicyError, QueueNameError
@@ -35,9 +44,18 @@ from kumoq.smtp.replies import Reply
 from kumoq.smtp.server import ConnectionMeta
 from kumoq.spool.base import Spool
 
-__all__ = ["Reception", "ReceptionEvents", "ReceptionRecords"]
+__all__ = [
+    "INSUFFICIENT_STORAGE",
+    "Reception",
+    "ReceptionEvents",
+    "ReceptionRecords",
+    "StorageCheck",
+]
 
 log = logging.getLogger("kumoq.reception")
+
+#: The reply to MAIL FROM while storage is below a free-space floor (Postfix's).
+INSUFFICIENT_STORAGE: Final = Reply(452, "4.3.1", "Insufficient system storage")
 
 
 class ReceptionRecords(RecordSink, Protocol):
@@ -68,9 +86,19 @@ class ReceptionEvents(Protocol):
     ) -> None: ...
 
 
+class StorageCheck(Protocol):
+    """Whether storage has room for new mail (``kumoq.spool.health.FreeSpaceMonitor``)."""
+
+    @property
+    def problem(self) -> str | None:
+        """Why new mail is refused, or None; read at each MAIL FROM, so it must not block."""
+        ...
+
+
 class Reception:
     """The daemon's SMTP handler: one per listener, with that listener's hostname and trace
-    header settings."""
+    header settings. ``free_space``, shared by every listener, refuses new transactions
+    while storage is too full."""
 
     def __init__(
         self,
@@ -82,8 +110,10 @@ class Reception:
         clock: Clock,
         hostname: str,
         received_header: bool = True,
+        free_space: StorageCheck | None = None,
     ) -> None:
         self._events = events
+        self._free_space = free_space
         self._spool = spool
         self._queues = queues
         self._records = records
@@ -110,6 +140,8 @@ class Reception:
         return extensions if replaced is None else replaced
 
     async def mail_from(self, conn: ConnectionMeta, sender: EnvelopeAddress) -> Reply | None:
+        if self._free_space is not None and self._free_space.problem is not None:
+            return INSUFFICIENT_STORAGE
         await self._events.smtp_server_mail_from(sender, conn)
         return None
 
@@ -139,9 +171,15 @@ class Reception:
                 else b""
             )
             meta = dict(conn)
+            # One body for the whole transaction: each message adds only its own header.
             messages.append(
                 Message(
-                    id=spool_id, sender=sender, recipients=[rcpt], meta=meta, data=header + data
+                    id=spool_id,
+                    sender=sender,
+                    recipients=[rcpt],
+                    meta=meta,
+                    data=header,
+                    shared_body=data,
                 )
             )
         for msg in messages:
@@ -264,7 +302,8 @@ class Reception:
         task.add_done_callback(self._tasks.discard)
 
     async def _store(self, msg: Message) -> None:
-        await self._spool.store(msg.id, msg.data, json.dumps(msg.to_spool_meta()).encode())
+        meta = json.dumps(msg.to_spool_meta()).encode()
+        await self._spool.store(msg.id, msg.data_parts(), meta)
 
     def _received_header(
         self, conn: ConnectionMeta, spool_id: str, rcpt: EnvelopeAddress, now: float

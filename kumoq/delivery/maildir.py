@@ -138,7 +138,8 @@ class MaildirResult:
 
 @final
 class _Job:
-    """One file to write; the worker fills in ``file_id`` or ``error``."""
+    """One file to write (``data``: its pieces, in order); the worker fills in ``file_id`` or
+    ``error``."""
 
     __slots__ = ("data", "dir_mode", "error", "file_id", "file_mode", "maildir", "recipient")
 
@@ -146,7 +147,7 @@ class _Job:
         self,
         recipient: EnvelopeAddress,
         maildir: str,
-        data: bytes,
+        data: tuple[bytes, ...],
         dir_mode: int | None,
         file_mode: int | None,
     ) -> None:
@@ -214,7 +215,7 @@ class MaildirDeliverer:
     async def deliver(self, msg: Message, protocol: MaildirProtocol) -> MaildirResult:
         """Write ``msg`` into the maildir of each recipient; never raises for IO errors."""
         recipients = msg.recipients
-        data = msg.data
+        data = msg.data_parts()  # a shared body is written as it is, never joined
         if self._closed:
             return _all_failed(recipients, "maildir deliverer is closed")
         if data is None:
@@ -424,9 +425,10 @@ class MaildirDeliverer:
         try:
             if file_mode is not None:
                 os.fchmod(fd, file_mode)
-            view = memoryview(job.data)
-            while view:
-                view = view[os.write(fd, view) :]
+            for piece in job.data:
+                view = memoryview(piece)
+                while view:
+                    view = view[os.write(fd, view) :]
             st = os.fstat(fd)
         except OSError:
             os.close(fd)

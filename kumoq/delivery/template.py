@@ -5,6 +5,15 @@ KumoMTA renders ``maildir_path`` with MiniJinja; kumoq uses jinja2's ``Sandboxed
 deliverer turns into a transient failure). Values print as MiniJinja prints them: ``none``,
 ``true`` and ``false`` rather than Python's ``None``, ``True`` and ``False``.
 
+The path rule (a kumoq deviation): what a ``{{ ... }}`` prints can never leave the directory
+the template's literal text names. Each printed value is encoded as a piece of one path
+component (``encode_path_value``): ``%`` becomes ``%25``, ``/`` ``%2F``, NUL ``%00``, and a
+leading ``.`` ``%2E``. So a value is never ``.`` or ``..``, never holds a separator, and
+never makes the path absolute, whatever the sender put in a header; two different values
+never expand to the same directory. The template's literal text is the operator's and is
+kept as written. A component that ends up too long for the filesystem fails the write
+(a transient failure: the message is kept and retried, never written elsewhere).
+
 Each distinct template source is compiled once and cached, and a source with no template syntax
 at all skips jinja entirely (the common ``maildir_path = '/var/mail/sink'`` case costs nothing).
 
@@ -20,8 +29,14 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from kumoq.message import EnvelopeAddress, Message, parse_queue_name
 
-__all__ = ["MaildirPathTemplates", "TemplateExpansionError", "message_context"]
+__all__ = [
+    "MaildirPathTemplates",
+    "TemplateExpansionError",
+    "encode_path_value",
+    "message_context",
+]
 
+_PARENT: Final = ".."
 # How many distinct template sources the cache keeps before it starts over.
 _CACHE_LIMIT: Final = 1024
 
@@ -30,15 +45,29 @@ class TemplateExpansionError(Exception):
     """``maildir_path`` failed to compile or render; the text says why."""
 
 
-def _finalize(value: Any) -> Any:
-    """Print None and booleans as MiniJinja does."""
+_ESCAPES: Final = str.maketrans({"%": "%25", "/": "%2F", "\0": "%00"})
+
+
+def encode_path_value(text: str) -> str:
+    """``text`` made safe as (a piece of) one path component: ``%``, ``/`` and NUL
+    percent-encoded, and a leading ``.`` too. Injective; O(len)."""
+    text = text.translate(_ESCAPES)
+    return "%2E" + text[1:] if text.startswith(".") else text
+
+
+def _finalize(value: Any) -> str:
+    """Print a value as MiniJinja does (None and booleans as ``none``, ``true``, ``false``),
+    encoded by the path rule. jinja2 calls this for every ``{{ ... }}``, never for the
+    template's literal text."""
     if value is None:
-        return "none"
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    return value
+        text = "none"
+    elif value is True:
+        text = "true"
+    elif value is False:
+        text = "false"
+    else:
+        text = f"{value}"  # a plain str, even for Markup
+    return encode_path_value(text)
 
 
 def message_context(msg: Message) -> dict[str, Any]:
@@ -114,7 +143,14 @@ class MaildirPathTemplates:
         context["domain_part"] = recipient.domain
         context["email"] = recipient.email
         try:
-            return template.render(context)
+            path = template.render(context)
         except Exception as err:  # UndefinedError, SecurityError, TypeError from a filter...
             msg = f"failed to expand maildir_path template {source!r}: {err}"
             raise TemplateExpansionError(msg) from err
+        if _PARENT in path.split("/") and _PARENT not in source:
+            # Only a filter block (``{% filter %}``) run over encoded values can get here.
+            raise TemplateExpansionError(
+                f"maildir_path template {source!r} expanded to {path!r}, which has a '..' "
+                "component its template text does not have; not writing outside its root"
+            )
+        return path

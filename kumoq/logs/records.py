@@ -337,8 +337,7 @@ def build_record(
                 queue = msg.queue_name()
             except QueueNameError as exc:
                 queue = str(exc)
-        data = msg.data
-        size = len(data) if data is not None else 0
+        size = msg.size  # without building the data of a message that shares its body
         created = msg.created
         if num_attempts is None:
             num_attempts = msg.num_attempts
@@ -348,7 +347,7 @@ def build_record(
         if reception_protocol is None:
             proto = msg_meta.get("reception_protocol")
             reception_protocol = proto if isinstance(proto, str) else None
-        headers = selection.select_headers(data) if selection.headers else None
+        headers = selection.select_headers(msg.header_data()) if selection.headers else None
     else:
         msg_id = ""
         queue = ""

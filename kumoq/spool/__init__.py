@@ -9,7 +9,8 @@
 Both commit concurrent stores in groups (``kumoq.spool.writer``): many messages share each
 disk sync, and none is acknowledged before it is durable when ``flush`` is on (the default).
 Startup takes a pid-file lock per spool directory (``kumoq.spool.lock``);
-``check_free_space`` applies the ``min_free_space``/``min_free_inodes`` floors.
+``check_free_space`` applies the ``min_free_space``/``min_free_inodes`` floors once, and
+``FreeSpaceMonitor`` every few seconds on a thread (``kumoq.spool.health``).
 
 Imports kumoq.config.spool, kumoq.errors and its own modules; nothing above it.
 """
@@ -18,11 +19,12 @@ from __future__ import annotations
 
 from kumoq.config.spool import SpoolDefinition, SpoolKind, check_spool_pair
 from kumoq.spool.base import Spool, SpoolStats
-from kumoq.spool.health import check_free_space
+from kumoq.spool.health import FreeSpaceMonitor, check_free_space
 from kumoq.spool.local_disk import LocalDiskSpool, SyncMode
 from kumoq.spool.sqlite import SqliteSpool
 
 __all__ = [
+    "FreeSpaceMonitor",
     "LocalDiskSpool",
     "Spool",
     "SpoolStats",

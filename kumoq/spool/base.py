@@ -12,7 +12,7 @@ Pure: imports only kumoq.errors and the standard library; no IO here.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol, runtime_checkable
 
@@ -24,11 +24,26 @@ __all__ = [
     "STORE",
     "Folded",
     "Op",
+    "Payload",
     "Spool",
     "SpoolStats",
     "check_spool_id",
     "fold_ops",
+    "joined",
 ]
+
+
+Payload = bytes | tuple[bytes, ...]
+"""Message bytes to store: whole, or as pieces the spool writes one after the other (a
+message's own prefix and the body it shares with the other messages of its transaction), so
+that nobody has to join them into one copy per message."""
+
+
+def joined(data: Payload) -> bytes:
+    """``data`` as one bytes object (a copy only when it is in several pieces)."""
+    if isinstance(data, bytes):
+        return data
+    return data[0] if len(data) == 1 else b"".join(data)
 
 
 @runtime_checkable
@@ -45,13 +60,14 @@ class Spool(Protocol):
         """Take the lock (SpoolLockedError if another live process holds it), then recover:
         delete temporary files left by a crash. Must be called before anything else."""
 
-    async def store(self, msg_id: str, data: bytes | None, meta: bytes) -> None:
-        """Write ``meta`` and, unless ``data`` is None (a meta-only update), ``data``.
+    async def store(self, msg_id: str, data: Payload | None, meta: bytes) -> None:
+        """Write ``meta`` and, unless ``data`` is None (a meta-only update), ``data`` (its
+        pieces one after the other when it is a tuple; they are not copied).
 
         Durable before it returns (when flush). Raises SpoolError if the write failed.
         """
 
-    async def store_many(self, items: list[tuple[str, bytes | None, bytes]]) -> None:
+    async def store_many(self, items: Sequence[tuple[str, Payload | None, bytes]]) -> None:
         """``store`` for several messages at once; all of them land in the same batch."""
 
     async def load_data(self, msg_id: str) -> bytes:
@@ -104,7 +120,7 @@ QUARANTINE: Final = 2
 
 # One queued operation: (STORE, id, data | None, meta), (REMOVE, id, None, None) or
 # (QUARANTINE, id, None, reason as UTF-8).
-Op = tuple[int, str, bytes | None, bytes | None]
+Op = tuple[int, str, Payload | None, bytes | None]
 
 
 @dataclass(slots=True)
@@ -117,7 +133,7 @@ class Folded:
     """
 
     removes: list[str]
-    stores: list[tuple[str, bytes | None, bytes]]
+    stores: list[tuple[str, Payload | None, bytes]]
     quarantines: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -125,7 +141,7 @@ class _Entry:
     __slots__ = ("data", "dropped", "meta")
 
     def __init__(self) -> None:
-        self.data: bytes | None = None
+        self.data: Payload | None = None
         self.meta: bytes | None = None
         self.dropped = False
 
@@ -155,7 +171,7 @@ def fold_ops(ops: Iterable[Op]) -> Folded:
                 entry.data = data
             entry.meta = meta
     removes: list[str] = []
-    stores: list[tuple[str, bytes | None, bytes]] = []
+    stores: list[tuple[str, Payload | None, bytes]] = []
     for msg_id, entry in entries.items():
         if entry.dropped:
             removes.append(msg_id)

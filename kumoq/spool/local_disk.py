@@ -48,7 +48,7 @@ from typing import Final, Literal, TypeVar, final
 
 from kumoq.config.spool import SpoolDefinition, check_spool_pair
 from kumoq.errors import SpoolCorruptError, SpoolError
-from kumoq.spool.base import Op, check_spool_id, fold_ops
+from kumoq.spool.base import Op, Payload, check_spool_id, fold_ops
 from kumoq.spool.lock import SpoolLock
 from kumoq.spool.writer import BatchingSpool
 
@@ -335,9 +335,9 @@ class LocalDiskSpool(BatchingSpool):
             with open(f"{meta.quarantine_dir}/{name}.reason", "w", encoding="utf-8") as f:
                 f.write(f"{stamp} {reason}\n")
 
-    def _commit_stores(self, stores: list[tuple[str, bytes | None, bytes]]) -> int:
+    def _commit_stores(self, stores: list[tuple[str, Payload | None, bytes]]) -> int:
         data_tree, meta_tree = self._data, self._meta
-        jobs: list[tuple[_Tree, str, bytes]] = []
+        jobs: list[tuple[_Tree, str, Payload]] = []
         for msg_id, data, meta in stores:
             if data is not None:
                 jobs.append((data_tree, msg_id, data))
@@ -380,8 +380,9 @@ class LocalDiskSpool(BatchingSpool):
                     with contextlib.suppress(OSError):
                         os.unlink(f.temp)
 
-    def _write_one(self, job: tuple[_Tree, str, bytes]) -> _File | BaseException:
-        """Write (and, in fdatasync mode, sync) one temp file; errors are returned."""
+    def _write_one(self, job: tuple[_Tree, str, Payload]) -> _File | BaseException:
+        """Write (and, in fdatasync mode, sync) one temp file, its pieces one after the other
+        (never joined); errors are returned."""
         tree, msg_id, payload = job
         temp = tree.temp_for(msg_id)
         try:
@@ -389,9 +390,10 @@ class LocalDiskSpool(BatchingSpool):
         except OSError as exc:
             return exc
         try:
-            view = memoryview(payload)
-            while view:
-                view = view[os.write(fd, view) :]
+            for piece in (payload,) if isinstance(payload, bytes) else payload:
+                view = memoryview(piece)
+                while view:
+                    view = view[os.write(fd, view) :]
             if tree.flush and self.sync_mode == "fdatasync":
                 self.fdatasync(fd)
         except BaseException as exc:

@@ -35,7 +35,7 @@ from typing import Final, final
 
 from kumoq.config.spool import SpoolDefinition, check_spool_pair
 from kumoq.errors import SpoolCorruptError, SpoolError
-from kumoq.spool.base import Op, check_spool_id, fold_ops
+from kumoq.spool.base import Op, check_spool_id, fold_ops, joined
 from kumoq.spool.lock import SpoolLock
 from kumoq.spool.writer import BatchingSpool
 
@@ -145,7 +145,9 @@ class SqliteSpool(BatchingSpool):
         conn = self._wconn
         assert conn is not None
         folded = fold_ops(ops)
-        full = [(i, m, d) for i, d, m in folded.stores if d is not None]
+        # Data in pieces are joined one message at a time, as executemany binds them.
+        full = ((i, m, joined(d)) for i, d, m in folded.stores if d is not None)
+        any_full = any(d is not None for _, d, _ in folded.stores)
         meta_only = [(i, m) for i, d, m in folded.stores if d is None]
         # A batch of removes only needs no WAL fsync (a lost remove means a redelivery); the
         # next synchronous commit makes its frames durable along with its own.
@@ -160,7 +162,7 @@ class SqliteSpool(BatchingSpool):
                 conn.execute(_DELETE, (msg_id,))
             if folded.removes:
                 conn.executemany(_DELETE, [(i,) for i in folded.removes])
-            if full:
+            if any_full:
                 conn.executemany(_UPSERT_FULL, full)
             if meta_only:
                 conn.executemany(_UPSERT_META, meta_only)

@@ -20,11 +20,19 @@ import logging
 import queue
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Final
 
 from kumoq.errors import SpoolError
-from kumoq.spool.base import QUARANTINE, REMOVE, STORE, Op, SpoolStats, check_spool_id
+from kumoq.spool.base import (
+    QUARANTINE,
+    REMOVE,
+    STORE,
+    Op,
+    Payload,
+    SpoolStats,
+    check_spool_id,
+)
 
 __all__ = ["BatchingSpool", "GroupCommitWriter"]
 
@@ -183,11 +191,11 @@ class BatchingSpool(ABC):
         self._started = True
         self._writer.start(asyncio.get_running_loop())
 
-    async def store(self, msg_id: str, data: bytes | None, meta: bytes) -> None:
+    async def store(self, msg_id: str, data: Payload | None, meta: bytes) -> None:
         self.stats.stores += 1
         await self._writer.submit([(STORE, check_spool_id(msg_id), data, meta)])
 
-    async def store_many(self, items: list[tuple[str, bytes | None, bytes]]) -> None:
+    async def store_many(self, items: Sequence[tuple[str, Payload | None, bytes]]) -> None:
         if not items:
             return
         self.stats.stores += len(items)

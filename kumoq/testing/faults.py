@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -22,7 +22,7 @@ from kumoq.errors import SpoolError
 from kumoq.logs.records import RecordType, Response
 from kumoq.message import Message
 from kumoq.scheduler.attempt import Attempt
-from kumoq.spool.base import Spool
+from kumoq.spool.base import Payload, Spool
 
 __all__ = ["FaultySpool", "ScriptedDeliverer", "delivered", "transient_failure"]
 
@@ -68,11 +68,11 @@ class FaultySpool:
     async def start(self) -> None:
         await self.inner.start()
 
-    async def store(self, msg_id: str, data: bytes | None, meta: bytes) -> None:
+    async def store(self, msg_id: str, data: Payload | None, meta: bytes) -> None:
         self._check("store")
         await self.inner.store(msg_id, data, meta)
 
-    async def store_many(self, items: list[tuple[str, bytes | None, bytes]]) -> None:
+    async def store_many(self, items: Sequence[tuple[str, Payload | None, bytes]]) -> None:
         self._check("store_many")
         await self.inner.store_many(items)
 

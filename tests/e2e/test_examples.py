@@ -33,6 +33,64 @@ def test_maildir_per_tenant_example_routes_by_tenant_and_domain(kumoq):
     assert acme_reception["headers"]["X-Tenant"] == "acme"
 
 
+HOSTILE_TENANTS = [
+    "../../../escaped",  # from var/maildir/<tenant>/<domain>: tmp_path/escaped/<domain>
+    "../../..",
+    "../../../escaped/../kumoq0/var/spool",
+    "/tmp",
+    "..",
+]
+
+
+def _files_outside(tmp_path: Path, daemon) -> list[Path]:
+    """Files under tmp_path that are neither the daemon's policy, spool, logs nor maildir."""
+    var = daemon.workdir / "var"
+    allowed = [var / "maildir", var / "spool", var / "log", daemon.policy_path]
+    return [
+        p
+        for p in tmp_path.rglob("*")
+        if p.is_file() and not any(p == a or p.is_relative_to(a) for a in allowed)
+    ]
+
+
+def test_maildir_per_tenant_example_keeps_a_hostile_tenant_inside_the_maildir(kumoq, tmp_path):
+    """Issue 10, defect 6: X-Tenant '../../../x' wrote a maildir outside var/maildir."""
+    daemon = kumoq((ROOT / "examples" / "maildir-per-tenant.lua").read_text())
+    for i, tenant in enumerate(HOSTILE_TENANTS):
+        daemon.send("s@example.com", [f"r{i}@example.org"], headers={"X-Tenant": tenant})
+    daemon.wait_for_records("Delivery", len(HOSTILE_TENANTS))
+    assert _files_outside(tmp_path, daemon) == []
+    # The example takes only plain names: every one of these went to 'none'.
+    assert len(daemon.maildir_files("var/maildir/none/example.org")) == len(HOSTILE_TENANTS)
+    assert len(daemon.maildir_files()) == len(HOSTILE_TENANTS)
+
+
+def test_a_policy_that_passes_the_header_through_still_cannot_leave_the_root(kumoq, tmp_path):
+    """The example as it was, unsanitized: kumoq's path rule alone keeps the maildir in its
+    root; each value becomes one percent-encoded directory (docs/security.md)."""
+    text = (ROOT / "examples" / "maildir-per-tenant.lua").read_text()
+    text = text.replace("plain_tenant(msg:get_meta 'x_tenant')", "msg:get_meta 'x_tenant'")
+    assert "local tenant = msg:get_meta 'x_tenant'" in text
+    daemon = kumoq(text)
+    for i, tenant in enumerate(HOSTILE_TENANTS):
+        daemon.send("s@example.com", [f"r{i}@example.org"], headers={"X-Tenant": tenant})
+    daemon.wait_for_records("Delivery", len(HOSTILE_TENANTS))
+    assert _files_outside(tmp_path, daemon) == []
+    root = daemon.workdir / "var" / "maildir"
+    tenants = sorted(p.name for p in root.iterdir())
+    assert tenants == sorted(
+        [
+            "%2E.%2F..%2F..%2Fescaped%2F..%2Fkumoq0%2Fvar%2Fspool",
+            "%2E.%2F..%2F..%2Fescaped",
+            "%2E.%2F..%2F..",
+            "%2Ftmp",
+            "%2E.",
+        ]
+    )
+    for name in tenants:
+        assert len(daemon.maildir_files(root / name / "example.org")) == 1
+
+
 def test_shipped_policy_delivers_when_moved_to_port_0(kumoq):
     text = (ROOT / "policy" / "init.lua").read_text().replace("127.0.0.1:2025", "127.0.0.1:0")
     daemon = kumoq(text)

@@ -75,6 +75,9 @@ def make_msg(*, recipients: tuple[str, ...] = ("rcpt@dest.example",), **kw: Any)
         recipients=[EnvelopeAddress.parse(r) for r in recipients],
         meta=meta,
         data=kw.pop("data", DATA),
+        # explicit: new_spool_id never goes back in time, so after a test that made ids at
+        # the real time, the id's own timestamp would be later than CREATED
+        created=kw.pop("created", CREATED),
         **kw,
     )
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
@@ -13,6 +13,7 @@ from kumoq.errors import PolicyError, PolicyWouldBlock, SpoolCorruptError
 from kumoq.message import QueueNameParts
 from kumoq.scheduler.attempt import POLICY_WAIT_RERUNS
 from kumoq.scheduler.manager import QueueConfigSource, QueueManager
+from kumoq.spool.base import Payload
 
 
 class FlakySource:
@@ -38,10 +39,10 @@ class NoSpool:
     async def start(self) -> None:
         pass
 
-    async def store(self, msg_id: str, data: bytes | None, meta: bytes) -> None:
+    async def store(self, msg_id: str, data: Payload | None, meta: bytes) -> None:
         pass
 
-    async def store_many(self, items: list[tuple[str, bytes | None, bytes]]) -> None:
+    async def store_many(self, items: Sequence[tuple[str, Payload | None, bytes]]) -> None:
         pass
 
     async def load_data(self, msg_id: str) -> bytes:

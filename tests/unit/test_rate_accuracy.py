@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +28,7 @@ from kumoq.message import EnvelopeAddress, Message, QueueNameParts, new_spool_id
 from kumoq.scheduler.attempt import Attempt
 from kumoq.scheduler.manager import QueueManager
 from kumoq.scheduler.scheduled import PACE_MARGIN, ScheduledQueue, SingletonWheel
+from kumoq.spool.base import Payload, joined
 from kumoq.testing.faults import delivered
 from kumoq.throttle import LocalThrottleBackend
 from tests.unit.virtual_time import run_virtual
@@ -65,11 +66,11 @@ class MemorySpool:
     async def start(self) -> None:
         pass
 
-    async def store(self, msg_id: str, data: bytes | None, meta: bytes) -> None:
+    async def store(self, msg_id: str, data: Payload | None, meta: bytes) -> None:
         if data is not None:
-            self.data[msg_id] = data
+            self.data[msg_id] = joined(data)
 
-    async def store_many(self, items: list[tuple[str, bytes | None, bytes]]) -> None:
+    async def store_many(self, items: Sequence[tuple[str, Payload | None, bytes]]) -> None:
         for msg_id, data, meta in items:
             await self.store(msg_id, data, meta)
 

@@ -13,7 +13,7 @@ the group-commit writer's (a cancelled await does not stop a write in flight), a
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,7 @@ from kumoq.message import EnvelopeAddress, Message, QueueNameParts
 from kumoq.reception import Reception
 from kumoq.scheduler.manager import QueueManager
 from kumoq.smtp.replies import Reply
+from kumoq.spool.base import Payload
 from kumoq.testing.faults import FaultySpool, ScriptedDeliverer
 
 CONN = {"received_from": "192.0.2.1", "received_via": "127.0.0.1:25", "ehlo_domain": "c.test"}
@@ -56,7 +57,7 @@ class MemorySpool:
     async def start(self) -> None:
         pass
 
-    async def store(self, msg_id: str, data: bytes | None, meta: bytes) -> None:
+    async def store(self, msg_id: str, data: Payload | None, meta: bytes) -> None:
         self.store_calls += 1
         number = self.store_calls
         if number in self.fail_at_call:
@@ -88,7 +89,7 @@ class MemorySpool:
         for land in held:
             land()
 
-    async def store_many(self, items: list[tuple[str, bytes | None, bytes]]) -> None:
+    async def store_many(self, items: Sequence[tuple[str, Payload | None, bytes]]) -> None:
         await asyncio.gather(*(self.store(*item) for item in items))
 
     async def load_data(self, msg_id: str) -> bytes:

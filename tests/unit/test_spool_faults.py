@@ -19,7 +19,7 @@ from kumoq.config.spool import SpoolDefinition
 from kumoq.errors import SpoolCorruptError, SpoolError
 from kumoq.message import new_spool_id
 from kumoq.spool import LocalDiskSpool, SqliteSpool
-from kumoq.spool.base import REMOVE, STORE, Op
+from kumoq.spool.base import REMOVE, STORE, Op, Payload
 from kumoq.spool.writer import BatchingSpool
 
 NOW = 1_700_000_000.0
@@ -31,7 +31,7 @@ class MemoryBackend(BatchingSpool):
 
     def __init__(self) -> None:
         super().__init__("memory")
-        self.items: dict[str, tuple[bytes | None, bytes]] = {}
+        self.items: dict[str, tuple[Payload | None, bytes]] = {}
         self.poison: set[str] = set()
         self.fail_removes = False
         self.gate = threading.Event()
@@ -63,7 +63,7 @@ class MemoryBackend(BatchingSpool):
     async def load_data(self, msg_id: str) -> bytes:
         data = self.items[msg_id][0]
         assert data is not None
-        return data
+        return data if isinstance(data, bytes) else b"".join(data)
 
     async def enumerate(self) -> AsyncIterator[tuple[str, bytes]]:
         for msg_id, (_data, meta) in list(self.items.items()):
