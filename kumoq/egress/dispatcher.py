@@ -7,7 +7,8 @@ waits for the path's ``max_message_rate`` and, before opening a session,
 back to its scheduled queue, attempts not incremented, §3.4), then delivers over a session it
 reuses for up to ``max_deliveries_per_connection`` messages and keeps idle for
 ``idle_timeout``. A run of connection failures (``consecutive_connection_failures_before_delay``)
-fails every waiting message at once.
+fails every waiting message at once. When a dispatcher ends (its session closed), ``on_idle``
+is told, so that an idle ready queue can be reaped.
 
 No outcome is ever stranded: an unexpected error while connecting or delivering fails the
 attempt (a transient failure) rather than leaving its future unresolved, and ``close()``
@@ -61,8 +62,10 @@ class Dispatchers:
         hostname: str,
         throttle: Throttle,
         rng: random.Random,
+        on_idle: Callable[[ReadyQueue], None] | None = None,
     ) -> None:
         self._resolver = resolver
+        self._on_idle = on_idle
         self._clock = clock
         self._hostname = hostname
         self._throttle = throttle
@@ -79,6 +82,7 @@ class Dispatchers:
         ideal = min(max(ideal_connection_count(len(ready.fifo), limit), 1), limit)
         while ready.dispatchers < ideal:
             ready.dispatchers += 1
+            ready.running += 1
             task = asyncio.ensure_future(self._dispatch(ready))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -184,24 +188,36 @@ class Dispatchers:
                     session = None
         finally:
             ready.dispatchers -= 1
-            if item is not None:
-                ready.held.discard(item)
-                if not item.future.done() and self._closing:
-                    item.future.cancel()  # aborted at shutdown: no record, it stays spooled
-                elif not item.future.done():  # a bug: fail this attempt, never strand it
-                    failed = transient("KumoMTA internal: the dispatcher ended unexpectedly")
-                    item.future.set_result(Attempt(RecordType.TransientFailure, failed))
-            if session is not None:
-                if self._aborting:
+            try:
+                await self._end(ready, item, session)
+            finally:
+                ready.running -= 1
+                if self._on_idle is not None:
+                    self._on_idle(ready)
+
+    async def _end(
+        self, ready: ReadyQueue, item: QueuedMessage | None, session: SmtpClientSession | None
+    ) -> None:
+        """A dispatcher ends: settle the message it held, close its session, and start
+        another dispatcher if messages still wait."""
+        if item is not None:
+            ready.held.discard(item)
+            if not item.future.done() and self._closing:
+                item.future.cancel()  # aborted at shutdown: no record, it stays spooled
+            elif not item.future.done():  # a bug: fail this attempt, never strand it
+                failed = transient("KumoMTA internal: the dispatcher ended unexpectedly")
+                item.future.set_result(Attempt(RecordType.TransientFailure, failed))
+        if session is not None:
+            if self._aborting:
+                session.abort()
+            else:
+                try:
+                    await session.quit()  # bounded by rset_timeout
+                except BaseException:  # cancelled at the end of the drain
                     session.abort()
-                else:
-                    try:
-                        await session.quit()  # bounded by rset_timeout
-                    except BaseException:  # cancelled at the end of the drain
-                        session.abort()
-                        raise
-            if len(ready.fifo) and not self._closing:
-                self.spawn(ready)
+                    raise
+        if len(ready.fifo) and not self._closing:
+            self.spawn(ready)
 
     async def _session_for(
         self, ready: ReadyQueue, item: QueuedMessage, session: SmtpClientSession | None

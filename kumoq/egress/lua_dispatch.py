@@ -15,13 +15,18 @@ of the call:
 - any other Lua error closes the connection and is a ``TransientFailure``
   ``400 KumoMTA internal: error in deliver_message: <error>``.
 
-Batch assembly (``plan_batch``, pure): up to ``batch_size`` waiting messages go out at once when
-at least ``min_batch_size`` wait; fewer wait until ``min_batch_size`` have arrived or
-``max_batch_latency`` has passed since the oldest waiting one arrived. Messages that arrive in
+Batch assembly (``plan_batch``, pure, in ``kumoq.egress.ready``): up to ``batch_size`` waiting
+messages go out at once when at least ``min_batch_size`` wait; fewer wait until
+``min_batch_size`` have arrived or ``max_batch_latency`` has passed since the oldest waiting one
+arrived. Messages that arrive in
 the same event-loop turn join the same batch, even with a latency of 0.
 
 Records carry ``delivery_protocol="Lua"`` and ``peer_address={name="Lua via <ctor>",
 addr="0.0.0.0"}``. The Lua calls are synchronous, on the event loop thread.
+
+A ready queue with nothing in progress for ``reap_interval`` after its last message (KumoMTA's
+10 minutes, as for SMTP) is reaped: its connection is closed (``conn:close()``) and its state
+dropped; the next message constructs a new one.
 
 A message still waiting at its expiry (``max_age`` or ``set_scheduling{expires}``), for a
 batch or for its connection's call in progress, gets its ``Expiration`` then (the text the
@@ -44,8 +49,13 @@ from typing import Any, Final, Protocol, final
 from kumoq.clock import Clock, SystemClock
 from kumoq.config.egress import UNSPECIFIED
 from kumoq.config.queue import CustomLuaProtocol, QueueConfig
-from kumoq.egress.ready import expiration, expiry_deadline
-from kumoq.egress.ready_queue import ExpiryTimer, settle_expired
+from kumoq.egress.ready import Idle, SendNow, WaitFor, expiration, expiry_deadline, plan_batch
+from kumoq.egress.ready_queue import (
+    READY_QUEUE_REAP_INTERVAL,
+    ExpiryTimer,
+    ReadyRegistry,
+    settle_expired,
+)
 from kumoq.egress.sources import SourceSelector
 from kumoq.errors import KumoqError, PolicyError, PolicyWouldBlock, RejectError
 from kumoq.logs.records import RecordType, Response
@@ -73,46 +83,6 @@ class LuaConnections(Protocol):
     async def conn_send_batch(self, conn: int, msgs: Sequence[Message]) -> Any: ...
 
     def conn_close(self, conn: int) -> None: ...
-
-
-# -- batch assembly (pure) -------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class SendNow:
-    """Send the ``count`` oldest waiting messages now."""
-
-    count: int
-
-
-@dataclass(frozen=True, slots=True)
-class WaitFor:
-    """Too few messages wait: look again after ``seconds``, or when one more arrives."""
-
-    seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class Idle:
-    """Nothing waits."""
-
-
-BatchPlan = SendNow | WaitFor | Idle
-
-
-def plan_batch(
-    waiting: int, oldest_arrival: float, now: float, protocol: CustomLuaProtocol
-) -> BatchPlan:
-    """What to do with ``waiting`` messages, the oldest of which arrived at ``oldest_arrival``
-    (monotonic seconds, like ``now``). O(1)."""
-    if waiting <= 0:
-        return Idle()
-    if waiting >= protocol.min_batch_size:
-        return SendNow(min(waiting, protocol.batch_size))
-    remaining = oldest_arrival + protocol.max_batch_latency - now
-    if remaining <= 0:
-        return SendNow(waiting)  # fewer than min_batch_size <= batch_size
-    return WaitFor(remaining)
 
 
 # -- dispatch --------------------------------------------------------------------------------
@@ -146,7 +116,6 @@ class _Batch:
     """The messages of one ready queue waiting for ``send_batch``, its sender task and the
     timer that expires waiting messages on time."""
 
-    site: str
     protocol: CustomLuaProtocol  # the latest message's; a refreshed config applies at once
     waiting: deque[_Waiting] = field(default_factory=deque)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -161,6 +130,22 @@ class _Batch:
             self.waiting.extend(kept)
             self.wake.set()
         return min((it.deadline for it in kept), default=math.inf)
+
+
+@dataclass(slots=True, eq=False)
+class _LuaPath:
+    """One ready queue ``<source>-><routing_domain>@lua:<ctor>``: its connection (made on first
+    use), the lock that allows one call at a time on it, its batch while messages wait for one,
+    and how many ``deliver`` calls are in progress on it."""
+
+    site: str
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    conn: tuple[int, str] | None = None  # (handle, session id)
+    batch: _Batch | None = None
+    calls: int = 0
+
+    def busy(self) -> bool:
+        return bool(self.calls or self.batch is not None or self.lock.locked())
 
 
 @final
@@ -179,14 +164,25 @@ class LuaDispatch:
         *,
         clock: Clock | None = None,
         sources: SourceSelector | None = None,
+        reap_interval: float = READY_QUEUE_REAP_INTERVAL,
     ) -> None:
         self._runtime = runtime
         self._clock: Clock = clock or SystemClock()
         self._sources = sources  # None: every message uses the source 'unspecified'
-        self._conns: dict[str, tuple[int, str]] = {}  # ready queue -> (handle, session id)
-        self._batches: dict[str, _Batch] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._paths: ReadyRegistry[_LuaPath] = ReadyRegistry(
+            self._clock, busy=_LuaPath.busy, reaped=self._close, reap_interval=reap_interval
+        )
         self._closing = False
+
+    @property
+    def ready_queues(self) -> ReadyRegistry[_LuaPath]:
+        """The ready queues by name (for metrics and tests)."""
+        return self._paths
+
+    def queue_reaped(self, name: str) -> None:
+        """The queue manager reaped the scheduled queue ``name``: forget its round robin."""
+        if self._sources is not None:
+            self._sources.forget(name)
 
     async def deliver(self, msg: Message, config: QueueConfig) -> Attempt:
         protocol = config.protocol
@@ -200,16 +196,36 @@ class LuaDispatch:
             return route
         routing_domain = parts.routing_domain or parts.domain
         site = f"{route.source}->{routing_domain}@lua:{protocol.constructor}"
+        path = self._paths.get(site)
+        if path is None:
+            path = self._paths.add(site, _LuaPath(site))
+        else:
+            self._paths.touch(site)
+        path.calls += 1
+        try:
+            return await self._deliver(path, msg, config, protocol, route)
+        finally:
+            path.calls -= 1
+            self._paths.idle(site)
+
+    async def _deliver(
+        self,
+        path: _LuaPath,
+        msg: Message,
+        config: QueueConfig,
+        protocol: CustomLuaProtocol,
+        route: _Route,
+    ) -> Attempt:
         max_age = config.max_age
         deadline = expiry_deadline(msg, max_age)
-        if protocol.batch_size == 1 and site not in self._batches:
+        if protocol.batch_size == 1 and path.batch is None:
             now = self._clock.now()
             if now >= deadline:  # not attempted past its expiry
                 return expiration(msg, max_age, now) or _failed("KumoMTA internal: expired")
-            return await self._send(site, protocol, route, [msg], (deadline, max_age))
-        batch = self._batches.get(site)
+            return await self._send(path, protocol, route, [msg], (deadline, max_age))
+        batch = path.batch
         if batch is None:
-            batch = self._batches[site] = _Batch(site, protocol)
+            batch = path.batch = _Batch(protocol)
             batch.expiry = ExpiryTimer(self._clock, batch.expire_due)
         batch.protocol = protocol
         future: asyncio.Future[Attempt] = asyncio.get_running_loop().create_future()
@@ -218,7 +234,7 @@ class LuaDispatch:
         if batch.expiry is not None:
             batch.expiry.watch(deadline)
         if batch.task is None:
-            batch.task = asyncio.create_task(self._run(batch), name=f"lua-batch {site}")
+            batch.task = asyncio.create_task(self._run(path, batch), name=f"lua-batch {path.site}")
         batch.wake.set()
         return await future
 
@@ -252,10 +268,11 @@ class LuaDispatch:
     def poke(self) -> None:
         """Look at every batch again now. The sender's own timer does this when a latency
         expires; tests with a ``FakeClock`` call it after ``advance``."""
-        for batch in self._batches.values():
-            batch.wake.set()
+        for path in self._paths.values():
+            if path.batch is not None:
+                path.batch.wake.set()
 
-    async def _run(self, batch: _Batch) -> None:
+    async def _run(self, path: _LuaPath, batch: _Batch) -> None:
         """The sender of one ready queue; ends when nothing waits (and ``deliver`` starts a new
         one for the next message)."""
         waiting = batch.waiting
@@ -271,7 +288,7 @@ class LuaDispatch:
                         now = self._clock.now()  # past its expiry: not attempted
                         items = [it for it in items if not it.expire(now)]
                         if items:
-                            await self._send_batch(batch, items)
+                            await self._send_batch(path, batch, items)
                         await asyncio.sleep(0)  # let new arrivals and other work in
                     case WaitFor(seconds):
                         try:
@@ -283,16 +300,17 @@ class LuaDispatch:
                         break
         finally:
             batch.task = None
-            if not waiting and self._batches.get(batch.site) is batch:
-                del self._batches[batch.site]
+            if not waiting and path.batch is batch:
+                path.batch = None
                 if batch.expiry is not None:
                     batch.expiry.cancel()
+                self._paths.idle(path.site)
 
-    async def _send_batch(self, batch: _Batch, items: list[_Waiting]) -> None:
+    async def _send_batch(self, path: _LuaPath, batch: _Batch, items: list[_Waiting]) -> None:
         """Send ``items`` and resolve their attempts (a bug fails them, never strands them)."""
         msgs = [it.msg for it in items]
         try:
-            attempt = await self._send(batch.site, batch.protocol, items[0].route, msgs)
+            attempt = await self._send(path, batch.protocol, items[0].route, msgs)
         except Exception as exc:
             for it in items:
                 if not it.future.done():
@@ -308,7 +326,7 @@ class LuaDispatch:
 
     async def _send(
         self,
-        site: str,
+        path: _LuaPath,
         protocol: CustomLuaProtocol,
         route: _Route,
         msgs: list[Message],
@@ -320,9 +338,7 @@ class LuaDispatch:
         (``kumo.dns.lookup_mx``) holds its connection until it returns. With ``expiry``
         (``(deadline, max_age)`` of a single message), the wait for the connection ends at
         the deadline, with the message's ``Expiration``."""
-        lock = self._locks.get(site)
-        if lock is None:
-            lock = self._locks[site] = asyncio.Lock()
+        lock = path.lock
         if expiry is not None and lock.locked():
             deadline, max_age = expiry
             try:
@@ -334,24 +350,24 @@ class LuaDispatch:
         else:
             await lock.acquire()
         try:
-            return await self._send_locked(site, protocol, route, msgs)
+            return await self._send_locked(path, protocol, route, msgs)
         finally:
             lock.release()
 
     async def _send_locked(
-        self, site: str, protocol: CustomLuaProtocol, route: _Route, msgs: list[Message]
+        self, path: _LuaPath, protocol: CustomLuaProtocol, route: _Route, msgs: list[Message]
     ) -> Attempt:
         ctor = protocol.constructor
         parts = route.parts
-        conn = self._conns.get(site)
+        conn = path.conn
         session_id = conn[1] if conn is not None else new_session_id()
-        attempt = _attempt_factory(site, ctor, session_id, route)
+        attempt = _attempt_factory(path.site, ctor, session_id, route)
         try:
             if conn is None:
                 handle = await self._runtime.construct(
                     ctor, parts.domain, parts.tenant, parts.campaign
                 )
-                conn = self._conns[site] = (handle, session_id)
+                conn = path.conn = (handle, session_id)
             if protocol.batch_size == 1:
                 (msg,) = msgs
                 result = await self._runtime.conn_send(conn[0], msg)
@@ -359,24 +375,25 @@ class LuaDispatch:
                 result = await self._runtime.conn_send_batch(conn[0], msgs)
         except RejectError as exc:
             if exc.code == 421:
-                self._close(site)
+                self._close(path)
             kind = RecordType.TransientFailure if 400 <= exc.code < 500 else RecordType.Bounce
             return attempt(kind, _reject_response(exc))
         except PolicyError as exc:
-            self._close(site)
+            self._close(path)
             return attempt(
                 RecordType.TransientFailure,
                 Response(400, None, f"KumoMTA internal: error in deliver_message: {exc}", None),
             )
         return attempt(RecordType.Delivery, Response(200, None, str(result), None))
 
-    def _close(self, site: str) -> None:
-        conn = self._conns.pop(site, None)
+    def _close(self, path: _LuaPath) -> None:
+        """Close the path's connection, if it has one (an error, a reap, or shutdown)."""
+        conn, path.conn = path.conn, None
         if conn is not None:
             try:
                 self._runtime.conn_close(conn[0])
             except KumoqError as exc:  # a PolicyError, or a close() that waits for DNS
-                log.warning("custom_lua connection %s: close failed: %s", site, exc)
+                log.warning("custom_lua connection %s: close failed: %s", path.site, exc)
 
     async def close(self, drain_seconds: float = CLOSE_DRAIN_SECONDS) -> None:
         """Stop taking work; let the Lua calls in progress finish (up to ``drain_seconds``:
@@ -384,8 +401,11 @@ class LuaDispatch:
         messages stay spooled), then close every connection once nothing uses it. Never
         waits longer than ``drain_seconds + ABANDON_GRACE_SECONDS``."""
         self._closing = True
+        self._paths.close()
+        paths = list(self._paths.values())
+        batches = [path.batch for path in paths if path.batch is not None]
         waiting = 0
-        for batch in self._batches.values():
+        for batch in batches:
             if batch.expiry is not None:
                 batch.expiry.cancel()
             for it in batch.waiting:
@@ -395,8 +415,8 @@ class LuaDispatch:
             batch.wake.set()  # the sender sees _closing and ends after its current call
         loop = asyncio.get_running_loop()
         deadline = loop.time() + drain_seconds
-        tasks = [b.task for b in self._batches.values() if b.task is not None]
-        calls = len(tasks) + sum(lock.locked() for lock in self._locks.values())
+        tasks = [batch.task for batch in batches if batch.task is not None]
+        calls = len(tasks) + sum(path.lock.locked() for path in paths)
         if waiting or calls:
             log.info(
                 "custom_lua: %d messages waiting for a batch stay spooled; waiting up to %gs "
@@ -412,20 +432,21 @@ class LuaDispatch:
                 for task in pending:
                     task.cancel()
                 await asyncio.wait(pending, timeout=ABANDON_GRACE_SECONDS)
-        self._batches.clear()
-        for site in list(self._conns):
-            lock = self._locks.get(site)
-            if lock is not None and lock.locked():  # a send(msg) is still running
+        for path in paths:
+            path.batch = None
+            if path.conn is None:
+                continue
+            if path.lock.locked():  # a send(msg) is still running
                 try:
                     async with asyncio.timeout(max(0.0, deadline - loop.time())):
-                        await lock.acquire()
-                        lock.release()
+                        await path.lock.acquire()
+                        path.lock.release()
                 except TimeoutError:
                     log.warning(
                         "custom_lua: closing %s under a call still running after %gs; its "
-                        "message stays spooled", site, drain_seconds,
+                        "message stays spooled", path.site, drain_seconds,
                     )  # fmt: skip
-            self._close(site)
+            self._close(path)
 
 
 def _reject_response(exc: RejectError) -> Response:

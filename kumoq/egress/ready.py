@@ -13,6 +13,7 @@ Owns:
   wait (§3.4).
 - ``expiry_deadline`` / ``expiration``: when a message waiting for delivery expires, and the
   ``Expiration`` it then gets (its ``max_age`` or ``set_scheduling{expires}``).
+- ``plan_batch``: when a custom_lua ready queue sends its waiting messages (``send_batch``).
 
 This module is pure (L0): no asyncio, sockets, file IO, lupa or clocks. It must not import
 ``kumoq.delivery``, ``kumoq.lua`` or ``kumoq.http``. (``priority_of`` is re-exported from
@@ -27,6 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Final, Generic, Literal, Protocol, TypeVar, final
 
+from kumoq.config.queue import CustomLuaProtocol
 from kumoq.logs.records import RecordType, Response
 from kumoq.message import DEFAULT_PRIORITY, Message, priority_of
 from kumoq.scheduler.attempt import Attempt
@@ -40,18 +42,23 @@ __all__ = [
     "DEFAULT_MAX_READY",
     "DEFAULT_PRIORITY",
     "MAX_PRIORITY",
+    "BatchPlan",
     "ConnectionFailureTracker",
+    "Idle",
     "Proceed",
     "ReadyFifo",
     "RecordKind",
     "RequeueQueue",
+    "SendNow",
     "SleepInline",
     "ThrottleDecision",
     "ThrottleOutcome",
+    "WaitFor",
     "classify_response",
     "expiration",
     "expiry_deadline",
     "ideal_connection_count",
+    "plan_batch",
     "priority_of",
     "throttle_decision",
 ]
@@ -347,3 +354,43 @@ def throttle_decision(result: ThrottleOutcome, idle_timeout: float) -> ThrottleD
     if retry_after < idle_timeout:
         return SleepInline(retry_after)
     return RequeueQueue(retry_after)
+
+
+# -- custom_lua batch assembly ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SendNow:
+    """Send the ``count`` oldest waiting messages now."""
+
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class WaitFor:
+    """Too few messages wait: look again after ``seconds``, or when one more arrives."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Idle:
+    """Nothing waits."""
+
+
+BatchPlan = SendNow | WaitFor | Idle
+
+
+def plan_batch(
+    waiting: int, oldest_arrival: float, now: float, protocol: CustomLuaProtocol
+) -> BatchPlan:
+    """What to do with ``waiting`` messages, the oldest of which arrived at ``oldest_arrival``
+    (monotonic seconds, like ``now``). O(1)."""
+    if waiting <= 0:
+        return Idle()
+    if waiting >= protocol.min_batch_size:
+        return SendNow(min(waiting, protocol.batch_size))
+    remaining = oldest_arrival + protocol.max_batch_latency - now
+    if remaining <= 0:
+        return SendNow(waiting)  # fewer than min_batch_size <= batch_size
+    return WaitFor(remaining)

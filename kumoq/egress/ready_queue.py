@@ -12,6 +12,11 @@ Expiry while waiting: each waiting message knows its deadline (``max_age`` or
 that has not started its transaction (waiting for a connection or a throttle), with its
 ``Expiration``; the queue manager logs it and removes the message from the spool.
 
+Reaping: a ``ReadyRegistry`` holds the ready queues by name and drops one that has had nothing
+in progress (no message waiting, no dispatcher, no session open) for ``reap_interval`` after
+its last use: KumoMTA's ``AGE_OUT_INTERVAL``, 10 minutes. The custom_lua ready queues use the
+same registry for their connections.
+
 Imports asyncio (the wake event, the expiry timer and each waiting message's future); never a
 socket.
 """
@@ -20,10 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 from kumoq.clock import Clock, SystemClock
 from kumoq.config.egress import EgressPathConfig, EgressSource
@@ -35,15 +41,25 @@ from kumoq.message import Message
 from kumoq.scheduler.attempt import Attempt
 
 __all__ = [
+    "READY_QUEUE_REAP_INTERVAL",
     "SMTP_PROTO",
     "ExpiryTimer",
     "QueuedMessage",
     "ReadyQueue",
+    "ReadyRegistry",
     "settle_expired",
     "transient",
 ]
 
+log = logging.getLogger("kumoq.egress")
+
 SMTP_PROTO: Final = "smtp_client"
+
+READY_QUEUE_REAP_INTERVAL: Final = 600.0
+"""How long a ready queue stays with nothing in progress after its last use before it is
+reaped: KumoMTA's ``AGE_OUT_INTERVAL`` (10 minutes; not a config key in KumoMTA either)."""
+
+T = TypeVar("T")
 
 
 def transient(
@@ -140,6 +156,8 @@ class ReadyQueue:
     fifo: ReadyFifo[QueuedMessage] = field(init=False)
     clock: Clock = field(default_factory=SystemClock)
     dispatchers: int = 0
+    #: dispatcher tasks not ended yet (one may still be closing its session)
+    running: int = 0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     failures: ConnectionFailureTracker = field(init=False)
     #: popped by a dispatcher that has not started its transaction yet
@@ -152,6 +170,14 @@ class ReadyQueue:
             self.path.consecutive_connection_failures_before_delay
         )
         self.expiry = ExpiryTimer(self.clock, self.expire_due)
+
+    def busy(self) -> bool:
+        """Anything in progress: a message waiting or held, a dispatcher or its session."""
+        return bool(self.running or self.dispatchers or len(self.fifo) or self.held)
+
+    def close(self) -> None:
+        """Drop its timer (reaped, or shut down)."""
+        self.expiry.cancel()
 
     def push(self, item: QueuedMessage, priority: int) -> bool:
         """Queue ``item`` (False when the FIFO is full) and watch its deadline."""
@@ -201,3 +227,91 @@ class ReadyQueue:
         for item in waiting:
             if not item.future.done():
                 item.future.set_result(attempt)
+
+
+@dataclass(slots=True, eq=False)
+class _Entry(Generic[T]):
+    value: T
+    last_used: float
+    timer: asyncio.TimerHandle | None = None
+
+
+class ReadyRegistry(Generic[T]):
+    """Ready queues (or the state of any egress path) by name, each reaped once it has had
+    nothing in progress (``busy`` false) for ``reap_interval`` after its last use (``add``,
+    ``touch``); ``reaped(value)`` is then called. Whoever ends a piece of work calls
+    ``idle(name)``; at most one timer per entry is pending, and none once it is busy again."""
+
+    __slots__ = ("_busy", "_clock", "_closed", "_entries", "_reaped", "reap_interval")
+
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        busy: Callable[[T], bool],
+        reaped: Callable[[T], None],
+        reap_interval: float = READY_QUEUE_REAP_INTERVAL,
+    ) -> None:
+        self._clock = clock
+        self._busy = busy
+        self._reaped = reaped
+        self.reap_interval = reap_interval
+        self._entries: dict[str, _Entry[T]] = {}
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, name: str) -> T | None:
+        entry = self._entries.get(name)
+        return None if entry is None else entry.value
+
+    def values(self) -> Iterator[T]:
+        return (entry.value for entry in self._entries.values())
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def add(self, name: str, value: T) -> T:
+        self._entries[name] = _Entry(value, self._clock.monotonic())
+        return value
+
+    def touch(self, name: str) -> None:
+        """``name`` is used now: its idle time starts again. O(1)."""
+        entry = self._entries.get(name)
+        if entry is not None:
+            entry.last_used = self._clock.monotonic()
+
+    def idle(self, name: str) -> None:
+        """Some work on ``name`` ended: unless it is still busy, reap it ``reap_interval``
+        after its last use. O(1)."""
+        entry = self._entries.get(name)
+        if entry is None or entry.timer is not None or self._closed or self._busy(entry.value):
+            return
+        self._arm(name, entry)
+
+    def _arm(self, name: str, entry: _Entry[T]) -> None:
+        delay = max(0.0, entry.last_used + self.reap_interval - self._clock.monotonic())
+        entry.timer = asyncio.get_running_loop().call_later(delay, self._reap, name, entry)
+
+    def _reap(self, name: str, entry: _Entry[T]) -> None:
+        entry.timer = None
+        if self._closed or self._entries.get(name) is not entry or self._busy(entry.value):
+            return  # busy again: the next idle() sets a new timer
+        if self._clock.monotonic() < entry.last_used + self.reap_interval:
+            self._arm(name, entry)  # used in between: wait for the rest of its idle time
+            return
+        del self._entries[name]
+        try:
+            self._reaped(entry.value)
+        except Exception:  # a timer callback: nothing above it would log it
+            log.exception("reaping ready queue %s failed", name)
+        log.debug("reaped idle ready queue %s", name)
+
+    def close(self) -> None:
+        """Reap no more (shutting down): cancel every pending timer."""
+        self._closed = True
+        for entry in self._entries.values():
+            if entry.timer is not None:
+                entry.timer.cancel()
+                entry.timer = None

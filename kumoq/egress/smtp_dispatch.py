@@ -13,6 +13,10 @@
    dispatchers (``kumoq.egress.dispatcher``) deliver it. A message still waiting at its expiry
    (``max_age`` or ``set_scheduling{expires}``) gets its ``Expiration`` then, not attempted.
 4. The SMTP response becomes the message's ``Attempt`` (``ReadyQueue.attempt``).
+5. A ready queue with nothing in progress (no message, no dispatcher, no session) for
+   ``reap_interval`` after its last message (KumoMTA's 10 minutes) is reaped with its timer,
+   and so is the round-robin state of a scheduled queue the queue manager reaps
+   (``queue_reaped``).
 
 The modules below this one: ``ready_queue`` (one path and its attempts), ``dispatcher`` (the
 sessions that serve a ready queue), ``connection_plan`` (the hosts to try), ``ready`` (the pure
@@ -38,7 +42,14 @@ from kumoq.dns.site_name import MailExchanger
 from kumoq.egress.dispatcher import CLOSE_WAIT_SECONDS, Dispatchers
 from kumoq.egress.names import mx_list_site_name, ready_queue_name
 from kumoq.egress.ready import expiry_deadline
-from kumoq.egress.ready_queue import SMTP_PROTO, QueuedMessage, ReadyQueue, transient
+from kumoq.egress.ready_queue import (
+    READY_QUEUE_REAP_INTERVAL,
+    SMTP_PROTO,
+    QueuedMessage,
+    ReadyQueue,
+    ReadyRegistry,
+    transient,
+)
 from kumoq.egress.sources import EgressSources, SourceSelector
 from kumoq.errors import KumoqError, PolicyWouldBlock
 from kumoq.logs.records import RecordType, Response
@@ -74,20 +85,36 @@ class SmtpDispatch:
         throttle: Throttle | None = None,
         rng: random.Random | None = None,
         sources: SourceSelector | None = None,
+        reap_interval: float = READY_QUEUE_REAP_INTERVAL,
     ) -> None:
         self._policy = policy
         self._mx = mx
         self._clock = clock
         self._rng = rng or random.Random()
         self._sources = sources or SourceSelector(policy, clock)
-        self._ready: dict[str, ReadyQueue] = {}
+        self._ready: ReadyRegistry[ReadyQueue] = ReadyRegistry(
+            clock, busy=ReadyQueue.busy, reaped=ReadyQueue.close, reap_interval=reap_interval
+        )
         self._dispatchers = Dispatchers(
             resolver=resolver,
             clock=clock,
             hostname=hostname or socket.gethostname(),
             throttle=throttle or Throttle(),
             rng=self._rng,
+            on_idle=self._idle,
         )
+
+    @property
+    def ready_queues(self) -> ReadyRegistry[ReadyQueue]:
+        """The ready queues by name (for metrics and tests)."""
+        return self._ready
+
+    def queue_reaped(self, name: str) -> None:
+        """The queue manager reaped the scheduled queue ``name``: forget its round robin."""
+        self._sources.forget(name)
+
+    def _idle(self, ready: ReadyQueue) -> None:
+        self._ready.idle(ready.name)
 
     # -- the Deliverer seam -------------------------------------------------------------------
 
@@ -114,6 +141,7 @@ class SmtpDispatch:
             raise asyncio.CancelledError  # not attempted: the message stays spooled
         future: asyncio.Future[Attempt] = asyncio.get_running_loop().create_future()
         item = QueuedMessage(msg, future, expiry_deadline(msg, config.max_age), config.max_age)
+        self._ready.touch(ready.name)
         if not ready.push(item, priority_of(msg)):
             return Attempt(
                 RecordType.Delayed,
@@ -191,7 +219,7 @@ class SmtpDispatch:
                     path_until=now + path.refresh_interval,
                     clock=self._clock,
                 )
-                self._ready[name] = ready
+                self._ready.add(name, ready)
             else:
                 ready.path = path
                 ready.path_until = now + path.refresh_interval
@@ -206,4 +234,5 @@ class SmtpDispatch:
     async def close(self, drain_seconds: float = CLOSE_WAIT_SECONDS) -> None:
         """Stop dispatching; sessions in progress get ``drain_seconds`` to finish, then are
         aborted. Messages not delivered stay spooled for the next start (no record)."""
-        await self._dispatchers.close(self._ready.values(), drain_seconds)
+        self._ready.close()
+        await self._dispatchers.close(list(self._ready.values()), drain_seconds)

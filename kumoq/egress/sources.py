@@ -4,6 +4,8 @@ A scheduled queue's ``egress_pool`` names a pool (``get_egress_pool``); each mes
 of its sources by weighted round robin (the LVS algorithm, ``kumoq.egress.round_robin``), with one
 round-robin state per scheduled queue; the chosen source (``get_egress_source``) names the
 ready queue ``<source>-><site>@<protocol>``. Pools and sources are cached for their ``ttl``.
+A scheduled queue's round-robin state is dropped when the queue manager reaps the queue
+(``forget``, through the dispatchers' ``queue_reaped``).
 The built-in pool and source ``unspecified`` need no event.
 
 The events are called synchronously, so they may raise ``PolicyWouldBlock`` (a handler

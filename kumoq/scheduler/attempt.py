@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, runtime_checkable
 
 from kumoq.config.queue import QueueConfig
 from kumoq.logs.records import RecordType, Response
 from kumoq.message import Message
 from kumoq.scheduler.context import InsertReason
 
-__all__ = ["POLICY_WAIT_RERUNS", "Attempt", "Deliverer"]
+__all__ = ["POLICY_WAIT_RERUNS", "Attempt", "Deliverer", "QueueReapListener"]
 
 POLICY_WAIT_RERUNS: Final = 8
 """How often ``resolve_waiting`` fetches a DNS answer for ``get_queue_config`` and calls it
@@ -44,3 +44,11 @@ class Deliverer(Protocol):
     """Delivers one message by one protocol; never raises for delivery failures."""
 
     def deliver(self, msg: Message, config: QueueConfig) -> Awaitable[Attempt]: ...
+
+
+@runtime_checkable
+class QueueReapListener(Protocol):
+    """A deliverer that keeps state per scheduled queue (egress's round robin of sources): the
+    queue manager tells it when it reaps a queue, so that nothing outlives the queue."""
+
+    def queue_reaped(self, name: str) -> None: ...

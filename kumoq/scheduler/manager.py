@@ -11,7 +11,8 @@
 - After an attempt: delivered or bounced: removed from the spool; transient failure: backoff
   with jitter (§3.1), expiry by ``max_age`` or ``set_scheduling{expires}`` (§3.2), and the new
   ``num_attempts`` and ``due`` persisted before waiting.
-- A queue empty for ``reap_interval`` is dropped with its maintainer.
+- A queue empty for ``reap_interval`` is dropped with its maintainer and all kept under its
+  name; deliverers that keep state per queue (``QueueReapListener``) are told.
 
 Seams (owned here, implemented above): ``QueueConfigSource``, ``RecordSink``, the ``Spool``,
 and ``Deliverer`` (in ``kumoq.scheduler.attempt``, so that dispatchers need not import this).
@@ -26,7 +27,6 @@ import logging
 import math
 import random
 from collections.abc import Coroutine, Iterator
-from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from kumoq.clock import Clock
@@ -34,10 +34,11 @@ from kumoq.config.queue import NullProtocol, QueueConfig
 from kumoq.errors import KumoqError, PolicyError, PolicyWouldBlock, SpoolCorruptError
 from kumoq.logs.records import RecordType, Response, rfc3339
 from kumoq.message import NULL_QUEUE, Message, QueueNameParts, parse_queue_name
-from kumoq.scheduler.attempt import POLICY_WAIT_RERUNS, Attempt, Deliverer
+from kumoq.scheduler.attempt import POLICY_WAIT_RERUNS, Attempt, Deliverer, QueueReapListener
 from kumoq.scheduler.context import InsertContext, InsertReason
 from kumoq.scheduler.retry import (
     Expired,
+    FailureCache,
     expiry_after_increment,
     expiry_without_increment,
     format_duration,
@@ -71,12 +72,6 @@ class RecordSink(Protocol):
     def log(self, type: RecordType, msg: Message, *, response: Response, **fields: Any) -> None: ...
 
 
-@dataclass(slots=True)
-class _FailedResolve:
-    error: PolicyError
-    until: float
-
-
 class QueueManager:
     """Registry of scheduled queues; moves each message to its next step."""
 
@@ -99,7 +94,9 @@ class QueueManager:
         self._throttle = throttle or Throttle()
         self._rng = rng or random.Random()
         self._queues: dict[str, ScheduledQueue] = {}
-        self._failed: dict[str, _FailedResolve] = {}
+        self._failed: FailureCache[PolicyError] = FailureCache()
+        unique = {id(d): d for d in deliverers.values()}.values()
+        self._reap_listeners = [d for d in unique if isinstance(d, QueueReapListener)]
         self._singleton = SingletonWheel(clock)
         self._tasks: set[asyncio.Task[None]] = set()
         self._parked: dict[str, asyncio.TimerHandle] = {}
@@ -123,11 +120,11 @@ class QueueManager:
         now = self._clock.monotonic()
         if queue is not None and now - queue.resolved_at < queue.config.refresh_interval:
             return queue
-        failed = self._failed.get(name)
-        if failed is not None and now < failed.until:
+        failed = self._failed.get(name, now)
+        if failed is not None:
             if queue is not None:
                 return queue  # an existing queue keeps its last good config
-            raise failed.error
+            raise failed.with_traceback(None)  # a traceback that grows with every raise
         parts = queue.parts if queue is not None else parse_queue_name(name)
         try:
             config = self._configs.get_queue_config(parts) or QueueConfig()
@@ -138,7 +135,7 @@ class QueueManager:
             self._spawn(self._refresh_when_answered(name, wait))
             return queue
         except PolicyError as exc:
-            self._failed[name] = _FailedResolve(exc, now + FAILED_RESOLVE_TTL)
+            self._failed.add(name, exc, now + FAILED_RESOLVE_TTL, now)
             if queue is not None:
                 log.error(
                     "queue %s: keeping its last config: get_queue_config failed: %s", name, exc
@@ -146,7 +143,7 @@ class QueueManager:
                 queue.resolved_at = now  # retry after another refresh_interval
                 return queue
             raise
-        self._failed.pop(name, None)
+        self._failed.forget(name)
         if queue is None:
             queue = self._queues[name] = ScheduledQueue(
                 name,
@@ -461,25 +458,18 @@ class QueueManager:
 
     def _maybe_idle(self, queue: ScheduledQueue) -> None:
         """Note that ``queue`` became empty; at most one reap timer per queue is pending."""
-        if len(queue) or queue.in_flight or self._closing:
-            return
-        queue.idle_since = self._clock.monotonic()
-        if queue.reap_timer is None:
-            loop = asyncio.get_running_loop()
-            queue.reap_timer = loop.call_later(queue.config.reap_interval, self._reap, queue)
+        if not self._closing:
+            queue.note_idle(self._reap)
 
     def _reap(self, queue: ScheduledQueue) -> None:
-        queue.reap_timer = None
+        """Drop an idle queue and everything kept under its name; tell the deliverers."""
         if self._queues.get(queue.name) is not queue or self._closing:
-            return
-        if len(queue) or queue.in_flight or queue.idle_since is None:
-            return  # busy again: the next time it empties, a new timer is set
-        remaining = queue.idle_since + queue.config.reap_interval - self._clock.monotonic()
-        if remaining > 0:  # it was busy in between; wait for the rest of the idle time
-            queue.reap_timer = asyncio.get_running_loop().call_later(remaining, self._reap, queue)
             return
         queue.close()
         del self._queues[queue.name]
+        self._failed.forget(queue.name)
+        for listener in self._reap_listeners:
+            listener.queue_reaped(queue.name)
         log.info("reaped idle queue %s", queue.name)
 
     async def close(self, drain_seconds: float = 30.0) -> None:

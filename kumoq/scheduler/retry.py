@@ -10,7 +10,9 @@ Owns the arithmetic of KumoMTA's ``QueueConfig::delay_for_attempt`` / ``infer_nu
 - ``expiry_after_increment`` / ``expiry_without_increment``: whether a requeue expires the
   message, returned as an ``Expired`` value carrying the ``Expiration`` record's response;
 - ``infer_num_attempts`` / ``delay_based_on_age``: the retry position of a message reloaded from
-  the spool after a restart.
+  the spool after a restart;
+- ``FailureCache``: failures remembered by name until a time (a failed ``get_queue_config`` is
+  not called again for 60 s), the expired ones swept so that the table stays bounded.
 
 The caller owns the message and the clock; randomness comes in as a ``random.Random``.
 
@@ -22,11 +24,12 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final
+from typing import Final, Generic, TypeVar
 
 __all__ = [
     "MAX_DELAY",
     "Expired",
+    "FailureCache",
     "delay_based_on_age",
     "delay_for_attempt",
     "delay_with_jitter",
@@ -43,6 +46,44 @@ MAX_DELAY: Final = (2**63 - 1) // 1000
 _MAX_ATTEMPTS: Final = 2**16 - 1
 #: The largest exponent for which ``2**n`` can still be below MAX_DELAY.
 _MAX_SHIFT: Final = MAX_DELAY.bit_length()
+
+E = TypeVar("E", bound=Exception)
+
+
+class FailureCache(Generic[E]):
+    """Failures by name, each remembered until its ``until`` time.
+
+    An expired failure means nothing, so ``add`` drops every expired one when the table
+    reaches ``sweep_at`` entries, and ``sweep_at`` becomes twice the survivors (at least
+    ``min_sweep``): the table holds about twice the live failures, at amortised O(1) per call.
+    """
+
+    __slots__ = ("_entries", "_min_sweep", "_sweep_at")
+
+    def __init__(self, *, min_sweep: int = 1024) -> None:
+        self._entries: dict[str, tuple[E, float]] = {}
+        self._min_sweep = self._sweep_at = max(1, min_sweep)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, name: str, now: float) -> E | None:
+        """The failure of ``name`` if it is still remembered at ``now``. O(1)."""
+        entry = self._entries.get(name)
+        return entry[0] if entry is not None and now < entry[1] else None
+
+    def add(self, name: str, error: E, until: float, now: float) -> None:
+        """Remember ``error`` for ``name`` until ``until``. Amortised O(1)."""
+        if name not in self._entries and len(self._entries) >= self._sweep_at:
+            self._entries = {k: v for k, v in self._entries.items() if now < v[1]}
+            self._sweep_at = max(self._min_sweep, 2 * len(self._entries))
+        self._entries[name] = (error, until)
+
+    def forget(self, name: str) -> None:
+        self._entries.pop(name, None)
+
+    def clear(self) -> None:
+        self._entries.clear()
 
 
 @dataclass(frozen=True, slots=True)

@@ -362,6 +362,28 @@ class ScheduledQueue:
             timeout = min(tick, result.seconds) if wheel else result.seconds
             await _wait(self._wake, max(timeout, 0.001))
 
+    def note_idle(self, reap: Callable[[ScheduledQueue], None]) -> None:
+        """Note that the queue may have become idle: once it has held no message and no attempt
+        for ``reap_interval``, call ``reap(self)``. At most one reap timer is pending."""
+        if len(self) or self.in_flight:
+            return
+        self.idle_since = self._clock.monotonic()
+        if self.reap_timer is None:
+            self._arm_reap(self.config.reap_interval, reap)
+
+    def _arm_reap(self, delay: float, reap: Callable[[ScheduledQueue], None]) -> None:
+        self.reap_timer = asyncio.get_running_loop().call_later(delay, self._reap_if_idle, reap)
+
+    def _reap_if_idle(self, reap: Callable[[ScheduledQueue], None]) -> None:
+        self.reap_timer = None
+        if len(self) or self.in_flight or self.idle_since is None:
+            return  # busy again: the next time it empties, a new timer is set
+        remaining = self.idle_since + self.config.reap_interval - self._clock.monotonic()
+        if remaining > 0:  # it was busy in between; wait for the rest of the idle time
+            self._arm_reap(remaining, reap)
+            return
+        reap(self)
+
     def singleton_popped(self, batch: list[Message]) -> None:
         self._count -= len(batch)
         self._promote_or_hold(by_priority(batch), SINGLETON_TASK)
