@@ -12,6 +12,7 @@ from typing import Final
 from prometheus_client import CollectorRegistry, Counter
 
 __all__ = [
+    "ACCEPT_FAILURES",
     "LOG_RECORDS_DROPPED",
     "REGISTRY",
     "SPOOL_QUARANTINED",
@@ -41,5 +42,13 @@ LOG_RECORDS_DROPPED: Final = Counter(
     "Log records that could not be written (for example on a full disk); no partial record is "
     "ever left in a segment (kumoq).",
     ["logger"],
+    registry=REGISTRY,
+)
+
+ACCEPT_FAILURES: Final = Counter(
+    "accept_failures",
+    "Connections an ESMTP listener could not accept: accept() failed, most often for want of "
+    "file descriptors (EMFILE, ENFILE); the listener then pauses accepting briefly (kumoq).",
+    ["listener"],
     registry=REGISTRY,
 )

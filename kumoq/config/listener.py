@@ -4,6 +4,10 @@ CORE keys are acted on by ``kumoq.smtp``; the NEXT keys (``max_connections``, ``
 ``tls_certificate``, ``tls_private_key``, ``meta``, ``peer``, ``via``) are validated and stored so
 that a KumoMTA policy loads unchanged. Unknown keys are rejected naming the allowed ones.
 
+kumoq's own admission and abuse limits (not KumoMTA keys; docs/security.md#limits):
+``max_connections_per_ip``, ``max_buffered_data``, ``max_buffered_data_per_ip``,
+``max_errors_per_connection`` and ``data_timeout``.
+
 Pure: imports only kumoq.config.values and kumoq.errors; no sockets, no IO, no asyncio.
 """
 
@@ -159,6 +163,12 @@ class EsmtpListenerConfig:
     deferred_spool: bool = False
     invalid_line_endings: InvalidLineEndings = InvalidLineEndings.DENY
     line_length_hard_limit: int = 998
+    # kumoq extensions: admission and abuse limits (docs/security.md#limits).
+    max_connections_per_ip: int = 64  # peers in relay_hosts are not held to it
+    max_buffered_data: int = 256 * 1024 * 1024  # message data held by all connections
+    max_buffered_data_per_ip: int = 64 * 1024 * 1024
+    max_errors_per_connection: int = 20  # 4xx/5xx replies since the last accepted message
+    data_timeout: float = 600.0  # from the 354 to the final dot
     # NEXT: stored, not yet acted on (except max_connections and meta).
     max_connections: int = 32768
     batch_handling: BatchHandling = BatchHandling.BIFURCATE_ALWAYS
@@ -203,6 +213,11 @@ class EsmtpListenerConfig:
                 "deferred_spool": parse_bool,
                 "invalid_line_endings": parse_enum(InvalidLineEndings),
                 "line_length_hard_limit": positive,
+                "max_connections_per_ip": positive,
+                "max_buffered_data": size,
+                "max_buffered_data_per_ip": size,
+                "max_errors_per_connection": positive,
+                "data_timeout": positive_duration,
                 "max_connections": positive,
                 "batch_handling": parse_enum(BatchHandling),
                 "tls_certificate": _parse_key_source,

@@ -50,7 +50,9 @@ __all__ = [
     "classify",
 ]
 
-_DOT_STUFF: Final = re.compile(rb"(?m)^\.")
+# A dot at the start of a line, where a bare CR or LF also starts one: a downstream server that
+# takes them as line ends must never read the content as an end of data (docs/security.md).
+_DOT_STUFF: Final = re.compile(rb"(?:\A|(?<=[\r\n]))\.")
 _TLS_VERIFY: Final = frozenset({Tls.OPPORTUNISTIC, Tls.REQUIRED})
 _TLS_REQUIRED: Final = frozenset({Tls.REQUIRED, Tls.REQUIRED_INSECURE})
 _contexts: dict[bool, ssl.SSLContext] = {}
@@ -391,7 +393,8 @@ class SmtpClientSession:
     ) -> None:
         data = msg.data or b""
         # Most bodies have no line starting with a dot; finding none costs less than the regex.
-        body = _DOT_STUFF.sub(b"..", data) if b"\n." in data or data[:1] == b"." else data
+        stuff = b"\n." in data or b"\r." in data or data[:1] == b"."
+        body = _DOT_STUFF.sub(b"..", data) if stuff else data
         if not body.endswith(b"\r\n"):
             body += b"\r\n"
         try:

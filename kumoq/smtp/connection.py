@@ -1,6 +1,6 @@
 """One inbound ESMTP connection: the ``asyncio.Protocol`` adapter around ``ServerSession``.
 
-This module owns a connection's socket callbacks, its idle timer, its backpressure and the
+This module owns a connection's socket callbacks, its timer, its backpressure and the
 driving of its handler calls; the protocol is in ``smtp/session.py`` and every decision goes
 to the ``SmtpHandler`` (``smtp/handler.py``). What a connection needs of the listener that
 accepted it is the small ``ConnectionOwner`` protocol below, which ``EsmtpListener`` satisfies.
@@ -10,14 +10,18 @@ Hot path: ``data_received`` feeds the session and handles its events on the spot
 one that finishes without suspending -- a Lua call does -- is answered at once; one that
 suspends is finished in a task (``smtp/eager.py``). ``data`` always runs in a task, bounded by
 ``data_processing_timeout``. Replies are written in one batch whenever the session needs input
-(RFC 2920 pipelining). The idle timer is one ``call_at`` handle re-armed lazily from the last
-receive time.
+(RFC 2920 pipelining).
+
+Limits (``smtp/admission.py``): a new connection may be refused; ``ClientLimits`` keeps the
+client's deadlines (idle, a command line, the message content: one ``call_at`` handle re-armed
+lazily; time in our own handlers does not count) and the message data it holds in the
+listener's budget (a message that cannot get its bytes fails with ``452 4.3.1``).
 
 Backpressure: while a handler call is in progress, reading pauses once more than
 ``HIGH_WATER`` bytes are queued in the session; reading also pauses while the transport's
 write buffer is full.
 
-Imports: asyncio, kumoq.smtp.session/replies/handler/eager, kumoq.config.listener,
+Imports: asyncio, kumoq.smtp.session/replies/handler/eager/admission, kumoq.config.listener,
 kumoq.errors, kumoq.message. Must not import kumoq.smtp.server (the listener imports this
 module), the daemon, the spool, the queues or lupa.
 """
@@ -33,7 +37,8 @@ from kumoq.config.listener import EsmtpListenerConfig
 from kumoq.errors import RejectError
 from kumoq.message import new_session_id
 from kumoq.smtp import replies as R
-from kumoq.smtp.eager import drive_suspended
+from kumoq.smtp.admission import Admission, ClientLimits
+from kumoq.smtp.eager import bounded, drive_suspended
 from kumoq.smtp.handler import ConnectionMeta, SmtpHandler
 from kumoq.smtp.replies import Reply
 from kumoq.smtp.session import (
@@ -49,6 +54,7 @@ from kumoq.smtp.session import (
     RcptTo,
     Rset,
     ServerSession,
+    State,
 )
 
 __all__ = ["HIGH_WATER", "ConnectionOwner", "SmtpConnection", "format_addr"]
@@ -80,6 +86,9 @@ class ConnectionOwner(Protocol):
     @property
     def connection_count(self) -> int: ...
 
+    @property
+    def admission(self) -> Admission: ...
+
     def relay_allowed(self, peer_ip: str) -> bool: ...
 
     def track(self, conn: SmtpConnection) -> None:
@@ -87,7 +96,7 @@ class ConnectionOwner(Protocol):
         ...
 
     def forget(self, conn: SmtpConnection) -> None:
-        """``conn`` is gone and idle (no handler call in progress)."""
+        """``conn`` is gone and idle (no handler call in progress); it may be told twice."""
         ...
 
 
@@ -107,6 +116,7 @@ class SmtpConnection(asyncio.Protocol):
         "_busy",
         "_conn",
         "_last_rx",
+        "_limits",
         "_listener",
         "_lost",
         "_out",
@@ -114,7 +124,6 @@ class SmtpConnection(asyncio.Protocol):
         "_read_paused",
         "_relay_ok",
         "_session",
-        "_timed_out",
         "_timer",
         "_transport",
         "_write_paused",
@@ -135,8 +144,13 @@ class SmtpConnection(asyncio.Protocol):
         self._last_rx = 0.0
         self._peer = ""
         self._relay_ok = False
-        self._timed_out = False
+        self._limits = ClientLimits(listener.admission)
         self.task: asyncio.Task[None] | None = None
+
+    @property
+    def key(self) -> str | None:
+        """The client IP, or None for a peer in ``relay_hosts`` (no per-IP connection cap)."""
+        return self._limits.key
 
     # --- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -155,25 +169,20 @@ class SmtpConnection(asyncio.Protocol):
         if config.meta:
             conn.update(config.meta)
 
-        refusal = None
-        if listener.draining:
-            refusal = R.shutting_down(config.hostname)
-        elif listener.connection_count >= config.max_connections:
-            refusal = R.connection_limit_reached(config.hostname)
-        else:
-            try:
-                if not listener.handler.ready():
-                    refusal = R.spool_not_ready(config.hostname)
-            except Exception:
-                log.exception("SmtpHandler.ready() failed")
-                refusal = R.technical_difficulties(config.hostname)
+        self._relay_ok = relay_ok = listener.relay_allowed(peer_ip)
+        key = None if relay_ok else peer_ip
+        refusal = listener.admission.refusal(
+            key,
+            draining=listener.draining,
+            connections=listener.connection_count,
+            ready=listener.handler.ready,
+        )
         if refusal is not None:
             self._rejected("", refusal)
             transport.write(self._session.send(refusal))
             transport.close()
             return
-
-        self._relay_ok = listener.relay_allowed(peer_ip)
+        self._limits.key, self._limits.ip = key, peer_ip
         listener.track(self)
         loop = listener.loop
         transport.write(self._session.greeting())
@@ -186,6 +195,8 @@ class SmtpConnection(asyncio.Protocol):
         self._last_rx = self._listener.loop.time()
         if not self._busy:
             self._process()
+            if self._limits.held or session.state is State.DATA:
+                self._account()
         elif not self._read_paused and session.buffered > HIGH_WATER:
             self._pause_reading()
 
@@ -204,7 +215,7 @@ class SmtpConnection(asyncio.Protocol):
         if not self._busy:
             if not self._session.closed:
                 self._process()  # complete commands already received still get handled
-            self._listener.forget(self)
+            self._gone()
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -272,14 +283,36 @@ class SmtpConnection(asyncio.Protocol):
         if self._busy:  # waiting for our handler is not the client's fault
             self._timer = loop.call_at(now + timeout, self._on_timer)
             return
-        due = self._last_rx + timeout
+        due, reply = self._limits.deadline(self._last_rx)
         if now + 0.001 < due:  # data arrived since the timer was armed
             self._timer = loop.call_at(due, self._on_timer)
             return
-        reply = R.idle_too_long(self._listener.config.hostname)
-        self._rejected("", reply)
+        self._rejected("DATA" if self._limits.data_since is not None else "", reply)
         self._out.append(self._session.send(reply))
         self._close()
+
+    def _waiting(self) -> None:
+        """The session needs input: start the clocks of ``ClientLimits``."""
+        session = self._session
+        loop = self._listener.loop
+        due = self._limits.waiting(loop.time(), session.reading_content, session.buffered > 0)
+        if due is not None and self._timer is not None and due < self._timer.when():
+            self._timer.cancel()
+            self._timer = loop.call_at(due, self._on_timer)
+
+    def _account(self) -> None:
+        """Reserve the message data held now; fail the message being received if we can't."""
+        session = self._session
+        reading = session.state is State.DATA and session.pending is None
+        if not self._limits.hold(session.buffered if reading else 0):
+            if reading:
+                session.abort_data(R.INSUFFICIENT_STORAGE)
+            self._limits.hold(session.buffered if reading else 0, anyway=True)
+
+    def _gone(self) -> None:
+        """Gone and idle: give back what this connection held, and leave the listener."""
+        self._limits.release()
+        self._listener.forget(self)
 
     # --- the protocol driver -------------------------------------------------------------------
     def _process(self) -> None:
@@ -299,9 +332,11 @@ class SmtpConnection(asyncio.Protocol):
         handler = self._listener.handler
         conn = self._conn
         out = self._out
+        limits = self._limits
         while True:
             event = session.next_event()
             if event is NEED_DATA:
+                self._waiting()
                 if self._listener.draining:
                     reply = R.shutting_down(self._listener.config.hostname)
                     self._rejected("", reply)
@@ -312,6 +347,7 @@ class SmtpConnection(asyncio.Protocol):
                 if self._read_paused:
                     self._resume_reading()
                 return
+            limits.line_since = limits.data_since = None  # what comes next has its own clock
             cls = type(event)
             if cls is RcptTo:
                 assert isinstance(event, RcptTo)
@@ -333,6 +369,7 @@ class SmtpConnection(asyncio.Protocol):
                 assert isinstance(event, MessageData)
                 self._flush()
                 self._busy = True
+                self._limits.body = len(event.data)
                 self.task = self._listener.loop.create_task(self._run_data(event))
                 return
             elif cls is Ehlo:
@@ -384,23 +421,9 @@ class SmtpConnection(asyncio.Protocol):
     async def _call_data(self, event: MessageData) -> Reply:
         """``SmtpHandler.data``, or ``451 4.4.5`` once ``data_processing_timeout`` passed."""
         listener = self._listener
-        # A plain timer rather than asyncio.timeout(): that one costs three getpid() syscalls.
-        self._timed_out = False
-        deadline = listener.loop.call_later(
-            listener.config.data_processing_timeout, self._data_deadline
-        )
-        try:
-            return await listener.handler.data(
-                self._conn, event.sender, list(event.recipients), event.data
-            )
-        except asyncio.CancelledError:
-            if not self._timed_out:
-                raise
-            if self.task is not None:
-                self.task.uncancel()
-            return R.DATA_PROCESSING_TIMEOUT
-        finally:
-            deadline.cancel()
+        call = listener.handler.data(self._conn, event.sender, list(event.recipients), event.data)
+        timeout = listener.config.data_processing_timeout
+        return await bounded(call, timeout, R.DATA_PROCESSING_TIMEOUT)
 
     async def _settle(
         self, call: Awaitable[_T], done: Callable[[_T], None], failure: str, *args: object
@@ -427,17 +450,15 @@ class SmtpConnection(asyncio.Protocol):
         """A handler task ended (or was cancelled): carry on with buffered input, or finish."""
         self._busy = False
         self.task = None
+        self._limits.body = 0
         if self._session.closed:
             self._close()
         else:
             self._process()
         if self._lost:
-            self._listener.forget(self)
-
-    def _data_deadline(self) -> None:
-        if self.task is not None and not self.task.done():
-            self._timed_out = True
-            self.task.cancel()
+            self._gone()
+        else:
+            self._account()
 
     def _complete(self, event: Ehlo | MailFrom | RcptTo, result: Any) -> None:
         session = self._session

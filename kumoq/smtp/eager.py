@@ -1,4 +1,6 @@
-"""Finishing a coroutine that was stepped eagerly by hand and then suspended.
+"""Handler coroutines driven without asyncio's heavier helpers: finishing one that was stepped
+eagerly by hand and then suspended (``drive_suspended``), and bounding one by a plain timer
+(``bounded``).
 
 The connection adapter (``smtp/connection.py``) starts the ``ehlo``/``mail_from``/``rcpt_to``
 handler coroutines with ``coro.send(None)`` right in the protocol callback, so one that never
@@ -6,7 +8,8 @@ suspends costs no task and no loop round trip. One that does suspend yields the 
 waits on; ``drive_suspended`` finishes it inside a task, as ``asyncio.Task`` would have: it
 waits for that future, resumes the coroutine so that the coroutine's own ``await`` returns or
 raises the future's outcome, and passes a cancellation of the task on to the future and the
-coroutine. Only public asyncio API is used (no ``Future`` internals), so it behaves the same on
+coroutine. ``bounded`` is ``asyncio.timeout()`` without its three ``getpid()`` syscalls.
+Only public asyncio API is used (no ``Future`` internals), so it behaves the same on
 asyncio's and uvloop's loops.
 
 Imports: asyncio only. Must not import anything from kumoq.
@@ -15,10 +18,10 @@ Imports: asyncio only. Must not import anything from kumoq.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from typing import Any, TypeVar, cast
 
-__all__ = ["drive_suspended"]
+__all__ = ["bounded", "drive_suspended"]
 
 _T = TypeVar("_T")
 
@@ -54,3 +57,28 @@ async def drive_suspended(coro: Coroutine[Any, Any, _T], yielded: Any) -> _T:
             yielded = coro.send(None) if error is None else coro.throw(error)
         except StopIteration as stop:
             return cast("_T", stop.value)
+
+
+async def bounded(call: Awaitable[_T], seconds: float, expired: _T) -> _T:
+    """``await call``; once ``seconds`` have passed, the current task is cancelled and the
+    result is ``expired``. A cancellation from elsewhere propagates as usual."""
+    task = asyncio.current_task()
+    assert task is not None
+    timed_out = False
+
+    def expire() -> None:
+        nonlocal timed_out
+        if not task.done():
+            timed_out = True
+            task.cancel()
+
+    deadline = asyncio.get_running_loop().call_later(seconds, expire)
+    try:
+        return await call
+    except asyncio.CancelledError:
+        if not timed_out:
+            raise
+        task.uncancel()
+        return expired
+    finally:
+        deadline.cancel()

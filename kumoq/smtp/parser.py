@@ -7,10 +7,19 @@ UTF-8; a path that uses them is only accepted when the transaction announced ``S
 Deliberate leniencies: verbs are case-insensitive, and spaces between ``FROM:``/``TO:`` and the
 path, and between ESMTP parameters, are tolerated. Angle brackets are required.
 
+RFC 5321 §4.5.3.1's size limits apply: a domain of at most 255 octets (in a path and in
+EHLO) and a whole path (``<`` to ``>``, source route included) of at most 256, as sendmail's
+MAXNAME. Its 64-octet local part is deliberately not enforced (§4.5.3.1 asks servers to impose
+no limits where they can): real mail exceeds it (Mailman's confirmation addresses, GitHub's
+``reply+<token>@`` addresses, aiosmtpd #257), and the path limit bounds it at 252 anyway.
+
+``BDAT`` (RFC 3030, not offered) is parsed only so that the session can skip its chunk: its
+``argument`` is the chunk size in digits, or empty when the line gives none that is valid.
+
 Errors raise ``RemoteProtocolError`` whose ``reply_hint`` is the (code, enhanced code) to send:
 (500, 5.5.2) unknown command, (502, 5.5.1) known but not implemented, (501, 5.5.4) bad
-arguments, (501, 5.1.7) bad sender, (501, 5.1.3) bad recipient, (553, 5.6.7) non-ASCII address
-without SMTPUTF8, (555, 5.5.4) unknown MAIL/RCPT parameter.
+arguments, (501, 5.1.7) bad or over-long sender, (501, 5.1.3) bad or over-long recipient,
+(553, 5.6.7) non-ASCII address without SMTPUTF8, (555, 5.5.4) unknown MAIL/RCPT parameter.
 
 Pure: imports kumoq.errors and kumoq.message only.
 """
@@ -72,10 +81,17 @@ _SIMPLE_PATH = re.compile(
     r"(?: ([\x20-\x7e]*))?"
 )
 
+# RFC 3030: bdat-cmd = "BDAT" SP chunk-size [ SP end-marker ] CR LF
+#   chunk-size = 1*DIGIT ; end-marker = "LAST"
+_BDAT = re.compile(r"([0-9]{1,20})(?: LAST)?", re.IGNORECASE)
+# RFC 5321 §4.5.3.1.2-3, in octets.
+MAX_DOMAIN: Final = 255
+MAX_PATH: Final = 256
+
 _NO_ARGS: Final = frozenset({"DATA", "RSET", "QUIT"})
 _FREE_ARGS: Final = frozenset({"NOOP", "HELP", "VRFY"})
 _UNIMPLEMENTED: Final = frozenset(
-    {"EXPN", "STARTTLS", "AUTH", "BDAT", "ETRN", "TURN", "ATRN", "LHLO", "XCLIENT", "SEND",
+    {"EXPN", "STARTTLS", "AUTH", "ETRN", "TURN", "ATRN", "LHLO", "XCLIENT", "SEND",
      "SOML", "SAML"}
 )  # fmt: skip
 _BODY_VALUES: Final = frozenset({"7BIT", "8BITMIME"})
@@ -129,18 +145,20 @@ def parse_command(line: bytes, *, smtputf8: bool = False) -> Command:
         text = line.decode("utf-8")
     except UnicodeDecodeError:
         raw_verb = line.split(b" ", 1)[0].upper()
+        if raw_verb == b"BDAT":
+            return Command("BDAT")  # no valid chunk size
         if raw_verb.isascii() and raw_verb.decode("ascii") in _KNOWN_VERBS:
             raise _fail("Syntax error: invalid UTF-8 in arguments", _E_ARGS) from None
         raise _fail("Syntax error: command unrecognized", _E_UNKNOWN) from None
     head = text[:10].upper()
     if head == "MAIL FROM:":
         m = _SIMPLE_PATH.fullmatch(text, 10)
-        if m is not None:
+        if m is not None and _short(m[1], m[2]):
             params = NO_PARAMS if m[3] is None else _parse_mail_params(m[3])
             return Command("MAIL", "", EnvelopeAddress(m[1], m[2]), params)
     elif head[:8] == "RCPT TO:":
         m = _SIMPLE_PATH.fullmatch(text, 8)
-        if m is not None and m[3] is None:
+        if m is not None and m[3] is None and _short(m[1], m[2]):
             return Command("RCPT", "", EnvelopeAddress(m[1], m[2]), NO_PARAMS)
     verb, _, rest = text.partition(" ")
     verb = verb.upper()
@@ -156,7 +174,12 @@ def parse_command(line: bytes, *, smtputf8: bool = False) -> Command:
         domain = rest.strip(" ")
         if not domain or " " in domain or not domain.isprintable():
             raise _fail(f"Syntax error: {verb} requires a domain or address literal", _E_ARGS)
+        if _octets(domain) > MAX_DOMAIN:
+            raise _fail(f"Syntax error: {verb} domain over {MAX_DOMAIN} octets", _E_ARGS)
         return Command(verb, domain)
+    if verb == "BDAT":
+        m = _BDAT.fullmatch(rest)
+        return Command("BDAT", m[1] if m is not None else "")
     if verb in _FREE_ARGS:
         return Command(verb, rest.strip(" "))
     if verb in _UNIMPLEMENTED:
@@ -165,6 +188,24 @@ def parse_command(line: bytes, *, smtputf8: bool = False) -> Command:
 
 
 _KNOWN_VERBS: Final = frozenset({"MAIL", "RCPT", "EHLO", "HELO"}) | _NO_ARGS | _FREE_ARGS
+
+
+def _octets(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
+
+
+def _short(local: str, domain: str) -> bool:
+    """True when an ASCII ``<local@domain>`` is within RFC 5321's limits."""
+    return len(local) + len(domain) + 3 <= MAX_PATH
+
+
+def _too_long(path: str, domain: str) -> str | None:
+    """What makes a path longer than RFC 5321 §4.5.3.1 allows, or None."""
+    if _octets(domain) > MAX_DOMAIN:
+        return f"domain over {MAX_DOMAIN} octets"
+    if _octets(path) > MAX_PATH:
+        return f"path over {MAX_PATH} octets"
+    return None
 
 
 def _split_prefix(rest: str, prefix: str, usage: str) -> str:
@@ -217,6 +258,9 @@ def parse_path(text: str, hint: tuple[int, str], what: str) -> tuple[EnvelopeAdd
     if tail and tail[0] != " ":
         raise _fail(f"Syntax error in {what} address", hint)
     domain = m.group("domain")
+    problem = _too_long(m.group(0), domain)
+    if problem is not None:
+        raise _fail(f"{what.capitalize()} address too long: {problem}", hint)
     if domain[0] == "[" and not _valid_address_literal(domain[1:-1]):
         raise _fail(f"Syntax error in {what} address: invalid address literal", hint)
     return EnvelopeAddress(m.group("local"), domain), tail

@@ -18,9 +18,12 @@ __all__ = [
     "BAD_SEQUENCE_MAIL_NESTED",
     "BAD_SEQUENCE_NEED_MAIL",
     "BAD_SEQUENCE_NEED_RCPT",
+    "BARE_LF",
+    "BDAT_DISCARDED",
     "CLOSING",
     "DATA_PROCESSING_TIMEOUT",
     "HELP",
+    "INSUFFICIENT_STORAGE",
     "INVALID_LINE_ENDINGS",
     "LINE_TOO_LONG",
     "MAIL_OK",
@@ -35,13 +38,18 @@ __all__ = [
     "TOO_MANY_RECIPIENTS_ON_CONNECTION",
     "VRFY_CANNOT",
     "Reply",
+    "bdat_unframed",
+    "command_too_slow",
     "connection_limit_reached",
+    "data_too_slow",
     "greeting",
     "idle_too_long",
     "relaying_denied",
     "shutting_down",
     "spool_not_ready",
     "technical_difficulties",
+    "too_many_connections_from_ip",
+    "too_many_errors",
     "too_many_recipients_on_connection_close",
 ]
 
@@ -158,6 +166,12 @@ TOO_MANY_RECIPIENTS_ON_CONNECTION: Final = Reply(
     451, "4.5.3", "too many recipients on this connection"
 )
 DATA_PROCESSING_TIMEOUT: Final = Reply(451, "4.4.5", "data_processing_timeout exceeded")
+# kumoq's abuse limits (docs/security.md#limits); KumoMTA has no equivalent.
+BARE_LF: Final = Reply(500, "5.5.2", "bare LF not allowed")
+BDAT_DISCARDED: Final = Reply(502, "5.5.1", "BDAT not supported (no CHUNKING); chunk discarded")
+INSUFFICIENT_STORAGE: Final = Reply(
+    452, "4.3.1", "Insufficient system storage: too much message data in flight"
+)
 
 
 # --- replies that name the host or peer ------------------------------------------------------
@@ -180,6 +194,31 @@ def idle_too_long(hostname: str) -> Reply:
 
 def connection_limit_reached(hostname: str) -> Reply:
     return Reply(421, "4.3.2", f"{hostname} too many connections. Try again later")
+
+
+def too_many_connections_from_ip(hostname: str) -> Reply:
+    """Over ``max_connections_per_ip``."""
+    return Reply(421, "4.7.0", f"{hostname} too many connections from your address")
+
+
+def too_many_errors(hostname: str) -> Reply:
+    """Over ``max_errors_per_connection`` (Postfix: ``421 4.7.0 <host> Error: too many errors``)."""
+    return Reply(421, "4.7.0", f"{hostname} too many errors")
+
+
+def command_too_slow(hostname: str) -> Reply:
+    """A command line not complete within ``client_timeout`` of its first byte."""
+    return Reply(421, "4.4.2", f"{hostname} command line not completed in time")
+
+
+def data_too_slow(hostname: str) -> Reply:
+    """The message content (or a BDAT chunk) not complete within ``data_timeout``."""
+    return Reply(421, "4.4.2", f"{hostname} message data not completed in time")
+
+
+def bdat_unframed(hostname: str) -> Reply:
+    """A BDAT without a valid chunk size: where its chunk ends cannot be known."""
+    return Reply(421, "4.5.0", f"{hostname} BDAT without a valid chunk size; closing")
 
 
 def technical_difficulties(hostname: str) -> Reply:

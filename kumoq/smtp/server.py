@@ -1,7 +1,7 @@
 """The inbound ESMTP listener: binds the socket and keeps the books of its connections.
 
-This module owns ``EsmtpListener`` (accepting, the connection count, the relay cache and the
-graceful shutdown) and ``start_esmtp_listener``. Each connection is a ``SmtpConnection``
+This module owns ``EsmtpListener`` (binding, accepting, the connection count, the relay cache
+and the graceful shutdown) and ``start_esmtp_listener``. Each connection is a ``SmtpConnection``
 (``smtp/connection.py``), the protocol is in ``smtp/session.py``, and every decision (EHLO,
 MAIL, RCPT, DATA) goes to an injected ``SmtpHandler`` (``smtp/handler.py``), the seam the
 daemon implements. Works on asyncio's and uvloop's loops.
@@ -12,21 +12,31 @@ where the connection would wait for input (as KumoMTA does); connections still b
 drain timeout are aborted, and ``close`` returns once their handler calls have ended (an aborted
 DATA first undoes the spool writes it had in flight).
 
+Accepting is our own (``loop.add_reader`` and ``socket.accept``, then
+``loop.connect_accepted_socket``) rather than ``loop.create_server``'s: a failed ``accept()``
+-- EMFILE or ENFILE when file descriptors run out -- is counted in ``accept_failures`` and
+logged at most once every few seconds (``smtp/admission.py``), and accepting pauses for
+``ACCEPT_RETRY`` seconds while new connections wait in the listen backlog. uvloop's server
+closes such connections unseen (libuv's EMFILE trick) and asyncio's logs each attempt.
+
 ``ConnectionMeta`` and ``SmtpHandler`` are re-exported here for the daemon's imports.
 
-Imports: asyncio, kumoq.smtp.connection/handler, kumoq.config.listener, kumoq.errors. Must not
-import the daemon, the spool, the queues or lupa; nothing in kumoq.smtp imports this module.
+Imports: asyncio, socket, kumoq.smtp.connection/admission/handler, kumoq.config.listener,
+kumoq.errors. Must not import the daemon, the spool, the queues or lupa; nothing in kumoq.smtp
+imports this module.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 from typing import Final, final
 
 from kumoq.config.listener import EsmtpListenerConfig
 from kumoq.errors import ListenerError
+from kumoq.smtp.admission import OUT_OF_RESOURCES, AcceptFailures, Admission
 from kumoq.smtp.connection import SmtpConnection, format_addr
 from kumoq.smtp.handler import ConnectionMeta, SmtpHandler
 
@@ -40,6 +50,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _RELAY_CACHE_MAX: Final = 4096
+ACCEPT_RETRY: Final = 0.5  # seconds without accepting after EMFILE, ENFILE, ENOBUFS or ENOMEM
+_ACCEPT_BATCH: Final = 128  # connections accepted per readiness callback at most
+_BACKLOG: Final = 1024
 
 
 @final
@@ -60,12 +73,16 @@ class EsmtpListener:
         self.draining = False
         self.drained = asyncio.Event()
         self.connections: set[SmtpConnection] = set()
-        self._server: asyncio.Server | None = None
+        self.admission = Admission(config)
+        self.accept_failures = AcceptFailures(config.listen)
+        self._sockets: list[socket.socket] = []
+        self._accepting: set[int] = set()  # the fds of the sockets being watched
+        self._adopting: set[asyncio.Task[object]] = set()
         self._relay: dict[str, bool] = {}
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
-        return tuple(self._server.sockets) if self._server is not None else ()
+        return tuple(self._sockets)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -90,21 +107,74 @@ class EsmtpListener:
 
     def track(self, conn: SmtpConnection) -> None:
         self.connections.add(conn)
+        self.admission.admit(conn.key)
 
     def forget(self, conn: SmtpConnection) -> None:
         """Gone and idle: leave the books (a busy handler holds the drain)."""
         connections = self.connections
-        connections.discard(conn)
+        if conn in connections:
+            connections.remove(conn)
+            self.admission.leave(conn.key)
         if self.draining and not connections:
             self.drained.set()
+
+    # --- accepting -----------------------------------------------------------------------------
+    def _serve(self, sockets: list[socket.socket]) -> None:
+        self._sockets = sockets
+        for sock in sockets:
+            self._watch(sock)
+
+    def _watch(self, sock: socket.socket) -> None:
+        if not self.draining and sock.fileno() >= 0:
+            self._accepting.add(sock.fileno())
+            self.loop.add_reader(sock.fileno(), self._accept, sock)
+
+    def _unwatch(self, sock: socket.socket) -> None:
+        fd = sock.fileno()
+        if fd in self._accepting:
+            self._accepting.discard(fd)
+            self.loop.remove_reader(fd)
+
+    def _accept(self, sock: socket.socket) -> None:
+        loop = self.loop
+        failures = self.accept_failures
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                conn, _ = sock.accept()
+            except BlockingIOError:
+                return
+            except (InterruptedError, ConnectionAbortedError):
+                continue
+            except OSError as exc:
+                failures.failed(exc, loop.time())
+                if exc.errno in OUT_OF_RESOURCES:
+                    self._unwatch(sock)
+                    loop.call_later(ACCEPT_RETRY, self._watch, sock)
+                return
+            if failures.unreported:
+                failures.recovered(loop.time())
+            conn.setblocking(False)
+            task = loop.create_task(self._adopt(conn))
+            self._adopting.add(task)
+            task.add_done_callback(self._adopting.discard)
+
+    async def _adopt(self, conn: socket.socket) -> None:
+        try:
+            await self.loop.connect_accepted_socket(lambda: SmtpConnection(self), conn)
+        except Exception:  # the peer went away first, or the loop refused the socket
+            conn.close()
+            log.debug("esmtp listener: accepted connection lost before it started", exc_info=True)
 
     async def close(self, drain_seconds: float = 30.0) -> None:
         """Stop accepting; let handler calls in progress finish, then answer every connection
         ``421 4.3.2 <host> shutting down``; abort what is still open after ``drain_seconds``."""
         self.draining = True
-        server = self._server
-        if server is not None:
-            server.close()
+        sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            self._unwatch(sock)
+            sock.close()
+        if self._adopting:
+            await asyncio.wait(set(self._adopting))
         for conn in list(self.connections):
             conn.shutdown()
         if self.connections:
@@ -127,8 +197,6 @@ class EsmtpListener:
                             "esmtp listener: waiting for %d aborted transactions to undo "
                             "their spool writes", len(tasks),
                         )  # fmt: skip
-        if server is not None:
-            await server.wait_closed()
 
     async def __aenter__(self) -> EsmtpListener:
         return self
@@ -145,10 +213,45 @@ async def start_esmtp_listener(config: EsmtpListenerConfig, handler: SmtpHandler
     listener = EsmtpListener(config, handler, loop)
     host, port = config.address
     try:
-        listener._server = await loop.create_server(
-            lambda: SmtpConnection(listener), host, port, reuse_address=True, backlog=1024
-        )
+        sockets = await _bind(loop, host, port)
     except OSError as exc:
         raise ListenerError(f"esmtp listener: failed to bind to {config.listen}: {exc}") from exc
+    listener._serve(sockets)
     log.info("smtp listener on %s", format_addr(listener.address))
     return listener
+
+
+async def _bind(loop: asyncio.AbstractEventLoop, host: str, port: int) -> list[socket.socket]:
+    """Listening sockets for every address of ``host``, as ``loop.create_server`` binds them:
+    SO_REUSEADDR, IPv6 sockets IPv6-only, an address family the host lacks skipped."""
+    infos = await loop.getaddrinfo(
+        host or None, port, family=socket.AF_UNSPEC, type=socket.SOCK_STREAM,
+        flags=socket.AI_PASSIVE,
+    )  # fmt: skip
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                if exc.errno != errno.EADDRNOTAVAIL:
+                    message = f"error while attempting to bind on address {address!r}"
+                    raise OSError(
+                        exc.errno, f"{message}: {(exc.strerror or str(exc)).lower()}"
+                    ) from None
+                sockets.pop().close()  # that address family is not enabled (bpo-30945)
+                continue
+            sock.listen(_BACKLOG)
+            sock.setblocking(False)
+        if not sockets:
+            raise OSError(errno.EADDRNOTAVAIL, f"no address to bind for {host!r}")
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets

@@ -18,8 +18,14 @@ in order. Everything else (NOOP, VRFY, HELP, syntax and sequence errors, limits,
 problems) the session answers itself with a ``CommandAnswered`` or ``ProtocolError`` event
 carrying the reply to write. A reply with code 421 closes the session.
 
-Only ``\\r\\n.\\r\\n`` ends DATA; a bare ``\\n.\\n`` or ``\\r.\\n`` is message content (and, under
-``invalid_line_endings='Deny'``, makes the whole message fail with 552 5.6.0 once it ends).
+Only ``\\r\\n.\\r\\n`` ends DATA; reading the content is ``smtp/content.py``'s business.
+
+Abuse limits (docs/security.md#limits): a command line is at most 512 octets with its CRLF (or
+``line_length_hard_limit``, if lower); a command ended by a bare LF is refused with
+``500 5.5.2`` under ``Deny`` and read as a line otherwise; a ``BDAT`` chunk is skipped, never
+read as commands; after ``max_errors_per_connection`` 4xx/5xx replies since the last accepted
+message the session answers ``421 4.7.0`` and closes. ``abort_data(reply)`` lets the caller fail
+a message while it arrives (the in-flight data budget): its bytes are dropped as they come.
 
 The events, ``State``, ``NEED_DATA`` and the state table live in ``smtp/events.py`` and are
 re-exported here.
@@ -30,8 +36,7 @@ smtp.replies, errors and message.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Final
 
@@ -39,6 +44,7 @@ from kumoq.config.listener import EsmtpListenerConfig, InvalidLineEndings
 from kumoq.errors import LocalProtocolError, RemoteProtocolError
 from kumoq.message import EnvelopeAddress
 from kumoq.smtp import replies as R
+from kumoq.smtp.content import ContentReader
 from kumoq.smtp.events import (
     DEFAULT_ACCEPT,
     NEED_DATA,
@@ -93,8 +99,10 @@ _SEQUENCE_ERRORS: Final = {
 }
 _SELF_ANSWERED: Final[dict[str, Reply]] = {"NOOP": R.NOOP_OK, "VRFY": R.VRFY_CANNOT, "HELP": R.HELP}
 
-_LINE_END: Final = re.compile(rb"\r\n|\r|\n")
-_DATA_END: Final = b"\r\n.\r\n"
+COMMAND_LINE_LIMIT: Final = 510  # RFC 5321 §4.5.3.1.4: 512 octets with the CRLF
+# Replies that refuse a recipient only for a recipient limit: a client that pipelines more
+# recipients than the limit is not cut off for it (Postfix's smtpd_recipient_overshoot_limit).
+_OVERSHOOT: Final = 1000
 
 
 @lru_cache(maxsize=256)
@@ -114,9 +122,10 @@ def _ehlo_reply(hostname: str, domain: str, extended: bool, extensions: tuple[st
     return Reply(250, None, "\n".join((f"{hostname} Aloha {domain}", *extensions)))
 
 
-@lru_cache(maxsize=64)
-def _connection_limit_close(hostname: str) -> Reply:
-    return R.too_many_recipients_on_connection_close(hostname)
+@lru_cache(maxsize=256)
+def _host_reply(make: Callable[[str], Reply], hostname: str) -> Reply:
+    """``make(hostname)``, built once (the replies that name the host)."""
+    return make(hostname)
 
 
 class ServerSession:
@@ -124,30 +133,31 @@ class ServerSession:
     O(len(data)) scanning of received bytes."""
 
     __slots__ = (
-        "_at_body_start",
         "_buf",
+        "_cmd_limit",
+        "_content",
         "_discarding",
-        "_dropped",
         "_eof",
+        "_errors",
         "_extended",
         "_extensions",
         "_helo",
         "_hostname",
         "_line",
         "_line_endings",
-        "_line_limit",
+        "_max_errors",
         "_max_msgs",
         "_max_rcpts",
         "_max_size",
         "_messages",
+        "_overshoot",
         "_pending",
         "_rcpt_count",
         "_recipients",
-        "_search_from",
         "_sender",
+        "_skip",
         "_smtputf8",
         "_state",
-        "_too_big",
         "config",
     )
 
@@ -157,15 +167,14 @@ class ServerSession:
         self._max_size = config.max_message_size
         self._max_rcpts = config.max_recipients_per_message
         self._max_msgs = config.max_messages_per_connection
-        self._line_limit = config.line_length_hard_limit
+        self._cmd_limit = min(config.line_length_hard_limit, COMMAND_LINE_LIMIT)
+        self._max_errors = config.max_errors_per_connection
         self._line_endings = config.invalid_line_endings
-        self._extensions = (
-            "PIPELINING",
-            "8BITMIME",
-            f"SIZE {self._max_size}",
-            "ENHANCEDSTATUSCODES",
-            "SMTPUTF8",
+        self._content = ContentReader(
+            self._max_size, config.line_length_hard_limit, self._line_endings
         )
+        size = f"SIZE {self._max_size}"
+        self._extensions = ("PIPELINING", "8BITMIME", size, "ENHANCEDSTATUSCODES", "SMTPUTF8")
         self._buf = bytearray()
         self._eof = False
         self._state = State.READY
@@ -179,10 +188,9 @@ class ServerSession:
         self._smtputf8 = False
         self._rcpt_count = 0
         self._messages = 0
-        self._at_body_start = False
-        self._search_from = 0
-        self._dropped = 0
-        self._too_big = False
+        self._errors = 0  # 4xx/5xx replies since the last accepted message
+        self._overshoot = 0  # recipient-limit replies in this transaction
+        self._skip = -1  # bytes of a BDAT chunk still to skip, then 502; -1: none
 
     # --- inspection ----------------------------------------------------------------------------
     @property
@@ -225,6 +233,16 @@ class ServerSession:
         return len(self._buf)
 
     @property
+    def reading_content(self) -> bool:
+        """True while message content or a BDAT chunk is being read (``data_timeout``)."""
+        return self._state is State.DATA or self._skip >= 0
+
+    @property
+    def errors(self) -> int:
+        """4xx/5xx replies since the last accepted message (``max_errors_per_connection``)."""
+        return self._errors
+
+    @property
     def default_extensions(self) -> list[str]:
         """The EHLO keywords advertised unless the caller passes its own list."""
         return list(self._extensions)
@@ -253,25 +271,34 @@ class ServerSession:
         if state is State.CLOSED:
             self._buf.clear()
             return _CLOSED_EVENT
+        if self._errors >= self._max_errors:
+            self._buf.clear()
+            return self._refuse(_host_reply(R.too_many_errors, self._hostname), "")
         buf = self._buf
-        i = buf.find(b"\r\n")
+        if self._skip >= 0:
+            return self._skip_chunk()
+        i = buf.find(b"\n")
         if i < 0:
             if self._eof:
                 return _CLOSED_EVENT
-            if len(buf) > self._line_limit + 1:
-                # Too long: drop it, and keep dropping until its CRLF arrives.
+            if len(buf) > self._cmd_limit + 1:
+                # Too long: drop it, and keep dropping until its line end arrives.
                 keep_cr = buf.endswith(b"\r")
                 buf.clear()
                 if keep_cr:
                     buf += b"\r"
                 self._discarding = True
             return NEED_DATA
-        line = self._line = bytes(buf[:i])
-        del buf[: i + 2]
-        if self._discarding or i > self._line_limit:
+        crlf = i > 0 and buf[i - 1] == 13  # b"\r"
+        n = i - 1 if crlf else i
+        line = self._line = bytes(buf[:n])
+        del buf[: i + 1]
+        if self._discarding or n > self._cmd_limit:
             self._discarding = False
             self._line = b""
-            return ProtocolError("", R.LINE_TOO_LONG)
+            return self._refuse(R.LINE_TOO_LONG, "")
+        if not crlf and self._line_endings is InvalidLineEndings.DENY:
+            return self._refuse(R.BARE_LF)
         try:
             cmd = parse_command(line, smtputf8=self._smtputf8)
         except RemoteProtocolError as exc:
@@ -294,7 +321,9 @@ class ServerSession:
             if self._rcpt_count >= self._max_msgs:
                 if self._recipients:
                     return self._refuse(R.TOO_MANY_RECIPIENTS_ON_CONNECTION)
-                return self._refuse(_connection_limit_close(self._hostname))
+                return self._refuse(
+                    _host_reply(R.too_many_recipients_on_connection_close, self._hostname)
+                )
             address = cmd.address
             assert address is not None
             if not address.domain:  # <Postmaster>: this host's postmaster
@@ -308,68 +337,62 @@ class ServerSession:
             event = _RSET
         elif verb == "QUIT":
             event = _QUIT
+        elif verb == "BDAT":
+            if not cmd.argument:
+                return self._refuse(_host_reply(R.bdat_unframed, self._hostname))
+            self._skip = int(cmd.argument)
+            return self._skip_chunk()
         else:
             return CommandAnswered(self.command, _SELF_ANSWERED[verb])
         self._pending = event
         return event
 
     def _refuse(self, reply: Reply, command: str | None = None) -> ProtocolError:
-        if reply.code == 421:
-            self._state = State.CLOSED
+        self._count(reply)
         return ProtocolError(self.command if command is None else command, reply)
 
-    def _next_body_event(self) -> Event | NeedData:
-        buf = self._buf
-        if self._at_body_start:
-            if buf.startswith(b".\r\n"):
-                del buf[:3]
-                return self._finish_body(b"")
-            if len(buf) < 3 and b".\r\n".startswith(buf):
-                return _CLOSED_EVENT if self._eof else NEED_DATA
-            self._at_body_start = False
-        i = buf.find(_DATA_END, self._search_from)
-        if i < 0:
-            if self._eof:
-                return _CLOSED_EVENT
-            n = len(buf)
-            if n - 2 > self._max_size:
-                # Certainly too big: keep only what may start the terminator.
-                self._too_big = True
-                self._dropped += n - 4
-                del buf[: n - 4]
-                n = 4
-            self._search_from = n - 4 if n > 4 else 0
-            return NEED_DATA
-        end = i + 2  # the content keeps the CRLF of its last line
-        body = None if self._too_big or self._dropped + end > self._max_size else bytes(buf[:end])
-        del buf[: i + 5]
-        return self._finish_body(body)
+    def _count(self, reply: Reply) -> None:
+        """Count a reply against ``max_errors_per_connection``; a 421 closes."""
+        code = reply.code
+        if code == 421:
+            self._state = State.CLOSED
+        elif code >= 400:
+            if reply is R.TOO_MANY_RECIPIENTS or reply is R.TOO_MANY_RECIPIENTS_ON_CONNECTION:
+                self._overshoot += 1
+                if self._overshoot <= _OVERSHOOT:
+                    return
+            self._errors += 1
 
-    def _finish_body(self, body: bytes | None) -> Event:
-        self._search_from = self._dropped = 0
-        self._too_big = self._at_body_start = False
-        if body is None:
-            return self._end_transaction_with(R.MESSAGE_TOO_BIG)
-        # RFC 5321 §4.5.2: drop the first "." of every line that starts with one.
-        if body.startswith(b"."):
-            body = body[1:]
-        if b"\r\n." in body:
-            body = body.replace(b"\r\n.", b"\r\n")
-        pieces = body.split(b"\n")
-        limit = self._line_limit
-        if max(map(len, pieces)) > limit and _has_long_line(pieces, limit):
-            return self._end_transaction_with(R.LINE_TOO_LONG)
-        crlf = body.count(b"\r\n")
-        if len(pieces) - 1 != crlf or body.count(b"\r") != crlf:
-            disposition = self._line_endings
-            if disposition is InvalidLineEndings.DENY:
-                return self._end_transaction_with(R.INVALID_LINE_ENDINGS)
-            if disposition is InvalidLineEndings.FIX:
-                body = _LINE_END.sub(b"\r\n", body)
+    def _skip_chunk(self) -> Event | NeedData:
+        """Drop the rest of a BDAT chunk; once it is all gone, answer 502."""
+        buf = self._buf
+        n = min(self._skip, len(buf))
+        del buf[:n]
+        self._skip -= n
+        if self._skip:
+            return _CLOSED_EVENT if self._eof else NEED_DATA
+        self._skip = -1
+        return self._refuse(R.BDAT_DISCARDED)
+
+    def _next_body_event(self) -> Event | NeedData:
+        content = self._content.read(self._buf)
+        if content is None:
+            return _CLOSED_EVENT if self._eof else NEED_DATA
+        if isinstance(content, Reply):
+            return self._end_transaction_with(content)
         assert self._sender is not None
-        event = MessageData(self._sender, tuple(self._recipients), body)
+        event = MessageData(self._sender, tuple(self._recipients), content)
         self._pending = event
         return event
+
+    def abort_data(self, reply: Reply) -> None:
+        """Fail the message being received with ``reply`` (4xx/5xx), answered at its end.
+
+        What was received of it is dropped now, and the rest as it arrives. Only while the
+        session reads content with nothing pending (the in-flight data budget calls it)."""
+        if self._state is not State.DATA or self._pending is not None or reply.code < 400:
+            raise LocalProtocolError("abort_data: no message is being received")
+        self._content.abort(self._buf, reply)
 
     def _end_transaction_with(self, reply: Reply) -> ProtocolError:
         self._reset_transaction()
@@ -380,6 +403,7 @@ class ServerSession:
         self._sender = None
         self._recipients = []
         self._smtputf8 = False
+        self._overshoot = 0
 
     # --- answers -------------------------------------------------------------------------------
     def accept(self, extensions: Sequence[str] | None = None) -> bytes:
@@ -425,6 +449,7 @@ class ServerSession:
                 self._apply(event)
                 self._state = ON_ACCEPT[cls]
             else:
+                self._count(reply)
                 if cls is MessageData:
                     self._reset_transaction()
                 new_state = ON_REJECT.get(cls)
@@ -446,11 +471,10 @@ class ServerSession:
             self._recipients = []
             self._smtputf8 = event.params.smtputf8
         elif cls is DataStart:
-            self._at_body_start = True
-            self._search_from = self._dropped = 0
-            self._too_big = False
+            self._content.start()
         elif cls is MessageData:
             self._messages += 1
+            self._errors = 0  # as Postfix counts errors "without delivering mail"
             self._reset_transaction()
         elif cls is Ehlo:
             assert isinstance(event, Ehlo)
@@ -472,12 +496,4 @@ class ServerSession:
         """Mark the session closed (the caller is dropping the connection)."""
         self._pending = None
         self._state = State.CLOSED
-
-
-def _has_long_line(pieces: list[bytes], limit: int) -> bool:
-    """True when a line (``pieces`` split at LF; without its CRLF) is longer than ``limit``."""
-    for piece in pieces:
-        n = len(piece)
-        if n > limit and (n > limit + 1 or not piece.endswith(b"\r")):
-            return True
-    return False
+        self._buf.clear()

@@ -247,3 +247,17 @@ async def test_cancelling_a_connect_closes_its_socket() -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_a_dot_after_a_bare_cr_or_lf_is_stuffed(scripted: Any) -> None:
+    """Content a policy set (``msg:set_data``) may hold bare CR or LF: a dot after either is
+    doubled, so a server that takes them as line ends never reads an end of data there."""
+    script, port = await scripted(rcpt_replies={})
+    session = await connect(port, enable_tls=Tls.DISABLED)
+    assert isinstance(session, SmtpClientSession)
+    msg = message("a@example.com")
+    msg.data = b"Subject: x\r\n\r\nfirst\r.\r\nsecond\n.\nthird\r\n"
+    outcome = await session.deliver(msg)
+    await session.quit()
+    assert outcome.recipients[0].disposition is RecordType.Delivery
+    assert script.bodies == [b"Subject: x\r\n\r\nfirst\r..\r\nsecond\n..\nthird\r\n.\r\n"]

@@ -261,9 +261,9 @@ def test_garbage_and_non_utf8_do_not_kill_the_session() -> None:
     assert codes == ["500 5.5.2", "500 5.5.2", "500 5.5.2", "500 5.5.2", "501 5.5.4", "221 2.0.0"]
 
 
-def test_bare_lf_does_not_end_a_command() -> None:
+def test_bare_lf_ends_a_command_refused_under_deny() -> None:
     peer = Peer()
-    assert peer.codes(b"NOOP\nNOOP\r\n") == ["500 5.5.2"]
+    assert peer.codes(b"NOOP\nNOOP\r\n") == ["500 5.5.2", "250 2.0.0"]
 
 
 def test_rset_and_ehlo_reset_the_transaction() -> None:
