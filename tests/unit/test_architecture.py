@@ -168,3 +168,17 @@ def test_a_planted_violation_is_caught(tmp_path: Path) -> None:
     assert "kumoq.scheduler.timerwheel -> kumoq.scheduler.manager" in proc.stdout
     found = runtime_violations(["kumoq.scheduler.timerwheel"], root=tmp_path)
     assert "asyncio" in found["kumoq.scheduler.timerwheel"]
+
+
+MAX_MODULE_LINES = 500
+
+
+def test_no_module_is_over_500_lines() -> None:
+    """One concept per module, 150 to 500 lines as a rule: past 500, split it by concept."""
+    over = {
+        str(path.relative_to(ROOT)): n
+        for folder in ("kumoq", "bench", "tests")
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES
+    }
+    assert over == {}
