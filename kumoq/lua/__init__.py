@@ -1,7 +1,9 @@
 """The Lua policy bridge: a sandboxed lupa runtime, the ``kumo`` module and typed events.
 
 Public API: ``PolicyRuntime`` (load a policy, ``fire_init``), ``PolicyEvents`` (typed event
-calls for the daemon), ``PolicyDeclarations``, ``ConnMeta`` and ``EmptyTable``.
+calls for the daemon), ``PolicyDeclarations``, ``ConnMeta``, ``EmptyTable``, and the Lua budgets:
+``LuaLimits`` (from ``KUMOQ_LUA_TIME_BUDGET`` and ``KUMOQ_LUA_MAX_MEMORY``) and
+``LuaBudgetError``.
 
 kumoq's own Lua (the sandbox, the ``kumo`` module, the Message objects, event dispatch) is in
 the ``.lua`` files of this package, shipped as package data and read by kumoq.lua.chunks.
@@ -9,6 +11,7 @@ the ``.lua`` files of this package, shipped as package data and read by kumoq.lu
 
 from __future__ import annotations
 
+from kumoq.lua.budget import LuaBudgetError, LuaLimits
 from kumoq.lua.events import PolicyEvents
 from kumoq.lua.message import ConnMeta, LuaApiError
 from kumoq.lua.runtime import MULTI_HANDLER_EVENTS, EmptyTable, PolicyDeclarations, PolicyRuntime
@@ -18,6 +21,8 @@ __all__ = [
     "ConnMeta",
     "EmptyTable",
     "LuaApiError",
+    "LuaBudgetError",
+    "LuaLimits",
     "PolicyDeclarations",
     "PolicyEvents",
     "PolicyRuntime",

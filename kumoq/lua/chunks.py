@@ -8,7 +8,9 @@ package-data]`` in pyproject.toml); a missing one fails the import of kumoq.lua.
 In load order (kumoq.lua.runtime): ``SANDBOX`` (takes ``python``, ``debug`` and C modules away
 from the policy), ``MESSAGE`` (the Message, EnvelopeAddress and conn_meta objects), ``CORE``
 (``kumo.on``, dispatch, error locations, the event coroutines), ``KUMO`` (the ``kumo``
-module). Each file's header comment says what it is given and what it sets.
+module), ``BUDGET`` (the time budget's count hook; last, so that the chunks before it keep
+the raw ``setmetatable`` and coroutine functions). Each file's header comment says what it is
+given and what it sets.
 
 L2: imports only the standard library; must not import lupa or any other kumoq module.
 """
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Final
 
-__all__ = ["ALL", "CORE", "KUMO", "MESSAGE", "SANDBOX", "Chunk"]
+__all__ = ["ALL", "BUDGET", "CORE", "KUMO", "MESSAGE", "SANDBOX", "Chunk"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,4 +42,5 @@ SANDBOX: Final = _read("sandbox.lua", "=kumoq/sandbox")
 MESSAGE: Final = _read("message.lua", "=kumoq/message")
 CORE: Final = _read("core.lua", "=kumoq/core")
 KUMO: Final = _read("kumo.lua", "=kumoq/kumo")
-ALL: Final = (SANDBOX, MESSAGE, CORE, KUMO)
+BUDGET: Final = _read("budget.lua", "=kumoq/budget")
+ALL: Final = (SANDBOX, MESSAGE, CORE, KUMO, BUDGET)

@@ -71,6 +71,9 @@ function M.handler_names()
   return out
 end
 
+-- the handler running, for M.defined_at: a memory error has no location
+local current
+
 local function fire(name, ...)
   local list = handlers[name]
   if list == nil then
@@ -78,15 +81,26 @@ local function fire(name, ...)
   end
   local n = #list
   if n == 1 then
-    return list[1](...)
+    current = list[1]
+    return current(...)
   end
   for i = 1, n do
-    local r = list[i](...)
+    current = list[i]
+    local r = current(...)
     if r ~= nil then
       return r
     end
   end
   return nil
+end
+
+-- "file:line" where the handler that ran last was defined, or nil
+function M.defined_at()
+  local info = current and getinfo(current, 'S')
+  if info == nil or byte(info.source, 1) ~= 64 then
+    return nil
+  end
+  return info.short_src .. ':' .. info.linedefined
 end
 
 -- the innermost frame running policy code ('@' chunks), as "file:line"
@@ -102,6 +116,7 @@ local function where(level)
     level = level + 1
   end
 end
+M.where = where
 
 local function on_error(e)
   if getmetatable(e) == REJECT then
@@ -211,16 +226,31 @@ end
 
 -- Every call into the policy runs in a coroutine of its own, so that a kumo
 -- function that must wait (kumo.dns.lookup_mx) can yield (PENDING, op, arg)
--- to kumoq and be resumed with (ok, answer). M.run/M.resume_event return
--- finish()'s results, or -1, co, op, arg while waiting.
+-- to kumoq and be resumed with (ok, answer), and so that the count hook of
+-- budget.lua (M.watch, M.arm, M.disarm) can stop it at the deadline kumoq
+-- gives with each resume. M.run/M.resume_event return finish()'s results,
+-- -1, co, op, arg while waiting, 4, where when the time budget stopped it, or
+-- 0, 'not enough memory' when too little memory is left to hand the results
+-- to Python (M.room).
 local create, resume, costatus =
   coroutine.create, coroutine.resume, coroutine.status
 local PENDING, OURS = {}, setmetatable({}, { __mode = 'k' })
 M.PENDING, M.EVENT_COROUTINES = PENDING, OURS
 
-local function step(co, ok, ...)
+local function step(co, d0, s0, ok, ...)
+  local stopped_at = M.disarm(d0, s0)
+  if stopped_at ~= nil then
+    return 4, stopped_at
+  end
+  if not M.room() then
+    return 0, 'not enough memory'
+  end
   if not ok then
-    return 0, tostring((...))
+    local e = ...
+    if type(e) == 'table' or type(e) == 'userdata' then
+      return 0, 'a handler raised a ' .. type(e) .. ' value'
+    end
+    return 0, tostring(e)
   end
   if costatus(co) == 'suspended' then
     local marker, op, arg = ...
@@ -233,14 +263,18 @@ local function step(co, ok, ...)
   return ...
 end
 
-function M.run(fn, ...)
+function M.run(deadline, fn, ...)
   local co = create(fn)
   OURS[co] = true
-  return step(co, resume(co, ...))
+  M.watch(co)
+  current = nil
+  local d0, s0 = M.arm(deadline)
+  return step(co, d0, s0, resume(co, ...))
 end
 
-function M.resume_event(co, ...)
-  return step(co, resume(co, ...))
+function M.resume_event(deadline, co, ...)
+  local d0, s0 = M.arm(deadline)
+  return step(co, d0, s0, resume(co, ...))
 end
 
 function M.load_policy(src, chunkname)

@@ -3,8 +3,9 @@
 ``PolicyRuntime(path, builders=..., declare=...)`` creates the Lua state, runs kumoq's own Lua
 chunks (kumoq.lua.chunks: ``sandbox.lua``, then ``message.lua`` with the Python functions of
 kumoq.lua.message, ``core.lua`` for ``kumo.on`` and dispatch, ``kumo.lua`` with those of
-kumoq.lua.kumo_api), then runs the policy file. ``fire_init()`` runs ``pre_init`` then ``init``
-once. ``invoke()`` fires any other event; kumoq.lua.events wraps it with typed signatures.
+kumoq.lua.kumo_api, ``budget.lua`` for the time budget), then runs the policy file.
+``fire_init()`` runs ``pre_init`` then ``init`` once. ``invoke()`` fires any other event;
+kumoq.lua.events wraps it with typed signatures.
 
 The boundary (see STYLE.md, "Policy (Lua)"): Lua never holds a Python object. The runtime is
 built with ``register_eval=False, register_builtins=False`` and an attribute filter that denies
@@ -16,35 +17,39 @@ messages, connections and built configs by integer handles. ``load``/``loadfile`
 and ``require`` accept text chunks only, and C modules cannot be loaded (as with mlua's safe
 standard library in KumoMTA).
 
-Value conversion (``from_lua``): a table whose keys are exactly 1..n becomes a list, any other
-table a dict (integer keys become strings). An empty table is ambiguous in Lua: as *data*
-(meta, ``json_encode``) it becomes ``{}`` (KumoMTA encodes it as a JSON object); inside a
-*config table* given to a builder it becomes ``EmptyTable``, which is both an empty list and
-an empty mapping, so ``relay_hosts = {}`` and ``smtp = {}`` both work. The top-level config
-table itself is always a dict. ``to_lua`` converts JSON-able Python values back.
+Values cross the boundary through ``from_lua`` and ``to_lua`` (kumoq.lua.convert).
+
+Budgets (kumoq.lua.budget): every call into the policy runs under a time budget, enforced by
+the count hook of ``budget.lua``, and the Lua state under lupa's ``max_memory``; over either,
+the call raises LuaBudgetError (a 451 RejectError) naming the event and ``file:line``.
 
 Error locations: chunks are named relative to the policy's directory (``init.lua``,
 ``lib/util.lua``), because Lua truncates long chunk names in messages to 60 characters;
-kumoq's own chunks are named ``kumoq/sandbox``, ``kumoq/message``, ``kumoq/core`` and
-``kumoq/kumo``.
+kumoq's own chunks are named ``kumoq/sandbox``, ``kumoq/message``, ``kumoq/core``,
+``kumoq/kumo`` and ``kumoq/budget``.
 
 ``PolicyRuntime`` satisfies the Protocols that kumoq.lua.kumo_api (``KumoApiRuntime``) and
 kumoq.lua.message (``MessageApiRuntime``) declare for what their ``python_api`` uses, so those
 modules never import this one.
 
 L2: imports lupa, kumoq.errors, kumoq.clock, kumoq.config.queue, kumoq.message and the sibling
-modules chunks, kumo_api, message and waits; must not import kumoq.lua.events (it imports this).
+modules budget, chunks, convert, kumo_api, message and waits; must not import kumoq.lua.events
+(it imports this).
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
+import math
+import os
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, NoReturn, final
+from typing import Any, Final, Literal, NoReturn, final
 
 from lupa import lua54
 
@@ -52,6 +57,22 @@ from kumoq.clock import Clock, SystemClock
 from kumoq.config.queue import QueueConfig
 from kumoq.errors import KumoqError, PolicyError, RejectError
 from kumoq.lua import chunks, kumo_api, message
+from kumoq.lua.budget import (
+    HEADROOM,
+    HOOK_INSTRUCTIONS,
+    MEMORY_ERROR,
+    LuaBudgetError,
+    LuaLimits,
+    MemoryCap,
+    is_memory_error,
+    lua_limits,
+    memory_exceeded,
+    push_size,
+    time_exceeded,
+)
+from kumoq.lua.convert import EmptyTable
+from kumoq.lua.convert import from_lua as _from_lua
+from kumoq.lua.convert import to_lua as _to_lua
 from kumoq.lua.message import LuaApiError
 from kumoq.lua.waits import Waits
 from kumoq.message import Message
@@ -76,31 +97,10 @@ MULTI_HANDLER_EVENTS: Final = frozenset(
         "validate_config",
     }
 )
-_MAX_DEPTH: Final = 64
 _LOCATION: Final = re.compile(r"^([^\n]+?):(\d+): ")
+_UNBOXED: Final = frozenset({bool, int, float})  # pushed without allocating
 
 Builder = Callable[[Any], object]
-
-
-class EmptyTable(list[Any]):
-    """An empty Lua table inside a config table: an empty list that is also an empty mapping."""
-
-    __slots__ = ()
-
-    def get(self, key: object, default: Any = None) -> Any:
-        return default
-
-    def keys(self) -> tuple[()]:
-        return ()
-
-    def values(self) -> tuple[()]:
-        return ()
-
-    def items(self) -> tuple[()]:
-        return ()
-
-
-Mapping.register(EmptyTable)
 
 
 @dataclass(slots=True)
@@ -139,8 +139,10 @@ class PolicyRuntime:
     ``from_mapping``-style builder; a missing builder stores the converted dict unchecked
     (``make_queue_config`` defaults to ``QueueConfig.from_mapping``). ``declare`` is called
     with ``(kind, built)`` for each ``start_*``/``define_spool``/``configure_local_logs`` call,
-    which are also collected in ``declarations``. Raises PolicyError if the policy fails to
-    load.
+    which are also collected in ``declarations``. ``limits`` are the Lua budgets
+    (kumoq.lua.budget), by default from ``KUMOQ_LUA_TIME_BUDGET`` and ``KUMOQ_LUA_MAX_MEMORY``.
+    Raises PolicyError if the policy fails to load (LuaBudgetError if loading it runs over a
+    budget), ConfigError for bad limits.
     """
 
     def __init__(
@@ -150,8 +152,11 @@ class PolicyRuntime:
         builders: Mapping[str, Builder] | None = None,
         declare: Callable[[str, object], None] | None = None,
         clock: Clock | None = None,
+        limits: LuaLimits | None = None,
     ) -> None:
         self.path = Path(path)
+        self.limits = limits = limits or lua_limits(os.environ)
+        self._budget = limits.time_budget or math.inf
         self.builders: dict[str, Builder] = {"make_queue_config": QueueConfig.from_mapping}
         self.builders.update(builders or {})
         self.declare_callback = declare
@@ -169,8 +174,11 @@ class PolicyRuntime:
             register_builtins=False,
             unpack_returned_tuples=True,
             attribute_filter=_deny_attributes,
+            max_memory=limits.max_memory or None,
         )
         self._lua = lua
+        self._memory = memory = MemoryCap(lua, limits)
+        self._room = memory.room
         self.table_from = lua.table_from
         self.err = lua.table()
         M = lua.table()
@@ -190,6 +198,9 @@ class PolicyRuntime:
         multi = lua.table_from(dict.fromkeys(MULTI_HANDLER_EVENTS, True))
         load(chunks.CORE.source, chunks.CORE.chunkname, "t")(M, multi)
         load(chunks.KUMO.source, chunks.KUMO.chunkname, "t")(py, M)
+        count = HOOK_INSTRUCTIONS if limits.time_budget else 0
+        budget_lua = load(chunks.BUDGET.source, chunks.BUDGET.chunkname, "t")
+        budget_lua(M, time.monotonic, count, memory.lua_high_kib())
         self._invoke = M.invoke
         self._construct = M.construct
         self._conn_send = M.conn_send
@@ -209,7 +220,10 @@ class PolicyRuntime:
             src = self.path.read_bytes()
         except OSError as e:
             raise PolicyError(f"cannot read policy file {self.path}: {e.strerror}") from None
-        self._result(self.path.name, self._call(self._M.load_policy, src, self.path.name))
+        name = f"loading {self.path.name}"
+        self._result(name, self._call(name, self._M.load_policy, src, self.path.name))
+        if not self._room(HEADROOM):  # handler_names() returns a table
+            raise self._budget_error(f"loading {self.path.name}", "memory", None, ran=False)
         self.handler_names = frozenset(self._M.handler_names().values())
         self._set_phase("init")
         self.phase = "loaded"
@@ -243,13 +257,13 @@ class PolicyRuntime:
         built object; a table is converted by ``from_lua`` (as a config table if ``config``).
         Raises RejectError for ``kumo.reject``/``kumo.disconnect``, PolicyError otherwise.
         """
-        return self._result(name, self._call(self._invoke, name, shape, *args), config)[1]
+        return self._result(name, self._call(name, self._invoke, name, shape, *args), config)[1]
 
     async def invoke_async(self, name: str, shape: str, *args: object) -> Any:
         """Like ``invoke``, but a handler that waits (``kumo.dns.lookup_mx``) is awaited
         instead of raising PolicyWouldBlock. The handles in ``args`` must stay bound until
         this returns."""
-        res = await self._call_async(self._invoke, name, shape, *args)
+        res = await self._call_async(name, self._invoke, name, shape, *args)
         return self._result(name, res)[1]
 
     def invoke_made(self, name: str, shape: str, *args: object) -> tuple[str | None, Any]:
@@ -257,12 +271,13 @@ class PolicyRuntime:
 
         Returns ``(kind, object)`` for a ``make_*`` result, ``(None, data)`` otherwise.
         """
-        return self._result(name, self._call(self._invoke, name, shape, *args), True)
+        return self._result(name, self._call(name, self._invoke, name, shape, *args), True)
 
     async def construct(self, name: str, *args: str | None) -> int:
         """Fire a ``custom_lua`` constructor event; return a handle to its connection table.
         Raises RejectError for ``kumo.reject``, PolicyError otherwise."""
-        _, handle = self._result(name, await self._call_async(self._construct, name, *args))
+        res = await self._call_async(name, self._construct, name, *args)
+        _, handle = self._result(name, res)
         return int(handle)
 
     async def conn_send(self, conn: int, msg: Message) -> Any:
@@ -270,7 +285,7 @@ class PolicyRuntime:
         ``kumo.reject``, PolicyError for any other error."""
         h = self.bind_message(msg)
         try:
-            res = await self._call_async(self._conn_send, conn, "m", h)
+            res = await self._call_async("send", self._conn_send, conn, "m", h)
             return self._result("send", res)[1]
         finally:
             self.unbind(h)
@@ -281,38 +296,69 @@ class PolicyRuntime:
         any other error (also when the connection has no ``send_batch`` method)."""
         handles = [self.bind_message(msg) for msg in msgs]
         try:
-            res = await self._call_async(self._conn_send_batch, conn, *handles)
+            res = await self._call_async("send_batch", self._conn_send_batch, conn, *handles)
             return self._result("send_batch", res)[1]
         finally:
             self.unbind(*handles)
 
     def conn_close(self, conn: int) -> None:
         """Forget a connection, calling its ``close`` method when it has one."""
-        self._result("close", self._call(self._conn_close, conn))
+        self._result("close", self._call("close", self._conn_close, conn))
 
-    def _call(self, fn: Any, *args: object) -> Any:
-        """Run ``fn`` (an M function) in an event coroutine; answer its waits from what is
-        at hand, or raise PolicyWouldBlock (see kumoq.lua.waits)."""
-        res = self._enter(self._run, fn, *args)
+    def _call(self, name: str, fn: Any, *args: object) -> Any:
+        """Run ``fn`` (an M function) in an event coroutine under the time budget; answer its
+        waits from what is at hand, or raise PolicyWouldBlock (see kumoq.lua.waits)."""
+        budget = self._budget
+        deadline = time.monotonic() + budget if budget < math.inf else budget
+        res = self._enter(name, self._run, deadline, fn, *args)
         while res[0] == -1:
-            res = self._enter(self._continue, res[1], *self.waits.immediate(res[2], res[3]))
+            answer = self.waits.immediate(res[2], res[3])
+            res = self._enter(name, self._continue, deadline, res[1], *answer)
         return res
 
-    async def _call_async(self, fn: Any, *args: object) -> Any:
-        """Like ``_call``, but a wait is awaited while the event loop carries on."""
-        res = self._enter(self._run, fn, *args)
+    async def _call_async(self, name: str, fn: Any, *args: object) -> Any:
+        """Like ``_call``, but a wait is awaited while the event loop carries on; the time
+        spent waiting does not count against the budget."""
+        left = self._budget
+        start = time.monotonic()
+        res = self._enter(name, self._run, start + left, fn, *args)
         while res[0] == -1:
+            left -= time.monotonic() - start
             answer = await self.waits.awaited(res[2], res[3])
-            res = self._enter(self._continue, res[1], *answer)
+            start = time.monotonic()
+            res = self._enter(name, self._continue, start + left, res[1], *answer)
         return res
 
-    def _enter(self, fn: Any, *args: object) -> Any:
+    def _enter(self, name: str, fn: Any, *args: object) -> Any:
+        if not self._memory.room_to_enter(args):
+            raise self._budget_error(name, "memory", None, ran=False)
         try:
             return fn(*args)
+        except lua54.LuaMemoryError:  # outside the event coroutine, e.g. creating it
+            raise self._budget_error(name, "memory", None) from None
         except lua54.LuaError as e:  # only our own chunks failing; policy errors are caught
             raise self._policy_error(str(e).split("\nstack traceback:", 1)[0]) from None
         except UnicodeDecodeError:
-            raise PolicyError(f"{args[0]}: a handler returned a string that is not UTF-8") from None
+            raise PolicyError(f"{name}: a handler returned a string that is not UTF-8") from None
+
+    def _budget_error(
+        self, name: str, kind: Literal["time", "memory"], where: str | None, ran: bool = True
+    ) -> LuaBudgetError:
+        """The error for a call over budget (``ran``: the handler ran, so M.defined_at names
+        it), logged with its location once the policy is running (the SMTP reply does not
+        carry it). After a memory error the garbage the call left is collected first."""
+        if kind == "memory":
+            self._lua.gccollect()
+        defined_at = None
+        with contextlib.suppress(lua54.LuaError):  # still full: the policy keeps its memory
+            defined_at = self._M.defined_at() if ran else None
+        if kind == "time":
+            exc = time_exceeded(self.limits, name, where or defined_at)
+        else:
+            exc = memory_exceeded(self.limits, name, where, defined_at)
+        if self.phase == "ready":  # loading and init fail the start or reload, which log it
+            log.error("%s", exc)
+        return exc
 
     def _result(self, name: str, res: Any, config: bool = False) -> tuple[str | None, Any]:
         status = res[0]
@@ -331,7 +377,13 @@ class PolicyRuntime:
             if not isinstance(code, int):
                 code = int(code)
             return self._raise_reject(code, text, how)
-        raise self._policy_error(res[1] if isinstance(res[1], str) else repr(res[1]))
+        if status == 4:
+            raise self._budget_error(name, "time", res[1] or None)
+        text = res[1] if isinstance(res[1], str) else repr(res[1])
+        if is_memory_error(text):
+            m = _LOCATION.match(text)
+            raise self._budget_error(name, "memory", f"{m.group(1)}:{m.group(2)}" if m else None)
+        raise self._policy_error(text)
 
     @staticmethod
     def _raise_reject(code: int, text: object, how: object) -> NoReturn:
@@ -389,15 +441,23 @@ class PolicyRuntime:
         err = self.err
         prefix = f"{name}:" if name else ""
 
+        room = self._room
+
         def call(*args: Any) -> Any:
             try:
-                return fn(*args)
+                result = fn(*args)
+            except LuaBudgetError:  # to_lua: no room for the value
+                return err, MEMORY_ERROR  # as Lua says it; the call fails as over budget
             except (KumoqError, ValueError, TypeError, LookupError, OverflowError) as e:
                 text = str(e)
-                return err, text if text.startswith(prefix) else f"{prefix} {text}"
+                result = err, text if text.startswith(prefix) else f"{prefix} {text}"
             except Exception as e:
                 log.exception("internal error in %s called from Lua", name)
-                return err, f"{prefix} internal error: {e!r}"
+                result = err, f"{prefix} internal error: {e!r}"
+            # lupa pushes the result unprotected: it must fit under the memory cap
+            if result is None or type(result) in _UNBOXED or room(push_size(result) + HEADROOM):
+                return result
+            return err, MEMORY_ERROR
 
         return call
 
@@ -408,59 +468,11 @@ class PolicyRuntime:
         return _from_lua(value, config, top, 0)
 
     def to_lua(self, value: Any) -> Any:
-        """A JSON-able Python value as a Lua-safe value (tables for dicts and lists)."""
-        return _to_lua(self.table_from, value, 0)
-
-
-def _from_lua(value: Any, config: bool, top: bool, depth: int) -> Any:
-    if value is None or isinstance(value, str | bool | int | float):
-        return value
-    kind = lua54.lua_type(value)
-    if kind != "table":
-        raise LuaApiError(f"cannot convert a Lua {kind or 'userdata'} value to data")
-    if depth > _MAX_DEPTH:
-        raise LuaApiError("table nesting is too deep (a cycle?)")
-    items = list(value.items())
-    if not items:
-        return EmptyTable() if config and not top else {}
-    depth += 1
-    keys = [k for k, _ in items]
-    if all(type(k) is int for k in keys):
-        n = len(keys)
-        if keys != list(range(1, n + 1)):
-            if sorted(keys) == list(range(1, n + 1)):
-                items.sort(key=lambda kv: int(kv[0]))
-            else:
-                return {str(k): _from_lua(v, config, False, depth) for k, v in items}
-        return [_from_lua(v, config, False, depth) for _, v in items]
-    out: dict[str, Any] = {}
-    for k, v in items:
-        if isinstance(k, bool) or not isinstance(k, str | int):
-            raise LuaApiError(f"table keys must be strings or integers, got {k!r}")
-        out[str(k)] = _from_lua(v, config, False, depth)
-    return out
-
-
-_INT_MIN: Final = lua54.LUA_MININTEGER
-_INT_MAX: Final = lua54.LUA_MAXINTEGER
-
-
-def _to_lua(table_from: Callable[..., Any], value: Any, depth: int) -> Any:
-    if value is None or isinstance(value, bool | float | bytes):
-        return value
-    if isinstance(value, str):
-        return value if value.isascii() else value.encode("utf-8", "surrogateescape")
-    if isinstance(value, int):
-        return value if _INT_MIN <= value <= _INT_MAX else float(value)
-    if depth > _MAX_DEPTH:
-        raise LuaApiError("value nesting is too deep")
-    if isinstance(value, dict):
-        return table_from(
-            {
-                k if type(k) is int else str(k): _to_lua(table_from, v, depth + 1)
-                for k, v in value.items()
-            }
-        )
-    if isinstance(value, list | tuple):
-        return table_from([_to_lua(table_from, v, depth + 1) for v in value])
-    raise LuaApiError(f"cannot pass a {type(value).__name__} value to Lua")
+        """A JSON-able Python value as a Lua-safe value (tables for dicts and lists). Raises
+        LuaBudgetError when the tables it builds leave no headroom under the memory cap."""
+        if isinstance(value, dict | list | tuple):
+            return self._memory.build(_to_lua, self.table_from, value, 0)
+        out = _to_lua(self.table_from, value, 0)
+        if isinstance(out, str | bytes) and not self._memory.room_for_string(out):
+            raise memory_exceeded(self.limits, "a value for the policy", None, None)
+        return out

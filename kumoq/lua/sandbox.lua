@@ -1,17 +1,18 @@
 -- kumoq/sandbox: runs first, in every policy runtime, before any other chunk.
 -- Arguments: M (kumoq's private table) and the policy's directory.
 --
--- Captures what kumoq's own chunks need (debug.getinfo, the raw load) in M,
--- then takes it away from the policy: no python or debug globals, no C
--- modules; load, loadfile, dofile and require accept text chunks only, and
--- require finds modules in the policy's directory first, naming their chunks
--- relative to it (as error locations show them).
+-- Captures what kumoq's own chunks need (debug.getinfo, debug.sethook, the
+-- raw load, collectgarbage) in M, then takes it away from the policy: no python or debug
+-- globals, no C modules; load, loadfile, dofile and require accept text
+-- chunks only, and require finds modules in the policy's directory first,
+-- naming their chunks relative to it (as error locations show them).
 --
 -- Loaded by kumoq.lua.runtime as the chunk '=kumoq/sandbox'. Formatted with
 -- stylua and KumoMTA's stylua.toml.
 
 local M, policy_dir = ...
-M.getinfo = debug.getinfo
+M.getinfo, M.sethook = debug.getinfo, debug.sethook
+M.collectgarbage = collectgarbage
 local raw_load, raw_loadfile = load, loadfile
 M.load = raw_load
 python = nil

@@ -52,6 +52,7 @@ def test_chunks_are_loaded_in_order() -> None:
         "=kumoq/message",
         "=kumoq/core",
         "=kumoq/kumo",
+        "=kumoq/budget",
     ]
 
 
