@@ -37,6 +37,7 @@ from kumoq.egress.maildir_dispatch import MaildirDispatch
 from kumoq.egress.smtp_dispatch import SmtpDispatch
 from kumoq.egress.sources import SourceSelector
 from kumoq.errors import ConfigError, KumoqError, SpoolRecordError
+from kumoq.http import HttpListener, HttpServices, start_http_listener
 from kumoq.logs.logger import RecordLogger
 from kumoq.logs.writer import LocalLogWriter
 from kumoq.lua.events import PolicyEvents
@@ -94,6 +95,7 @@ class Daemon:
         self.policy_path = policy_path
         self.clock = clock or SystemClock()
         self.listeners: list[EsmtpListener] = []
+        self.http_listeners: list[HttpListener] = []
         self.config_epoch = 0
         self._live: _Live | None = None
         self._reload_wanted = asyncio.Event()
@@ -147,8 +149,6 @@ class Daemon:
         runtime, events, decl = load_policy(self.policy_path)
         decl.on_bump_config_epoch = self.request_reload
         data_def, meta_def = decl.spool_pair()
-        if decl.http_listeners:
-            log.warning("start_http_listener: the HTTP listener is not available in this build")
 
         # The spool lock comes first: a second instance must fail before it touches anything
         # the running one owns (its log segments included).
@@ -207,19 +207,29 @@ class Daemon:
             )
             for cfg in decl.listeners
         ]
+        http_receptions = [
+            Reception(events=events, spool=spool, queues=queues, records=records, clock=self.clock,
+                      hostname=cfg.hostname, received_header=False, free_space=free_space)
+            for cfg in decl.http_listeners
+        ]  # fmt: skip
         self._live = _Live(events, decl, mx, sources, smtp, queues)
         reloader: asyncio.Task[None] | None = None
         await asyncio.to_thread(free_space.start)
         try:
             for cfg, reception in zip(decl.listeners, receptions, strict=True):
                 self.listeners.append(await start_esmtp_listener(cfg, reception))
+            for http_cfg, reception in zip(decl.http_listeners, http_receptions, strict=True):
+                services = HttpServices(reception, events, self.clock)
+                self.http_listeners.append(await start_http_listener(http_cfg, services))
             await self._enumerate(spool, queues)
-            for reception in receptions:
+            for reception in (*receptions, *http_receptions):
                 reception.set_ready()
             reloader = asyncio.create_task(self._reloader(), name="kumoq-reload")
             log.info("initialization complete")
             await stop.wait()
             log.info("shutting down: draining sessions and deliveries")
+            for http in self.http_listeners:
+                http.begin_shutdown()  # liveness and injection answer 503 from now on
         finally:
             free_space.stop()
             if reloader is not None:
@@ -245,13 +255,18 @@ class Daemon:
                 "shutdown: bound %gs: listener drain %gs, delivery drain %gs, flush %gs",
                 bounds.total, bounds.listener_drain, bounds.delivery_drain, bounds.flush,
             )  # fmt: skip
-            if self.listeners:
+            if self.listeners or self.http_listeners:
                 sessions = sum(len(listener.connections) for listener in self.listeners)
                 log.info("shutdown: waiting up to %gs for %d SMTP sessions to end",
                          bounds.listener_drain, sessions)  # fmt: skip
+                if self.http_listeners:  # they answer 503 "shutting down" while they drain
+                    log.info("shutdown: and for %d HTTP requests",
+                             sum(http.in_flight for http in self.http_listeners))  # fmt: skip
                 started = loop.time()
-                closing = (listener.close(bounds.listener_drain) for listener in self.listeners)
+                closing = [listener.close(bounds.listener_drain) for listener in self.listeners]
+                closing += [http.drain(bounds.listener_drain) for http in self.http_listeners]
                 await within(bounds.listener_drain + GRACE, asyncio.gather(*closing))
+                await within(GRACE, asyncio.gather(*(h.close() for h in self.http_listeners)))
                 log.info("shutdown: listeners closed in %.1fs", loop.time() - started)
             waiting_for[0] = "delivery attempts in flight"
             attempts = sum(queue.in_flight for queue in queues.queues())

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from kumoq.config.egress import EgressPathConfig, EgressPool, EgressSource
+from kumoq.config.http import HttpListenerConfig
 from kumoq.config.listener import EsmtpListenerConfig
 from kumoq.config.logs import LocalLogsConfig
 from kumoq.config.queue import QueueConfig
@@ -45,7 +46,7 @@ class Declarations:
     listeners: list[EsmtpListenerConfig] = field(default_factory=list)
     spools: dict[str, SpoolDefinition] = field(default_factory=dict)
     logs: list[LocalLogsConfig] = field(default_factory=list)
-    http_listeners: list[dict[str, Any]] = field(default_factory=list)
+    http_listeners: list[HttpListenerConfig] = field(default_factory=list)
     test_zones: list[str] = field(default_factory=list)
     #: called by ``kumo.bump_config_epoch()`` (the daemon reloads the policy)
     on_bump_config_epoch: Callable[[], None] | None = None
@@ -62,7 +63,7 @@ class Declarations:
             self.spools[value.name] = value
         elif isinstance(value, LocalLogsConfig):
             self.logs.append(value)
-        elif kind == "start_http_listener" and isinstance(value, dict):
+        elif isinstance(value, HttpListenerConfig):
             self.http_listeners.append(value)
         elif isinstance(value, _TestZones):
             self.test_zones.extend(value.texts)
@@ -90,22 +91,6 @@ class Declarations:
         return data, meta
 
 
-def _http_listener(mapping: Any) -> dict[str, Any]:
-    if not isinstance(mapping, dict):
-        raise ConfigError(f"start_http_listener: expected a table, got {mapping!r}")
-    allowed = {
-        "listen", "trusted_hosts", "request_body_limit", "use_tls", "hostname",
-        "tls_certificate", "tls_private_key",
-    }  # fmt: skip
-    unknown = sorted(set(mapping) - allowed)
-    if unknown:
-        raise ConfigError(
-            f"start_http_listener: unknown key {unknown[0]!r}; "
-            f"allowed keys are: {', '.join(sorted(allowed))}"
-        )
-    return dict(mapping)
-
-
 @dataclass(frozen=True, slots=True)
 class _TestZones:
     texts: tuple[str, ...]
@@ -131,7 +116,7 @@ BUILDERS = {
     "make_egress_pool": EgressPool.from_mapping,
     "make_egress_source": EgressSource.from_mapping,
     "make_egress_path": EgressPathConfig.from_mapping,
-    "start_http_listener": _http_listener,
+    "start_http_listener": HttpListenerConfig.from_mapping,
 }
 
 

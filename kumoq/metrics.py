@@ -3,13 +3,21 @@
 Names follow KumoMTA's where the concept matches, so its dashboards carry over; kumoq's own
 metrics say so in their help text. Metrics live in ``REGISTRY``, which the HTTP listener
 serves at ``/metrics``. Any layer may count: this module imports nothing from kumoq.
+
+KumoMTA's counters carry no ``_total`` suffix (``total_messages_delivered``), while
+prometheus-client's ``Counter`` always exposes ``<name>_total``. Those counters are
+``ExactCounter``s: a collector whose family (an ``ExactNameFamily``) keeps its own name, which
+the HTTP listener exposes as is (kumoq.http.metrics). Incrementing one is a dict update on the
+event loop thread: no lock, no label lookup.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.metrics_core import Metric
 
 __all__ = [
     "ACCEPT_FAILURES",
@@ -17,6 +25,12 @@ __all__ = [
     "REGISTRY",
     "SPOOL_QUARANTINED",
     "SUPERVISED_TASK_RESTARTS",
+    "TOTAL_MESSAGES_DELIVERED",
+    "TOTAL_MESSAGES_FAIL",
+    "TOTAL_MESSAGES_RECEIVED",
+    "TOTAL_MESSAGES_TRANSFAIL",
+    "ExactCounter",
+    "ExactNameFamily",
 ]
 
 REGISTRY: Final = CollectorRegistry(auto_describe=True)
@@ -51,4 +65,72 @@ ACCEPT_FAILURES: Final = Counter(
     "file descriptors (EMFILE, ENFILE); the listener then pauses accepting briefly (kumoq).",
     ["listener"],
     registry=REGISTRY,
+)
+
+
+class ExactNameFamily(Metric):
+    """A metric family whose samples carry the family's own name, with no ``_total``: the
+    exposition writes ``# TYPE <name> counter`` and ``<name>{...} value`` (KumoMTA's form)."""
+
+
+class ExactCounter:
+    """A counter with one label that is exposed under ``name`` exactly (KumoMTA's names).
+
+    Registered in ``registry``; ``inc(label_value)`` adds one. Values only grow. Meant for the
+    event loop thread (the dict update is atomic under the GIL anyway)."""
+
+    __slots__ = ("documentation", "labelname", "name", "values")
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelname: str,
+        registry: CollectorRegistry = REGISTRY,
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelname = labelname
+        self.values: dict[str, float] = {}
+        registry.register(self)
+
+    def inc(self, label_value: str, amount: float = 1.0) -> None:
+        values = self.values
+        values[label_value] = values.get(label_value, 0.0) + amount
+
+    def value(self, label_value: str) -> float:
+        return self.values.get(label_value, 0.0)
+
+    def describe(self) -> list[Metric]:
+        return [ExactNameFamily(self.name, self.documentation, "counter")]
+
+    def collect(self) -> Iterator[Metric]:
+        family = ExactNameFamily(self.name, self.documentation, "counter")
+        for label_value, value in list(self.values.items()):
+            family.add_sample(self.name, {self.labelname: label_value}, value)
+        yield family
+
+
+TOTAL_MESSAGES_RECEIVED: Final = ExactCounter(
+    "total_messages_received",
+    "total number of messages ever received",
+    "service",
+)
+
+TOTAL_MESSAGES_DELIVERED: Final = ExactCounter(
+    "total_messages_delivered",
+    "total number of messages ever delivered",
+    "service",
+)
+
+TOTAL_MESSAGES_TRANSFAIL: Final = ExactCounter(
+    "total_messages_transfail",
+    "total number of message delivery attempts that transiently failed",
+    "service",
+)
+
+TOTAL_MESSAGES_FAIL: Final = ExactCounter(
+    "total_messages_fail",
+    "total number of message delivery attempts that permanently failed",
+    "service",
 )

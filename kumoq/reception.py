@@ -15,6 +15,10 @@ While a ``free_space`` check reports a floor crossed (``kumoq.spool.health``), M
 answered ``452 4.3.1 Insufficient system storage`` before any policy event, as Postfix does;
 the transactions already under way, and deliveries, go on.
 
+``admit`` takes messages that another front end made and fired its own event for (HTTP
+injection, kumoq.http): the same queue resolution, spooling, ``Reception`` records and insert,
+but each message stands alone and gets its own outcome.
+
 A transaction is all or nothing: either the client gets 250 and every message is spooled and
 queued, or it gets 4xx/5xx and nothing of the transaction stays in the spool. A failure before
 the spool write stores nothing. A failed store takes the transaction's other messages back out
@@ -131,6 +135,11 @@ class Reception:
     def ready(self) -> bool:
         return self._ready
 
+    @property
+    def storage_problem(self) -> str | None:
+        """Why storage refuses new mail now (a free-space floor crossed), or None. No IO."""
+        return None if self._free_space is None else self._free_space.problem
+
     async def ehlo(
         self, conn: ConnectionMeta, domain: str, extensions: list[str]
     ) -> list[str] | Reply:
@@ -148,6 +157,17 @@ class Reception:
     async def rcpt_to(self, conn: ConnectionMeta, recipient: EnvelopeAddress) -> Reply | None:
         await self._events.smtp_server_rcpt_to(recipient, conn)
         return None
+
+    async def auth_plain(self, conn: ConnectionMeta, authz: str, authc: str, password: str) -> bool:
+        """``smtp_server_auth_plain(authz, authc, password, conn_meta)`` (AUTH PLAIN or LOGIN,
+        after STARTTLS; fired through ``PolicyEvents.call``): ``true`` accepts, and the
+        identities go into the connection meta as ``authz_id`` and ``authn_id`` (KumoMTA's
+        names). No handler, or any other result, refuses."""
+        call = getattr(self._events, "call", None)  # PolicyEvents.call; test fakes may lack it
+        if call is None or call("smtp_server_auth_plain", authz, authc, password, conn) is not True:
+            return False
+        conn["authz_id"], conn["authn_id"] = authz, authc
+        return True
 
     def rejected(self, conn: ConnectionMeta, command: str, reply: Reply) -> None:
         if reply.code == 421 and reply.enhanced == "4.3.2":
@@ -263,21 +283,40 @@ class Reception:
     def _accept(self, conn: ConnectionMeta, messages: list[Message], names: list[str]) -> Reply:
         """Log a ``Reception`` for each message and queue it; the 250. Never awaits.
 
+        A message whose insert raises is handled by ``_log_and_queue``; the reply is then
+        ``250 PARTIAL``, or 451 if none was queued."""
+        peer = {"name": str(conn.get("ehlo_domain", "")), "addr": str(conn.get("received_from"))}
+        failed = self._log_and_queue(messages, names, peer, "ESMTP", conn.get("session_id"))
+        if failed and len(failed) == len(messages):
+            return Reply(451, "4.3.0", f"{self._hostname} technical difficulties")
+        disposition = "PARTIAL" if failed else "OK"
+        return Reply(250, None, _ids_text((m.id for m in messages), disposition))
+
+    def _log_and_queue(
+        self,
+        messages: list[Message],
+        names: list[str],
+        peer: dict[str, str],
+        reception_protocol: str,
+        session_id: str | None,
+    ) -> list[int]:
+        """Log a ``Reception`` for each (spooled) message and insert it; the indexes of those
+        whose insert raised. Never awaits.
+
         A message whose insert raises (a bug: the queue manager handles its own failures) is
         taken back out of the spool with a ``Bounce`` record, as KumoMTA's
-        ``insert_or_unwind`` does; the reply is then ``250 PARTIAL``, or 451 if none was
-        queued."""
+        ``insert_or_unwind`` does."""
         ok = Response(code=250, enhanced_code=None, content="", command=None)
-        peer = {"name": str(conn.get("ehlo_domain", "")), "addr": str(conn.get("received_from"))}
-        failed = 0
-        for msg, name in zip(messages, names, strict=True):
+        failed: list[int] = []
+        for index, (msg, name) in enumerate(zip(messages, names, strict=True)):
             self._records.log(
                 RecordType.Reception,
                 msg,
                 response=ok,
                 peer_address=peer,
-                reception_protocol="ESMTP",
-                session_id=conn.get("session_id"),
+                reception_protocol=reception_protocol,
+                session_id=session_id,
+                **{k: v for k, t in _TLS_FIELDS if isinstance(v := msg.meta.get(k), t)},
             )
             if name == NULL_QUEUE:
                 continue
@@ -285,16 +324,50 @@ class Reception:
                 self._queues.insert(msg)
             except Exception as exc:
                 log.exception("message %s: inserting it into its queue failed", msg.id)
-                failed += 1
+                failed.append(index)
                 content = f"KumoMTA internal: QueueManager::insert failed during reception: {exc}"
                 self._records.log(
                     RecordType.Bounce, msg, response=Response(500, None, content, None)
                 )
                 self._background(self._unwind([msg]))
-        if failed and failed == len(messages):
-            return Reply(451, "4.3.0", f"{self._hostname} technical difficulties")
-        disposition = "PARTIAL" if failed else "OK"
-        return Reply(250, None, _ids_text((m.id for m in messages), disposition))
+        return failed
+
+    async def admit(
+        self, messages: list[Message], *, peer: dict[str, str], reception_protocol: str
+    ) -> list[str | None]:
+        """Resolve each message's queue, store the messages (sharing group commits), log their
+        ``Reception`` records and queue them; per message, None when it was taken or the reason
+        it was not. The caller has fired its own policy event for each message.
+
+        Unlike ``data``, each message stands alone: a queue that cannot be resolved fails only
+        its message. A failed store fails (and takes back out of the spool) every message of
+        the call that was to be stored; a cancellation during the stores does the same, as in
+        ``data``, and then propagates. Exceptions other than KumoqError propagate."""
+        outcomes: list[str | None] = [None] * len(messages)
+        taken: list[int] = []
+        to_store: list[Message] = []
+        names: list[str] = []
+        for index, msg in enumerate(messages):
+            try:
+                name = msg.queue_name()
+                if name != NULL_QUEUE:
+                    await self._queues.resolve_waiting(name)
+                    to_store.append(msg)
+            except (QueueNameError, PolicyError) as exc:
+                outcomes[index] = f"technical difficulties: {exc}"
+                continue
+            taken.append(index)
+            names.append(name)
+        if to_store and not await self._spool_all(to_store):
+            for index, name in zip(taken, names, strict=True):
+                if name != NULL_QUEUE:
+                    outcomes[index] = "spool error, try again later"
+            names = [NULL_QUEUE] * sum(1 for index in taken if outcomes[index] is None)
+            taken = [index for index in taken if outcomes[index] is None]
+        kept = [messages[index] for index in taken]
+        for i in self._log_and_queue(kept, names, peer, reception_protocol, None):
+            outcomes[taken[i]] = "internal error: the message could not be queued"
+        return outcomes
 
     def _background(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -315,10 +388,14 @@ class Reception:
         helo = conn.get("ehlo_domain") or "unknown"
         hostname = conn.get("hostname") or self._hostname
         local_ip = str(conn.get("received_via", "")).rpartition(":")[0] or "unknown"
+        protocol, tls = "ESMTP", conn.get("tls_protocol_version")
+        if tls:  # RFC 3848's ESMTPS and ESMTPSA, then "(version:cipher)" as KumoMTA writes
+            protocol = "ESMTPSA" if conn.get("authn_id") else "ESMTPS"
+            protocol += f" ({tls}:{conn.get('tls_cipher')})"
         return (
             f"Received: from {helo} ({conn.get('received_from')})\r\n"
             f"  by {hostname} (kumoq {local_ip})\r\n"
-            f"  with ESMTP id {spool_id} for <{rcpt.email}>;\r\n"
+            f"  with {protocol} id {spool_id} for <{rcpt.email}>;\r\n"
             f"  {self._date_cache[1]}\r\n"
         ).encode("utf-8", "surrogateescape")
 
@@ -331,6 +408,13 @@ def _response(reply: Reply, command: str | None) -> Response:
             enhanced = (int(parts[0]), int(parts[1]), int(parts[2]))
     return Response(code=reply.code, enhanced_code=enhanced, content=reply.text, command=command)
 
+
+# The connection meta's TLS details, which Reception records also carry as fields.
+_TLS_FIELDS: Final = (
+    ("tls_cipher", str),
+    ("tls_protocol_version", str),
+    ("tls_peer_subject_name", list),
+)
 
 IDS_PER_LINE = 12  # 12 ids keep a reply line well under RFC 5321's 512 octets
 

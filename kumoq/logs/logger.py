@@ -2,6 +2,13 @@
 
 It implements the queue manager's ``RecordSink`` seam and reception's rejection logging. If the
 policy configured no logs, nothing is built (as in KumoMTA: no logger, no records).
+
+Every record also counts in KumoMTA's counters (kumoq.metrics), whether or not logs are
+configured: ``Reception`` in ``total_messages_received`` by listener kind
+(``esmtp_listener``, ``http_listener``); ``Delivery``, ``TransientFailure`` and ``Bounce``
+from a deliverer in ``total_messages_delivered``, ``_transfail`` and ``_fail``, once for the
+protocol (``smtp_client``, ``maildir``, ``lua``) and once for ``<protocol>:<ready queue>``.
+One or two dict updates per record.
 """
 
 from __future__ import annotations
@@ -13,8 +20,44 @@ from kumoq.config.logs import LocalLogsConfig
 from kumoq.logs.records import FieldSelection, RecordType, Response, build_record
 from kumoq.logs.writer import LocalLogWriter
 from kumoq.message import Message
+from kumoq.metrics import (
+    TOTAL_MESSAGES_DELIVERED,
+    TOTAL_MESSAGES_FAIL,
+    TOTAL_MESSAGES_RECEIVED,
+    TOTAL_MESSAGES_TRANSFAIL,
+    ExactCounter,
+)
 
-__all__ = ["RecordLogger"]
+__all__ = ["RecordLogger", "count_record"]
+
+_DISPOSITION_COUNTERS: dict[RecordType, ExactCounter] = {
+    RecordType.Delivery: TOTAL_MESSAGES_DELIVERED,
+    RecordType.TransientFailure: TOTAL_MESSAGES_TRANSFAIL,
+    RecordType.Bounce: TOTAL_MESSAGES_FAIL,
+}
+#: ``delivery_protocol`` → KumoMTA's metrics protocol name
+_DELIVERY_SERVICES = {"ESMTP": "smtp_client", "Maildir": "maildir", "Lua": "lua"}
+
+
+def count_record(type: RecordType, fields: dict[str, Any]) -> None:
+    """Count one record in KumoMTA's message counters (see the module docstring)."""
+    if type is RecordType.Reception:
+        protocol = fields.get("reception_protocol") or ""
+        if protocol.startswith("ESMTP"):  # ESMTPS, ESMTPSA too
+            TOTAL_MESSAGES_RECEIVED.inc("esmtp_listener")
+        elif protocol == "HTTP":
+            TOTAL_MESSAGES_RECEIVED.inc("http_listener")
+        return
+    counter = _DISPOSITION_COUNTERS.get(type)
+    if counter is None:
+        return
+    service = _DELIVERY_SERVICES.get(fields.get("delivery_protocol") or "")
+    if service is None:  # not from a deliverer (an insert failure at reception, say)
+        return
+    counter.inc(service)
+    site = fields.get("site")
+    if site:
+        counter.inc(f"{service}:{site}")
 
 
 class RecordLogger:
@@ -31,6 +74,7 @@ class RecordLogger:
         self._clock = clock
 
     def log(self, type: RecordType, msg: Message, *, response: Response, **fields: Any) -> None:
+        count_record(type, fields)
         if not self._logs:
             return
         now = self._clock.now()

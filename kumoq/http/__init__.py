@@ -1,0 +1,18 @@
+"""The HTTP listener: ``kumo.start_http_listener``, its auth, and its endpoints.
+
+One module per concept, top to bottom (the ``http modules`` contract in pyproject.toml):
+``server`` (wiring), the route modules ``inject``, ``liveness`` and ``metrics``, then
+``inject_build`` (templates, MIME) and ``inject_schema`` (the request), ``app`` (the aiohttp
+listener and its middleware), ``auth``, ``availability`` and ``body``, and ``errors``.
+
+The package sits between the daemon and the packages it reports on (the ``kumoq layers``
+contract): it may import what lies below reception (scheduler, spool, logs, message, config,
+metrics, errors, clock). It must not import kumoq.daemon, kumoq.declarations or kumoq.cli, and
+it meets reception and the Lua policy only through the Protocols it owns (``ReceptionSeam``,
+``PolicyCalls``), never by importing kumoq.reception or kumoq.lua.
+"""
+
+from kumoq.http.app import HttpListener
+from kumoq.http.server import HttpServices, start_http_listener
+
+__all__ = ["HttpListener", "HttpServices", "start_http_listener"]
