@@ -111,7 +111,7 @@ class Traffic:
 
     async def _sender(self, worker: int) -> None:
         while not self._stop.is_set():
-            client = aiosmtplib.SMTP(hostname=HOST, port=self.port, timeout=10)
+            client = aiosmtplib.SMTP(hostname=HOST, port=self.port, timeout=10, start_tls=False)
             try:
                 await client.connect()
                 while not self._stop.is_set():

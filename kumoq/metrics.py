@@ -23,6 +23,7 @@ __all__ = [
     "ACCEPT_FAILURES",
     "LOG_RECORDS_DROPPED",
     "REGISTRY",
+    "SMTP_AUTH_FAILURES",
     "SPOOL_QUARANTINED",
     "SUPERVISED_TASK_RESTARTS",
     "TOTAL_MESSAGES_DELIVERED",
@@ -133,4 +134,13 @@ TOTAL_MESSAGES_FAIL: Final = ExactCounter(
     "total_messages_fail",
     "total number of message delivery attempts that permanently failed",
     "service",
+)
+
+SMTP_AUTH_FAILURES: Final = Counter(
+    "smtp_server_auth_failures",
+    "SMTP AUTH attempts an ESMTP listener refused: reason 'invalid_credentials' (535, the "
+    "policy said no) or 'rate_limited' (454, the client IP is over max_auth_failures_per_ip) "
+    "(kumoq).",
+    ["listener", "reason"],
+    registry=REGISTRY,
 )

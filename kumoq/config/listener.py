@@ -1,12 +1,15 @@
 """``kumo.start_esmtp_listener{...}``: the inbound SMTP listener's configuration (reference §2.5).
 
-CORE keys are acted on by ``kumoq.smtp``; the NEXT keys (``max_connections``, ``batch_handling``,
-``tls_certificate``, ``tls_private_key``, ``meta``, ``peer``, ``via``) are validated and stored so
-that a KumoMTA policy loads unchanged. Unknown keys are rejected naming the allowed ones.
+CORE keys are acted on by ``kumoq.smtp``; so are the NEXT keys ``max_connections``, ``meta``,
+``tls_certificate`` and ``tls_private_key`` (both or neither: without them a self-signed pair
+is made at start), and the LATER key ``tls_required_client_ca``. ``batch_handling``, ``peer``
+and ``via`` are validated and stored so that a KumoMTA policy loads unchanged. Unknown keys
+are rejected naming the allowed ones.
 
 kumoq's own admission and abuse limits (not KumoMTA keys; docs/security.md#limits):
 ``max_connections_per_ip``, ``max_buffered_data``, ``max_buffered_data_per_ip``,
-``max_errors_per_connection`` and ``data_timeout``.
+``max_errors_per_connection``, ``data_timeout``, and for failed SMTP AUTH
+``max_auth_failures_per_ip`` within ``auth_failure_window``.
 
 Pure: imports only kumoq.config.values and kumoq.errors; no sockets, no IO, no asyncio.
 """
@@ -169,11 +172,14 @@ class EsmtpListenerConfig:
     max_buffered_data_per_ip: int = 64 * 1024 * 1024
     max_errors_per_connection: int = 20  # 4xx/5xx replies since the last accepted message
     data_timeout: float = 600.0  # from the 354 to the final dot
-    # NEXT: stored, not yet acted on (except max_connections and meta).
+    max_auth_failures_per_ip: int = 5  # failed AUTH per client IP within auth_failure_window
+    auth_failure_window: float = 300.0
+    # NEXT: acted on (max_connections, the TLS keys, meta) or stored (the others).
     max_connections: int = 32768
     batch_handling: BatchHandling = BatchHandling.BIFURCATE_ALWAYS
-    tls_certificate: str | dict[str, Any] | None = None
+    tls_certificate: str | dict[str, Any] | None = None  # a PEM file path or {key_data=...}
     tls_private_key: str | dict[str, Any] | None = None
+    tls_required_client_ca: str | dict[str, Any] | None = None  # LATER in KumoMTA's terms
     meta: dict[str, Any] = field(default_factory=dict)
     peer: dict[str, Any] | None = None
     via: dict[str, Any] | None = None
@@ -195,7 +201,7 @@ class EsmtpListenerConfig:
                 raise ConfigError(f"{key}: size must be positive, got {value!r}")
             return n
 
-        return build(
+        config = build(
             cls,
             "start_esmtp_listener",
             mapping,
@@ -218,15 +224,24 @@ class EsmtpListenerConfig:
                 "max_buffered_data_per_ip": size,
                 "max_errors_per_connection": positive,
                 "data_timeout": positive_duration,
+                "max_auth_failures_per_ip": positive,
+                "auth_failure_window": positive_duration,
                 "max_connections": positive,
                 "batch_handling": parse_enum(BatchHandling),
                 "tls_certificate": _parse_key_source,
                 "tls_private_key": _parse_key_source,
+                "tls_required_client_ca": _parse_key_source,
                 "meta": _parse_table,
                 "peer": _parse_table,
                 "via": _parse_table,
             },
         )
+        if (config.tls_certificate is None) != (config.tls_private_key is None):
+            raise ConfigError(
+                "start_esmtp_listener: tls_certificate and tls_private_key must be set together "
+                "(without both, a self-signed certificate is made at start)"
+            )
+        return config
 
     @property
     def address(self) -> tuple[str, int]:

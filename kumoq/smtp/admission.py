@@ -16,10 +16,17 @@ host is a trusted injector, as Postfix exempts ``$mynetworks`` from its per-clie
 limits. The data budgets hold every peer: only a peer with accepted recipients sends content,
 and today that is a relay host.
 
+- failed SMTP AUTH attempts per client IP (``smtp/auth.py``'s ``AuthFailures``): after
+  ``max_auth_failures_per_ip`` within ``auth_failure_window``, AUTH from that IP gets
+  ``454 4.7.0 Temporary authentication failure`` without asking the policy, until the oldest
+  of those failures is a window old. Both kinds of refusal count in the
+  ``smtp_server_auth_failures`` metric; a client IP that reaches the limit is logged.
+
 ``AcceptFailures`` counts a listener's failed ``accept()`` calls in the ``accept_failures``
 metric and logs them at most once every few seconds, with the count since the last line.
 
-Imports: logging, errno, kumoq.config.listener, kumoq.smtp.replies, kumoq.metrics. Time comes
+Imports: logging, errno, kumoq.config.listener, kumoq.smtp.auth, kumoq.smtp.replies,
+kumoq.metrics. Time comes
 in as ``now``; no asyncio, no sockets.
 """
 
@@ -31,8 +38,9 @@ from collections.abc import Callable
 from typing import Final
 
 from kumoq.config.listener import EsmtpListenerConfig
-from kumoq.metrics import ACCEPT_FAILURES
+from kumoq.metrics import ACCEPT_FAILURES, SMTP_AUTH_FAILURES
 from kumoq.smtp import replies as R
+from kumoq.smtp.auth import AuthFailures
 from kumoq.smtp.replies import Reply
 
 __all__ = ["OUT_OF_RESOURCES", "AcceptFailures", "Admission"]
@@ -53,7 +61,16 @@ class Admission:
     for a peer in ``relay_hosts``; for data, ``ip`` is the client IP. O(1) per call; entries
     of IPs with nothing left are dropped, so the books hold only the peers connected now."""
 
-    __slots__ = ("_conns", "_held", "_held_by", "_max_held", "_max_held_ip", "_max_ip", "config")
+    __slots__ = (
+        "_auth",
+        "_conns",
+        "_held",
+        "_held_by",
+        "_max_held",
+        "_max_held_ip",
+        "_max_ip",
+        "config",
+    )
 
     def __init__(self, config: EsmtpListenerConfig) -> None:
         self.config = config
@@ -63,6 +80,7 @@ class Admission:
         self._conns: dict[str, int] = {}
         self._held = 0
         self._held_by: dict[str, int] = {}
+        self._auth = AuthFailures(config.max_auth_failures_per_ip, config.auth_failure_window)
 
     # --- connections ---------------------------------------------------------------------------
     def refusal(
@@ -130,6 +148,25 @@ class Admission:
             self._held_by[ip] = mine
         else:
             self._held_by.pop(ip, None)
+
+    # --- failed authentications ----------------------------------------------------------------
+    def auth_blocked(self, ip: str, now: float) -> bool:
+        """True (and counted) while ``ip`` may not try AUTH: it failed too often lately."""
+        if not self._auth.blocked(ip, now):
+            return False
+        SMTP_AUTH_FAILURES.labels(self.config.listen, "rate_limited").inc()
+        return True
+
+    def auth_failed(self, ip: str, now: float) -> None:
+        """An AUTH from ``ip`` was refused (535): count it."""
+        SMTP_AUTH_FAILURES.labels(self.config.listen, "invalid_credentials").inc()
+        if self._auth.failed(ip, now):
+            log.warning(
+                "esmtp listener %s: %d failed authentications from %s within %gs; its AUTH "
+                "commands get 454 4.7.0 for the next %.0fs",
+                self.config.listen, self._auth.limit, ip, self._auth.window,
+                self._auth.retry_after(ip, now),
+            )  # fmt: skip
 
 
 class AcceptFailures:

@@ -1,16 +1,22 @@
 """One inbound ESMTP connection: the ``asyncio.Protocol`` adapter around ``ServerSession``.
 
-This module owns a connection's socket callbacks, its timer, its backpressure and the
-driving of its handler calls; the protocol is in ``smtp/session.py`` and every decision goes
-to the ``SmtpHandler`` (``smtp/handler.py``). What a connection needs of the listener that
+This module owns a connection's socket callbacks, its timer, its backpressure, its TLS
+handshake and the loop that takes the session's events; the protocol is in
+``smtp/session.py``, and the handler calls and the replies their outcomes become are the base
+class's, ``HandlerCalls`` (``smtp/calls.py``). What a connection needs of the listener that
 accepted it is the small ``ConnectionOwner`` protocol below, which ``EsmtpListener`` satisfies.
 
 Hot path: ``data_received`` feeds the session and handles its events on the spot. The
-``ehlo``/``mail_from``/``rcpt_to`` coroutines are stepped eagerly (no task, no loop round trip):
-one that finishes without suspending -- a Lua call does -- is answered at once; one that
-suspends is finished in a task (``smtp/eager.py``). ``data`` always runs in a task, bounded by
-``data_processing_timeout``. Replies are written in one batch whenever the session needs input
-(RFC 2920 pipelining).
+``ehlo``/``mail_from``/``rcpt_to``/``auth_plain`` coroutines are stepped eagerly (no task, no
+loop round trip): one that finishes without suspending -- a Lua call does -- is answered at
+once; one that suspends is finished in a task (``smtp/eager.py``). ``data`` always runs in a
+task, bounded by ``data_processing_timeout``. Replies are written in one batch whenever the
+session needs input (RFC 2920 pipelining).
+
+STARTTLS: reading pauses at once, the ``220`` is written (the session has dropped whatever
+followed the command), and ``loop.start_tls`` runs in a task, bounded by ``client_timeout``;
+the connection meta gets the TLS details. A failed handshake closes the connection. AUTH from
+a client IP over its failure limit gets ``454 4.7.0`` without a handler call.
 
 Limits (``smtp/admission.py``): a new connection may be refused; ``ClientLimits`` keeps the
 client's deadlines (idle, a command line, the message content: one ``call_at`` handle re-armed
@@ -21,28 +27,22 @@ Backpressure: while a handler call is in progress, reading pauses once more than
 ``HIGH_WATER`` bytes are queued in the session; reading also pauses while the transport's
 write buffer is full.
 
-Imports: asyncio, kumoq.smtp.session/replies/handler/eager/admission, kumoq.config.listener,
-kumoq.errors, kumoq.message. Must not import kumoq.smtp.server (the listener imports this
-module), the daemon, the spool, the queues or lupa.
+Imports: asyncio, kumoq.smtp.calls/session/replies/tls, kumoq.message. Must not import
+kumoq.smtp.server (the listener imports this module), the daemon, the spool, the queues or
+lupa.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, Final, Protocol, TypeVar, cast
+from typing import Any, Final, Protocol, cast
 
-from kumoq.config.listener import EsmtpListenerConfig
-from kumoq.errors import RejectError
 from kumoq.message import new_session_id
 from kumoq.smtp import replies as R
-from kumoq.smtp.admission import Admission, ClientLimits
-from kumoq.smtp.eager import bounded, drive_suspended
-from kumoq.smtp.handler import ConnectionMeta, SmtpHandler
-from kumoq.smtp.replies import Reply
+from kumoq.smtp.calls import CallOwner, HandlerCalls, log
 from kumoq.smtp.session import (
     NEED_DATA,
+    Auth,
     CommandAnswered,
     ConnectionClosed,
     DataStart,
@@ -53,30 +53,18 @@ from kumoq.smtp.session import (
     Quit,
     RcptTo,
     Rset,
-    ServerSession,
+    StartTls,
     State,
 )
+from kumoq.smtp.tls import tls_meta
 
 __all__ = ["HIGH_WATER", "ConnectionOwner", "SmtpConnection", "format_addr"]
 
-log = logging.getLogger("kumoq.smtp.server")  # one logger for the listener and its connections
-
 HIGH_WATER: Final = 256 * 1024  # queued input bytes that pause reading while busy
 
-_T = TypeVar("_T")
 
-
-class ConnectionOwner(Protocol):
-    """What a connection needs of the listener that accepted it."""
-
-    @property
-    def config(self) -> EsmtpListenerConfig: ...
-
-    @property
-    def handler(self) -> SmtpHandler: ...
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop: ...
+class ConnectionOwner(CallOwner, Protocol):
+    """What a connection needs of the listener that accepted it (beyond ``CallOwner``)."""
 
     @property
     def draining(self) -> bool:
@@ -85,9 +73,6 @@ class ConnectionOwner(Protocol):
 
     @property
     def connection_count(self) -> int: ...
-
-    @property
-    def admission(self) -> Admission: ...
 
     def relay_allowed(self, peer_ip: str) -> bool: ...
 
@@ -108,44 +93,22 @@ def format_addr(addr: Any) -> str:
     return str(addr)
 
 
-class SmtpConnection(asyncio.Protocol):
+class SmtpConnection(HandlerCalls, asyncio.Protocol):
     """One client connection. Events are handled synchronously inside ``data_received``; a
     task exists only while a handler call is suspended (always for ``data``)."""
 
-    __slots__ = (
-        "_busy",
-        "_conn",
-        "_last_rx",
-        "_limits",
-        "_listener",
-        "_lost",
-        "_out",
-        "_peer",
-        "_read_paused",
-        "_relay_ok",
-        "_session",
-        "_timer",
-        "_transport",
-        "_write_paused",
-        "task",
-    )
+    __slots__ = ("_last_rx", "_lost", "_read_paused", "_timer", "_transport", "_write_paused")
+
+    _listener: ConnectionOwner
 
     def __init__(self, listener: ConnectionOwner) -> None:
-        self._listener = listener
+        super().__init__(listener)
         self._transport: asyncio.Transport | None = None
-        self._session = ServerSession(listener.config)
-        self._conn: ConnectionMeta = {}
-        self._out: list[bytes] = []
         self._timer: asyncio.TimerHandle | None = None
-        self._busy = False  # a handler call is in progress in ``task``
         self._lost = False
         self._read_paused = False
         self._write_paused = False
         self._last_rx = 0.0
-        self._peer = ""
-        self._relay_ok = False
-        self._limits = ClientLimits(listener.admission)
-        self.task: asyncio.Task[None] | None = None
 
     @property
     def key(self) -> str | None:
@@ -204,7 +167,8 @@ class SmtpConnection(asyncio.Protocol):
         self._session.receive_data(b"")
         if not self._busy:
             self._process()
-        return True  # we close the transport ourselves once the replies are queued
+        # We close the transport ourselves once the replies are queued (a TLS one closes anyway).
+        return not self._session.tls_active
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
@@ -266,12 +230,6 @@ class SmtpConnection(asyncio.Protocol):
             self._timer = None
         if self._transport is not None and not self._lost:
             self._transport.close()
-
-    def _rejected(self, command: str, reply: Reply) -> None:
-        try:
-            self._listener.handler.rejected(self._conn, command, reply)
-        except Exception:
-            log.exception("SmtpHandler.rejected() failed")
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -365,6 +323,22 @@ class SmtpConnection(asyncio.Protocol):
                 out.append(reply.to_bytes())
             elif cls is DataStart or cls is Rset or cls is Quit:
                 out.append(session.accept())
+            elif cls is StartTls:
+                self._pause_reading()  # nothing more is read in the clear
+                out.append(session.accept())  # the session drops what followed STARTTLS
+                conn.pop("ehlo_domain", None)
+                self._flush()
+                self._busy = True
+                self.task = self._listener.loop.create_task(self._run_tls())
+                return
+            elif cls is Auth:
+                assert isinstance(event, Auth)
+                if self._listener.admission.auth_blocked(limits.ip, self._listener.loop.time()):
+                    self._answer(R.AUTH_THROTTLED)  # the policy is not asked
+                elif not self._step(
+                    handler.auth_plain(conn, event.authz, event.authc, event.password), event
+                ):
+                    return
             elif cls is MessageData:
                 assert isinstance(event, MessageData)
                 self._flush()
@@ -384,66 +358,34 @@ class SmtpConnection(asyncio.Protocol):
                 self._close()
                 return
 
-    def _step(self, coro: Coroutine[Any, Any, Any], event: Ehlo | MailFrom | RcptTo) -> bool:
-        """Run a handler coroutine eagerly; True when it finished (and was answered), False
-        when it suspended and continues in a task that resumes ``_process`` afterwards."""
-        try:
-            yielded = coro.send(None)
-        except StopIteration as stop:
-            self._complete(event, stop.value)
-            return True
-        except RejectError as exc:
-            return self._reject(exc)
-        except Exception:
-            self._failed("SmtpHandler failed on %r from %s", event, self._peer)
-            return True
-        self._busy = True
-        self.task = self._listener.loop.create_task(self._resume(coro, yielded, event))
-        return False
-
-    async def _resume(
-        self, coro: Coroutine[Any, Any, Any], yielded: Any, event: Ehlo | MailFrom | RcptTo
-    ) -> None:
-        """Finish a suspended handler coroutine inside this task, then carry on."""
-        await self._settle(
-            drive_suspended(coro, yielded),
-            lambda result: self._complete(event, result),
-            "SmtpHandler failed on %r from %s",
-            event,
-            self._peer,
-        )
-
-    async def _run_data(self, event: MessageData) -> None:
-        await self._settle(
-            self._call_data(event), self._answer, "SmtpHandler.data failed for %s", self._peer
-        )
-
-    async def _call_data(self, event: MessageData) -> Reply:
-        """``SmtpHandler.data``, or ``451 4.4.5`` once ``data_processing_timeout`` passed."""
+    async def _run_tls(self) -> None:
+        """The TLS handshake after ``220 Ready to start TLS``; on success the session reads
+        again, over TLS. A failed or cancelled handshake ends the connection: asyncio closed
+        its transport, and may never tell this protocol, so it counts itself lost here."""
         listener = self._listener
-        call = listener.handler.data(self._conn, event.sender, list(event.recipients), event.data)
-        timeout = listener.config.data_processing_timeout
-        return await bounded(call, timeout, R.DATA_PROCESSING_TIMEOUT)
-
-    async def _settle(
-        self, call: Awaitable[_T], done: Callable[[_T], None], failure: str, *args: object
-    ) -> None:
-        """Await a handler call running in ``task`` and answer its outcome: ``done(result)``,
-        a ``RejectError``'s reply, or 421 technical difficulties (logging ``failure % args``)
-        for any other exception. Cancelled: the session closes. Then ``_handler_done``."""
+        raw = self._transport
+        assert raw is not None
+        assert listener.tls_context is not None
+        transport: asyncio.BaseTransport | None = None
         try:
-            try:
-                result = await call
-            except asyncio.CancelledError:
-                self._session.close()  # aborted: do not go on reading commands
-                raise
-            except RejectError as exc:
-                self._reject(exc)
-            except Exception:
-                self._failed(failure, *args)
-            else:
-                done(result)
+            if not self._lost:  # the peer may have gone since STARTTLS
+                transport = await listener.loop.start_tls(
+                    raw, self, listener.tls_context, server_side=True,
+                    ssl_handshake_timeout=listener.config.client_timeout,
+                )  # fmt: skip
+        except Exception as exc:
+            log.debug("TLS handshake with %s failed: %r", self._peer, exc)
         finally:
+            if transport is None:
+                if not raw.is_closing():
+                    raw.abort()
+                self._lost = True
+                self._session.close()
+            else:
+                self._transport = cast(asyncio.Transport, transport)
+                self._read_paused = self._write_paused = False  # the new transport reads
+                self._conn.update(tls_meta(transport.get_extra_info("ssl_object")))
+                self._session.tls_established()
             self._handler_done()
 
     def _handler_done(self) -> None:
@@ -459,41 +401,3 @@ class SmtpConnection(asyncio.Protocol):
             self._gone()
         else:
             self._account()
-
-    def _complete(self, event: Ehlo | MailFrom | RcptTo, result: Any) -> None:
-        session = self._session
-        if type(event) is Ehlo:
-            if isinstance(result, Reply):
-                self._answer(result)
-            else:
-                self._out.append(session.accept(result))
-                self._conn["ehlo_domain"] = event.domain
-        elif result is not None and result.code >= 400:
-            self._answer(result)
-        elif type(event) is RcptTo and not self._relay_ok:
-            # After the handler, as KumoMTA's reference flow does; a positive Reply from the
-            # handler does not bypass it.
-            self._answer(R.relaying_denied(self._peer))
-        elif result is None:
-            self._out.append(session.accept())
-        else:
-            self._answer(result)
-
-    def _failed(self, message: str, *args: object) -> None:
-        """A handler call raised something other than ``RejectError``: log it, answer 421."""
-        log.exception(message, *args)
-        self._answer(R.technical_difficulties(self._listener.config.hostname))
-
-    def _reject(self, exc: RejectError) -> bool:
-        """Answer ``kumo.reject``; False when the connection must be dropped."""
-        self._answer(Reply.from_text(exc.code, exc.reply_text))
-        if exc.disconnect or self._session.closed:
-            self._close()
-            return False
-        return True
-
-    def _answer(self, reply: Reply) -> None:
-        session = self._session
-        if reply.code >= 400:
-            self._rejected(session.command, reply)
-        self._out.append(session.send(reply))  # a 421 closes the session

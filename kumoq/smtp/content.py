@@ -1,5 +1,11 @@
-"""The message content of a DATA: finding its end, and what it becomes -- dot-unstuffed, its
-size and line lengths checked, its line endings handled by ``invalid_line_endings``.
+"""What the session reads out of its input: command lines, and the message content of a DATA --
+finding its end, and what it becomes: dot-unstuffed, its size and line lengths checked, its
+line endings handled by ``invalid_line_endings``.
+
+``CommandReader`` frames command lines: at most 510 octets without the line end (RFC 5321
+§4.5.3.1.4), or ``line_length_hard_limit`` if lower; a longer line is dropped as it arrives and
+refused once its end comes. It also skips the declared bytes of a ``BDAT`` chunk, so that they
+are never read as commands.
 
 ``ContentReader`` reads the content out of the session's input buffer. Only ``\\r\\n.\\r\\n``
 ends it; a bare ``\\n.\\n`` or ``\\r.\\n`` is content. Content that certainly exceeds the size
@@ -26,12 +32,58 @@ from kumoq.config.listener import InvalidLineEndings
 from kumoq.smtp import replies as R
 from kumoq.smtp.replies import Reply
 
-__all__ = ["ContentReader", "finish_content"]
+__all__ = ["COMMAND_LINE_LIMIT", "CommandReader", "ContentReader", "finish_content"]
+
+COMMAND_LINE_LIMIT: Final = 510  # RFC 5321 §4.5.3.1.4: 512 octets with the CRLF
 
 _LINE_END: Final = re.compile(rb"\r\n|\r|\n")
 # A bare CR (any CR not followed by LF), or a bare LF (not preceded by CR), before a ".".
 _BARE_BEFORE_DOT: Final = re.compile(rb"(?:\r|(?<!\r)\n)(?=\.)")
 _DATA_END: Final = b"\r\n.\r\n"
+
+
+class CommandReader:
+    """Command lines out of a buffer the reader shares with its session. O(new bytes) per
+    ``read``."""
+
+    __slots__ = ("_discarding", "_limit", "skipping")
+
+    def __init__(self, line_limit: int) -> None:
+        self._limit = min(line_limit, COMMAND_LINE_LIMIT)
+        self._discarding = False  # the line being received is too long: drop it to its end
+        self.skipping = -1  # bytes of a BDAT chunk still to drop; -1: none
+
+    def read(self, buf: bytearray) -> tuple[bytes, bool] | Reply | None:
+        """Consume the next line: ``(line without its line end, ended by CRLF)``,
+        ``LINE_TOO_LONG`` for a line over the limit, or None while no line end has come."""
+        i = buf.find(b"\n")
+        if i < 0:
+            if len(buf) > self._limit + 1:
+                # Too long: drop it, and keep dropping until its line end arrives.
+                keep_cr = buf.endswith(b"\r")
+                buf.clear()
+                if keep_cr:
+                    buf += b"\r"
+                self._discarding = True
+            return None
+        crlf = i > 0 and buf[i - 1] == 13  # b"\r"
+        n = i - 1 if crlf else i
+        line = bytes(buf[:n])
+        del buf[: i + 1]
+        if self._discarding or n > self._limit:
+            self._discarding = False
+            return R.LINE_TOO_LONG
+        return line, crlf
+
+    def skip(self, buf: bytearray) -> bool:
+        """Drop what ``buf`` holds of the BDAT chunk; True once all of it is gone."""
+        n = min(self.skipping, len(buf))
+        del buf[:n]
+        self.skipping -= n
+        if self.skipping:
+            return False
+        self.skipping = -1
+        return True
 
 
 class ContentReader:

@@ -10,7 +10,7 @@ does IO.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Final, Literal, TypeAlias, final
 
@@ -24,7 +24,10 @@ __all__ = [
     "NEED_DATA",
     "ON_ACCEPT",
     "ON_REJECT",
+    "SELF_ANSWERED",
     "SEQUENCE_ERRORS",
+    "SEQUENCE_ERROR_OF",
+    "Auth",
     "CommandAnswered",
     "ConnectionClosed",
     "DataStart",
@@ -37,6 +40,7 @@ __all__ = [
     "Quit",
     "RcptTo",
     "Rset",
+    "StartTls",
     "State",
 ]
 
@@ -115,8 +119,32 @@ class Quit:
 
 @final
 @dataclass(frozen=True, slots=True)
+class StartTls:
+    """STARTTLS (RFC 3207), offered and outside a transaction. ``accept()`` answers
+    ``220 2.0.0 Ready to start TLS`` and drops every byte received after the command (a
+    command pipelined behind STARTTLS is never run); the caller then stops reading in the
+    clear, does the handshake and calls ``tls_established()``. Until then the session reads
+    nothing."""
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Auth:
+    """A complete AUTH PLAIN or LOGIN exchange (RFC 4954) over TLS: the credentials to check.
+    ``accept()`` answers ``235 2.7.0``; ``send(reply)`` refuses (535, 454). ``authz`` is
+    ``authc`` when the client gave none. The password is left out of ``repr``."""
+
+    mechanism: str
+    authz: str
+    authc: str
+    password: str = field(repr=False)
+
+
+@final
+@dataclass(frozen=True, slots=True)
 class CommandAnswered:
-    """The session answered ``command`` itself (NOOP, VRFY, HELP): write ``reply``."""
+    """The session answered ``command`` itself (NOOP, VRFY, HELP, an AUTH challenge ``334``):
+    write ``reply``."""
 
     command: str
     reply: Reply
@@ -145,6 +173,8 @@ Event: TypeAlias = (
     | MessageData
     | Rset
     | Quit
+    | StartTls
+    | Auth
     | CommandAnswered
     | ProtocolError
     | ConnectionClosed
@@ -153,11 +183,22 @@ Event: TypeAlias = (
 
 # --- the state table ---------------------------------------------------------------------------
 # Commands that are out of sequence in a state, and the reply they get.
+_IN_TRANSACTION: Final = {"STARTTLS": R.STARTTLS_IN_TRANSACTION, "AUTH": R.AUTH_IN_TRANSACTION}
 SEQUENCE_ERRORS: Final[dict[State, dict[str, Reply]]] = {
     State.READY: {"RCPT": R.BAD_SEQUENCE_NEED_MAIL, "DATA": R.BAD_SEQUENCE_NEED_MAIL},
-    State.MAIL: {"MAIL": R.BAD_SEQUENCE_MAIL_NESTED, "DATA": R.BAD_SEQUENCE_NEED_RCPT},
-    State.RCPT: {"MAIL": R.BAD_SEQUENCE_MAIL_NESTED},
+    State.MAIL: {
+        "MAIL": R.BAD_SEQUENCE_MAIL_NESTED, "DATA": R.BAD_SEQUENCE_NEED_RCPT, **_IN_TRANSACTION,
+    },
+    State.RCPT: {"MAIL": R.BAD_SEQUENCE_MAIL_NESTED, **_IN_TRANSACTION},
+}  # fmt: skip
+# The same, flattened for one lookup per command: (state, verb) -> reply.
+SEQUENCE_ERROR_OF: Final = {
+    (state, verb): reply
+    for state, table in SEQUENCE_ERRORS.items()
+    for verb, reply in table.items()
 }
+# The commands the session answers itself, and how.
+SELF_ANSWERED: Final[dict[str, Reply]] = {"NOOP": R.NOOP_OK, "VRFY": R.VRFY_CANNOT, "HELP": R.HELP}
 # Where a positive answer to a pending event takes the session.
 ON_ACCEPT: Final[dict[type, State]] = {
     Ehlo: State.READY,
@@ -167,6 +208,8 @@ ON_ACCEPT: Final[dict[type, State]] = {
     MessageData: State.READY,
     Rset: State.READY,
     Quit: State.CLOSED,
+    StartTls: State.READY,
+    Auth: State.READY,
 }
 # Where a negative answer takes it (absent: the state does not change).
 ON_REJECT: Final[dict[type, State]] = {MessageData: State.READY, Quit: State.CLOSED}
@@ -178,4 +221,6 @@ DEFAULT_ACCEPT: Final[dict[type, Reply]] = {
     MessageData: R.OK,
     Rset: R.RESET_OK,
     Quit: R.CLOSING,
+    StartTls: R.READY_TO_START_TLS,
+    Auth: R.AUTH_OK,
 }

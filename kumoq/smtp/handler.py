@@ -20,7 +20,10 @@ __all__ = ["ConnectionMeta", "SmtpHandler"]
 ConnectionMeta: TypeAlias = dict[str, Any]
 """Connection metadata shared with the handler: ``received_from`` (peer ip), ``received_via``
 (local ``ip:port``), ``hostname``, ``reception_protocol`` ("ESMTP"), ``session_id`` (uuid4
-hex), the listener's ``meta`` entries, and ``ehlo_domain`` once EHLO/HELO succeeded."""
+hex), the listener's ``meta`` entries, and ``ehlo_domain`` once EHLO/HELO succeeded (dropped
+again at STARTTLS). After a TLS handshake: ``tls_protocol_version``, ``tls_cipher`` and, for a
+verified client certificate, ``tls_peer_subject_name``. After AUTH: what ``auth_plain`` put
+there (``authz_id``, ``authn_id``)."""
 
 
 class SmtpHandler(Protocol):
@@ -30,10 +33,10 @@ class SmtpHandler(Protocol):
     ``421 4.3.0 <host> technical difficulties`` and drops the connection. A returned Reply
     with code 421 is sent and the connection closed.
 
-    ``ehlo``, ``mail_from`` and ``rcpt_to`` are started eagerly from the protocol callback:
-    until their first suspension they run outside any task (``asyncio.current_task()`` is
-    None), so they must not enter ``asyncio.timeout()`` or a TaskGroup before their first
-    ``await``. ``data`` always runs in its own task."""
+    ``ehlo``, ``mail_from``, ``rcpt_to`` and ``auth_plain`` are started eagerly from the
+    protocol callback: until their first suspension they run outside any task
+    (``asyncio.current_task()`` is None), so they must not enter ``asyncio.timeout()`` or a
+    TaskGroup before their first ``await``. ``data`` always runs in its own task."""
 
     def ready(self) -> bool:
         """False until the spool is enumerated: new connections get ``421 4.3.2 <host>
@@ -46,13 +49,21 @@ class SmtpHandler(Protocol):
         """EHLO/HELO: a replacement extension list, ``None`` for the default, or a rejection."""
         ...
 
+    async def auth_plain(self, conn: ConnectionMeta, authz: str, authc: str, password: str) -> bool:
+        """AUTH PLAIN or LOGIN, over TLS: True accepts the credentials (``235 2.7.0``) and
+        records the identities in ``conn`` (KumoMTA's ``authz_id`` and ``authn_id``); False
+        refuses them (``535 5.7.8``, counted against the client IP). ``authz`` is ``authc``
+        when the client gave none. An accepted peer may relay."""
+        ...
+
     async def mail_from(self, conn: ConnectionMeta, sender: EnvelopeAddress) -> Reply | None:
         """``None`` accepts (``250 2.1.0 OK``)."""
         ...
 
     async def rcpt_to(self, conn: ConnectionMeta, recipient: EnvelopeAddress) -> Reply | None:
         """``None`` accepts so far; the server then checks ``relay_hosts`` and answers
-        ``550 5.7.1 relaying not permitted for <peer>`` when the peer may not relay."""
+        ``550 5.7.1 relaying not permitted for <peer>`` when the peer may not relay (it is
+        not in ``relay_hosts`` and did not authenticate)."""
         ...
 
     async def data(

@@ -13,8 +13,10 @@ MAXNAME. Its 64-octet local part is deliberately not enforced (§4.5.3.1 asks se
 no limits where they can): real mail exceeds it (Mailman's confirmation addresses, GitHub's
 ``reply+<token>@`` addresses, aiosmtpd #257), and the path limit bounds it at 252 anyway.
 
-``BDAT`` (RFC 3030, not offered) is parsed only so that the session can skip its chunk: its
-``argument`` is the chunk size in digits, or empty when the line gives none that is valid.
+``STARTTLS`` takes no argument; ``AUTH``'s ``argument`` is the text after the verb, read by
+``smtp/auth.py``. ``BDAT`` (RFC 3030, not offered) is parsed only so that the session can skip
+its chunk: its ``argument`` is the chunk size in digits, or empty when the line gives none that
+is valid.
 
 Errors raise ``RemoteProtocolError`` whose ``reply_hint`` is the (code, enhanced code) to send:
 (500, 5.5.2) unknown command, (502, 5.5.1) known but not implemented, (501, 5.5.4) bad
@@ -88,11 +90,10 @@ _BDAT = re.compile(r"([0-9]{1,20})(?: LAST)?", re.IGNORECASE)
 MAX_DOMAIN: Final = 255
 MAX_PATH: Final = 256
 
-_NO_ARGS: Final = frozenset({"DATA", "RSET", "QUIT"})
+_NO_ARGS: Final = frozenset({"DATA", "RSET", "QUIT", "STARTTLS"})
 _FREE_ARGS: Final = frozenset({"NOOP", "HELP", "VRFY"})
 _UNIMPLEMENTED: Final = frozenset(
-    {"EXPN", "STARTTLS", "AUTH", "ETRN", "TURN", "ATRN", "LHLO", "XCLIENT", "SEND",
-     "SOML", "SAML"}
+    {"EXPN", "ETRN", "TURN", "ATRN", "LHLO", "XCLIENT", "SEND", "SOML", "SAML"}
 )  # fmt: skip
 _BODY_VALUES: Final = frozenset({"7BIT", "8BITMIME"})
 
@@ -180,14 +181,14 @@ def parse_command(line: bytes, *, smtputf8: bool = False) -> Command:
     if verb == "BDAT":
         m = _BDAT.fullmatch(rest)
         return Command("BDAT", m[1] if m is not None else "")
-    if verb in _FREE_ARGS:
+    if verb in _FREE_ARGS or verb == "AUTH":  # AUTH's arguments are smtp/auth.py's business
         return Command(verb, rest.strip(" "))
     if verb in _UNIMPLEMENTED:
         raise _fail("Command unimplemented", _E_UNIMPLEMENTED)
     raise _fail("Syntax error: command unrecognized", _E_UNKNOWN)
 
 
-_KNOWN_VERBS: Final = frozenset({"MAIL", "RCPT", "EHLO", "HELO"}) | _NO_ARGS | _FREE_ARGS
+_KNOWN_VERBS: Final = frozenset({"MAIL", "RCPT", "EHLO", "HELO", "AUTH"}) | _NO_ARGS | _FREE_ARGS
 
 
 def _octets(text: str) -> int:

@@ -11,10 +11,25 @@ Pure: imports nothing from kumoq; no IO.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Final, final
 
 __all__ = [
+    "AUTH_ALREADY",
+    "AUTH_CANCELLED",
+    "AUTH_CANNOT_DECODE",
+    "AUTH_ENCRYPTION_REQUIRED",
+    "AUTH_INVALID",
+    "AUTH_IN_TRANSACTION",
+    "AUTH_LINE_TOO_LONG",
+    "AUTH_MALFORMED",
+    "AUTH_MECHANISM_UNKNOWN",
+    "AUTH_NEED_EHLO",
+    "AUTH_OK",
+    "AUTH_SYNTAX",
+    "AUTH_THROTTLED",
     "BAD_SEQUENCE_MAIL_NESTED",
     "BAD_SEQUENCE_NEED_MAIL",
     "BAD_SEQUENCE_NEED_RCPT",
@@ -31,18 +46,26 @@ __all__ = [
     "NOOP_OK",
     "OK",
     "RCPT_OK",
+    "READY_TO_START_TLS",
     "RESET_OK",
     "SIZE_EXCEEDED",
+    "STARTTLS_IN_TRANSACTION",
+    "STARTTLS_UNAVAILABLE",
     "START_DATA",
+    "TLS_ALREADY_ACTIVE",
     "TOO_MANY_RECIPIENTS",
     "TOO_MANY_RECIPIENTS_ON_CONNECTION",
     "VRFY_CANNOT",
     "Reply",
+    "auth_challenge",
     "bdat_unframed",
+    "cached_reply",
     "command_too_slow",
     "connection_limit_reached",
     "data_too_slow",
+    "ehlo_reply",
     "greeting",
+    "host_reply",
     "idle_too_long",
     "relaying_denied",
     "shutting_down",
@@ -89,7 +112,7 @@ class Reply:
         code, enhanced, text = self.code, self.enhanced, self.text
         if "\n" not in text and "\r" not in text:  # the common single-line reply
             head = f"{code} {enhanced}" if enhanced is not None else str(code)
-            line = f"{head} {text}" if text else head
+            line = f"{head} {text}" if text or code == 334 else head  # "334 " (RFC 4954)
             return f"{line}\r\n".encode("utf-8", "replace")
         lines = _LINE_BREAK.split(text)
         last = len(lines) - 1
@@ -173,8 +196,57 @@ INSUFFICIENT_STORAGE: Final = Reply(
     452, "4.3.1", "Insufficient system storage: too much message data in flight"
 )
 
+# --- STARTTLS (RFC 3207) and AUTH (RFC 4954; texts from its section 6) -----------------------
+READY_TO_START_TLS: Final = Reply(220, "2.0.0", "Ready to start TLS")
+STARTTLS_UNAVAILABLE: Final = Reply(502, "5.5.1", "Command unimplemented")  # no TLS configured
+TLS_ALREADY_ACTIVE: Final = Reply(503, "5.5.1", "TLS already active")
+STARTTLS_IN_TRANSACTION: Final = Reply(
+    503, "5.5.1", "STARTTLS not permitted during a mail transaction"
+)
+AUTH_OK: Final = Reply(235, "2.7.0", "Authentication successful")
+AUTH_INVALID: Final = Reply(535, "5.7.8", "Authentication credentials invalid")
+AUTH_THROTTLED: Final = Reply(454, "4.7.0", "Temporary authentication failure")
+AUTH_ENCRYPTION_REQUIRED: Final = Reply(
+    538, "5.7.11", "Encryption required for requested authentication mechanism"
+)
+AUTH_ALREADY: Final = Reply(503, "5.5.1", "Already authenticated")
+AUTH_IN_TRANSACTION: Final = Reply(503, "5.5.1", "AUTH not permitted during a mail transaction")
+AUTH_NEED_EHLO: Final = Reply(503, "5.5.1", "Send EHLO first")
+AUTH_MECHANISM_UNKNOWN: Final = Reply(504, "5.5.4", "Unrecognized authentication type")
+AUTH_SYNTAX: Final = Reply(501, "5.5.2", "Syntax: AUTH mechanism [initial-response]")
+AUTH_CANNOT_DECODE: Final = Reply(501, "5.5.2", "Cannot Base64-decode client response")
+AUTH_MALFORMED: Final = Reply(501, "5.5.2", "Malformed authentication response")
+AUTH_CANCELLED: Final = Reply(501, "5.7.0", "Authentication cancelled")
+AUTH_LINE_TOO_LONG: Final = Reply(500, "5.5.6", "Authentication Exchange line is too long")
+
+
+def auth_challenge(challenge: str) -> Reply:
+    """``334 <base64 challenge>``; ``334 `` for an empty one."""
+    return Reply(334, None, challenge)
+
+
+# --- built once per distinct value (the session's hot replies) -------------------------------
+@lru_cache(maxsize=256)
+def cached_reply(code: int, enhanced: str, text: str) -> Reply:
+    return Reply(code, enhanced, text)
+
+
+@lru_cache(maxsize=1024)
+def ehlo_reply(hostname: str, domain: str, extended: bool, extensions: tuple[str, ...]) -> Reply:
+    """The EHLO answer (``<hostname> Aloha <domain>`` and the keywords) or the HELO one."""
+    if not extended:
+        return Reply(250, None, f"{hostname} Hello {domain}")
+    return Reply(250, None, "\n".join((f"{hostname} Aloha {domain}", *extensions)))
+
+
+@lru_cache(maxsize=256)
+def host_reply(make: Callable[[str], Reply], hostname: str) -> Reply:
+    """``make(hostname)``, built once (the replies that name the host)."""
+    return make(hostname)
+
 
 # --- replies that name the host or peer ------------------------------------------------------
+@lru_cache(maxsize=64)
 def greeting(hostname: str, banner: str) -> Reply:
     """``220 <hostname> <banner>``."""
     return Reply(220, None, f"{hostname} {banner}".rstrip())

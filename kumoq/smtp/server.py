@@ -21,9 +21,9 @@ closes such connections unseen (libuv's EMFILE trick) and asyncio's logs each at
 
 ``ConnectionMeta`` and ``SmtpHandler`` are re-exported here for the daemon's imports.
 
-Imports: asyncio, socket, kumoq.smtp.connection/admission/handler, kumoq.config.listener,
-kumoq.errors. Must not import the daemon, the spool, the queues or lupa; nothing in kumoq.smtp
-imports this module.
+Imports: asyncio, socket, ssl, kumoq.smtp.connection/admission/handler/tls,
+kumoq.config.listener, kumoq.errors. Must not import the daemon, the spool, the queues or
+lupa; nothing in kumoq.smtp imports this module.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import asyncio
 import errno
 import logging
 import socket
+import ssl
 from typing import Final, final
 
 from kumoq.config.listener import EsmtpListenerConfig
@@ -39,6 +40,7 @@ from kumoq.errors import ListenerError
 from kumoq.smtp.admission import OUT_OF_RESOURCES, AcceptFailures, Admission
 from kumoq.smtp.connection import SmtpConnection, format_addr
 from kumoq.smtp.handler import ConnectionMeta, SmtpHandler
+from kumoq.smtp.tls import server_context
 
 __all__ = [
     "ConnectionMeta",
@@ -66,10 +68,12 @@ class EsmtpListener:
         config: EsmtpListenerConfig,
         handler: SmtpHandler,
         loop: asyncio.AbstractEventLoop,
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
         self.config = config
         self.handler = handler
         self.loop = loop
+        self.tls_context = tls_context  # STARTTLS is offered when there is one
         self.draining = False
         self.drained = asyncio.Event()
         self.connections: set[SmtpConnection] = set()
@@ -206,11 +210,12 @@ class EsmtpListener:
 
 
 async def start_esmtp_listener(config: EsmtpListenerConfig, handler: SmtpHandler) -> EsmtpListener:
-    """Bind ``config.listen`` and serve ESMTP with ``handler``; returns once listening.
+    """Bind ``config.listen`` and serve ESMTP with ``handler``, offering STARTTLS with the
+    configured certificate or a self-signed one (``smtp/tls.py``); returns once listening.
 
-    Raises ListenerError when the address cannot be bound."""
+    Raises ListenerError when the TLS keys cannot be used or the address cannot be bound."""
     loop = asyncio.get_running_loop()
-    listener = EsmtpListener(config, handler, loop)
+    listener = EsmtpListener(config, handler, loop, server_context(config))
     host, port = config.address
     try:
         sockets = await _bind(loop, host, port)

@@ -27,30 +27,37 @@ read as commands; after ``max_errors_per_connection`` 4xx/5xx replies since the 
 message the session answers ``421 4.7.0`` and closes. ``abort_data(reply)`` lets the caller fail
 a message while it arrives (the in-flight data budget): its bytes are dropped as they come.
 
+STARTTLS and AUTH (``ServerSession(config, tls=True)``; the rules are ``smtp/auth.py``'s):
+accepting ``StartTls`` drops what was received after the command (a pipelined command is never
+run) and forgets EHLO and the transaction (RFC 3207); nothing is read until
+``tls_established()``. ``command`` never shows credentials.
+
 The events, ``State``, ``NEED_DATA`` and the state table live in ``smtp/events.py`` and are
 re-exported here.
 
-Pure: no asyncio, sockets, clock or IO; imports config.listener, smtp.events, smtp.parser,
-smtp.replies, errors and message.
+Pure: no asyncio, sockets, clock or IO; imports config.listener, smtp.auth, smtp.events,
+smtp.parser, smtp.replies, errors and message.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from functools import lru_cache
+from collections.abc import Sequence
 from typing import Final
 
 from kumoq.config.listener import EsmtpListenerConfig, InvalidLineEndings
 from kumoq.errors import LocalProtocolError, RemoteProtocolError
 from kumoq.message import EnvelopeAddress
 from kumoq.smtp import replies as R
-from kumoq.smtp.content import ContentReader
+from kumoq.smtp.auth import Security, redact
+from kumoq.smtp.content import CommandReader, ContentReader
 from kumoq.smtp.events import (
     DEFAULT_ACCEPT,
     NEED_DATA,
     ON_ACCEPT,
     ON_REJECT,
-    SEQUENCE_ERRORS,
+    SELF_ANSWERED,
+    SEQUENCE_ERROR_OF,
+    Auth,
     CommandAnswered,
     ConnectionClosed,
     DataStart,
@@ -63,13 +70,15 @@ from kumoq.smtp.events import (
     Quit,
     RcptTo,
     Rset,
+    StartTls,
     State,
 )
 from kumoq.smtp.parser import parse_command
-from kumoq.smtp.replies import Reply
+from kumoq.smtp.replies import Reply, cached_reply, ehlo_reply, host_reply
 
 __all__ = [
     "NEED_DATA",
+    "Auth",
     "CommandAnswered",
     "ConnectionClosed",
     "DataStart",
@@ -82,6 +91,7 @@ __all__ = [
     "RcptTo",
     "Rset",
     "ServerSession",
+    "StartTls",
     "State",
 ]
 
@@ -90,42 +100,9 @@ _CLOSED_EVENT: Final = ConnectionClosed()
 _DATA_START: Final = DataStart()
 _RSET: Final = Rset()
 _QUIT: Final = Quit()
-
-# --- the state table (smtp/events.py), flattened for one lookup per command --------------------
-_SEQUENCE_ERRORS: Final = {
-    (state, verb): reply
-    for state, table in SEQUENCE_ERRORS.items()
-    for verb, reply in table.items()
-}
-_SELF_ANSWERED: Final[dict[str, Reply]] = {"NOOP": R.NOOP_OK, "VRFY": R.VRFY_CANNOT, "HELP": R.HELP}
-
-COMMAND_LINE_LIMIT: Final = 510  # RFC 5321 §4.5.3.1.4: 512 octets with the CRLF
 # Replies that refuse a recipient only for a recipient limit: a client that pipelines more
 # recipients than the limit is not cut off for it (Postfix's smtpd_recipient_overshoot_limit).
 _OVERSHOOT: Final = 1000
-
-
-@lru_cache(maxsize=256)
-def _error_reply(code: int, enhanced: str, text: str) -> Reply:
-    return Reply(code, enhanced, text)
-
-
-@lru_cache(maxsize=64)
-def _greeting(hostname: str, banner: str) -> Reply:
-    return R.greeting(hostname, banner)
-
-
-@lru_cache(maxsize=1024)
-def _ehlo_reply(hostname: str, domain: str, extended: bool, extensions: tuple[str, ...]) -> Reply:
-    if not extended:
-        return Reply(250, None, f"{hostname} Hello {domain}")
-    return Reply(250, None, "\n".join((f"{hostname} Aloha {domain}", *extensions)))
-
-
-@lru_cache(maxsize=256)
-def _host_reply(make: Callable[[str], Reply], hostname: str) -> Reply:
-    """``make(hostname)``, built once (the replies that name the host)."""
-    return make(hostname)
 
 
 class ServerSession:
@@ -134,17 +111,15 @@ class ServerSession:
 
     __slots__ = (
         "_buf",
-        "_cmd_limit",
         "_content",
-        "_discarding",
         "_eof",
         "_errors",
         "_extended",
-        "_extensions",
         "_helo",
         "_hostname",
         "_line",
         "_line_endings",
+        "_lines",
         "_max_errors",
         "_max_msgs",
         "_max_rcpts",
@@ -154,33 +129,34 @@ class ServerSession:
         "_pending",
         "_rcpt_count",
         "_recipients",
+        "_sec",
         "_sender",
-        "_skip",
         "_smtputf8",
         "_state",
         "config",
     )
 
-    def __init__(self, config: EsmtpListenerConfig) -> None:
+    def __init__(self, config: EsmtpListenerConfig, *, tls: bool = False) -> None:
+        """``tls``: the caller can do a TLS handshake (STARTTLS is offered)."""
         self.config = config
         self._hostname = config.hostname
         self._max_size = config.max_message_size
         self._max_rcpts = config.max_recipients_per_message
         self._max_msgs = config.max_messages_per_connection
-        self._cmd_limit = min(config.line_length_hard_limit, COMMAND_LINE_LIMIT)
+        self._lines = CommandReader(config.line_length_hard_limit)
         self._max_errors = config.max_errors_per_connection
         self._line_endings = config.invalid_line_endings
         self._content = ContentReader(
             self._max_size, config.line_length_hard_limit, self._line_endings
         )
         size = f"SIZE {self._max_size}"
-        self._extensions = ("PIPELINING", "8BITMIME", size, "ENHANCEDSTATUSCODES", "SMTPUTF8")
+        base = ("PIPELINING", "8BITMIME", size, "ENHANCEDSTATUSCODES", "SMTPUTF8")
+        self._sec = Security(tls, base)
         self._buf = bytearray()
         self._eof = False
         self._state = State.READY
         self._pending: Event | None = None
         self._line = b""
-        self._discarding = False
         self._helo: str | None = None
         self._extended = False
         self._sender: EnvelopeAddress | None = None
@@ -190,7 +166,6 @@ class ServerSession:
         self._messages = 0
         self._errors = 0  # 4xx/5xx replies since the last accepted message
         self._overshoot = 0  # recipient-limit replies in this transaction
-        self._skip = -1  # bytes of a BDAT chunk still to skip, then 502; -1: none
 
     # --- inspection ----------------------------------------------------------------------------
     @property
@@ -208,7 +183,8 @@ class ServerSession:
 
     @property
     def command(self) -> str:
-        """The last command line read (for rejection records)."""
+        """The last command line read (for rejection records); ``AUTH <mechanism>`` for an AUTH
+        command or response, never its credentials."""
         return self._line.decode("utf-8", "replace")
 
     @property
@@ -235,7 +211,7 @@ class ServerSession:
     @property
     def reading_content(self) -> bool:
         """True while message content or a BDAT chunk is being read (``data_timeout``)."""
-        return self._state is State.DATA or self._skip >= 0
+        return self._state is State.DATA or self._lines.skipping >= 0
 
     @property
     def errors(self) -> int:
@@ -245,15 +221,33 @@ class ServerSession:
     @property
     def default_extensions(self) -> list[str]:
         """The EHLO keywords advertised unless the caller passes its own list."""
-        return list(self._extensions)
+        return list(self._sec.extensions)
+
+    @property
+    def tls_active(self) -> bool:
+        return self._sec.active
+
+    @property
+    def authenticated(self) -> bool:
+        """An AUTH exchange succeeded on this connection."""
+        return self._sec.authenticated
 
     def greeting(self) -> bytes:
         """``220 <hostname> <banner>``."""
-        return _greeting(self._hostname, self.config.banner).to_bytes()
+        return R.greeting(self._hostname, self.config.banner).to_bytes()
+
+    def tls_established(self) -> None:
+        """The TLS handshake that followed an accepted ``StartTls`` succeeded: read commands
+        again, starting with what was received since (the client must start over with EHLO)."""
+        if not self._sec.pending:
+            raise LocalProtocolError("tls_established: no STARTTLS was accepted")
+        self._sec.established()
 
     # --- input ---------------------------------------------------------------------------------
     def receive_data(self, data: bytes) -> None:
-        """Feed bytes from the peer; ``b""`` means the peer closed its side."""
+        """Feed bytes from the peer; ``b""`` means the peer closed its side. After accepting
+        ``StartTls`` feed only what the TLS layer decrypted: the session reads it once
+        ``tls_established()`` is called."""
         if data:
             self._buf += data
         else:
@@ -271,41 +265,37 @@ class ServerSession:
         if state is State.CLOSED:
             self._buf.clear()
             return _CLOSED_EVENT
+        if self._sec.pending:
+            return _CLOSED_EVENT if self._eof else NEED_DATA
         if self._errors >= self._max_errors:
             self._buf.clear()
-            return self._refuse(_host_reply(R.too_many_errors, self._hostname), "")
-        buf = self._buf
-        if self._skip >= 0:
+            return self._refuse(host_reply(R.too_many_errors, self._hostname), "")
+        if self._lines.skipping >= 0:
             return self._skip_chunk()
-        i = buf.find(b"\n")
-        if i < 0:
-            if self._eof:
-                return _CLOSED_EVENT
-            if len(buf) > self._cmd_limit + 1:
-                # Too long: drop it, and keep dropping until its line end arrives.
-                keep_cr = buf.endswith(b"\r")
-                buf.clear()
-                if keep_cr:
-                    buf += b"\r"
-                self._discarding = True
-            return NEED_DATA
-        crlf = i > 0 and buf[i - 1] == 13  # b"\r"
-        n = i - 1 if crlf else i
-        line = self._line = bytes(buf[:n])
-        del buf[: i + 1]
-        if self._discarding or n > self._cmd_limit:
-            self._discarding = False
+        got = self._lines.read(self._buf)
+        if got is None:
+            return _CLOSED_EVENT if self._eof else NEED_DATA
+        sec = self._sec
+        exchange = sec.exchange is not None  # an AUTH response: ``command`` stays AUTH <mech>
+        if isinstance(got, Reply):
+            sec.exchange = None
             self._line = b""
-            return self._refuse(R.LINE_TOO_LONG, "")
+            return self._refuse(R.AUTH_LINE_TOO_LONG if exchange else got, "")
+        line, crlf = got
+        if not exchange:
+            self._line = redact(line) if line[:5].upper() == b"AUTH " else line
         if not crlf and self._line_endings is InvalidLineEndings.DENY:
+            sec.exchange = None
             return self._refuse(R.BARE_LF)
+        if exchange:
+            return self._secure(sec.response(line))
         try:
             cmd = parse_command(line, smtputf8=self._smtputf8)
         except RemoteProtocolError as exc:
             code, enhanced = exc.reply_hint
-            return self._refuse(_error_reply(code, enhanced, str(exc)))
+            return self._refuse(cached_reply(code, enhanced, str(exc)))
         verb = cmd.verb
-        bad = _SEQUENCE_ERRORS.get((state, verb))
+        bad = SEQUENCE_ERROR_OF.get((state, verb))
         if bad is not None:
             return self._refuse(bad)
         event: Event
@@ -322,7 +312,7 @@ class ServerSession:
                 if self._recipients:
                     return self._refuse(R.TOO_MANY_RECIPIENTS_ON_CONNECTION)
                 return self._refuse(
-                    _host_reply(R.too_many_recipients_on_connection_close, self._hostname)
+                    host_reply(R.too_many_recipients_on_connection_close, self._hostname)
                 )
             address = cmd.address
             assert address is not None
@@ -337,15 +327,26 @@ class ServerSession:
             event = _RSET
         elif verb == "QUIT":
             event = _QUIT
+        elif verb == "STARTTLS" or verb == "AUTH":
+            return self._secure(self._sec.command(verb, cmd.argument, self._helo))
         elif verb == "BDAT":
             if not cmd.argument:
-                return self._refuse(_host_reply(R.bdat_unframed, self._hostname))
-            self._skip = int(cmd.argument)
+                return self._refuse(host_reply(R.bdat_unframed, self._hostname))
+            self._lines.skipping = int(cmd.argument)
             return self._skip_chunk()
         else:
-            return CommandAnswered(self.command, _SELF_ANSWERED[verb])
+            return CommandAnswered(self.command, SELF_ANSWERED[verb])
         self._pending = event
         return event
+
+    def _secure(self, outcome: StartTls | Auth | Reply) -> Event:
+        """STARTTLS and AUTH (``smtp/auth.py``): pending, a 334 challenge, or refused."""
+        if isinstance(outcome, Reply):
+            if outcome.code == 334:
+                return CommandAnswered(self.command, outcome)
+            return self._refuse(outcome)
+        self._pending = outcome
+        return outcome
 
     def _refuse(self, reply: Reply, command: str | None = None) -> ProtocolError:
         self._count(reply)
@@ -365,13 +366,8 @@ class ServerSession:
 
     def _skip_chunk(self) -> Event | NeedData:
         """Drop the rest of a BDAT chunk; once it is all gone, answer 502."""
-        buf = self._buf
-        n = min(self._skip, len(buf))
-        del buf[:n]
-        self._skip -= n
-        if self._skip:
+        if not self._lines.skip(self._buf):
             return _CLOSED_EVENT if self._eof else NEED_DATA
-        self._skip = -1
         return self._refuse(R.BDAT_DISCARDED)
 
     def _next_body_event(self) -> Event | NeedData:
@@ -417,7 +413,8 @@ class ServerSession:
         cls = type(event)
         if cls is Ehlo:
             assert isinstance(event, Ehlo)
-            reply = self._ehlo_reply(event, extensions)
+            keywords = self._sec.extensions if extensions is None else tuple(extensions)
+            reply = ehlo_reply(self._hostname, event.domain, event.extended, keywords)
         else:
             reply = DEFAULT_ACCEPT[cls]
         self._pending = None
@@ -483,14 +480,14 @@ class ServerSession:
             self._reset_transaction()
         elif cls is Rset:
             self._reset_transaction()
-
-    def _ehlo_reply(self, event: Ehlo, extensions: Sequence[str] | None) -> Reply:
-        return _ehlo_reply(
-            self._hostname,
-            event.domain,
-            event.extended,
-            self._extensions if extensions is None else tuple(extensions),
-        )
+        elif cls is StartTls:  # RFC 3207 §4.2: forget what the client said; read nothing more
+            self._buf.clear()
+            self._helo = None
+            self._extended = False
+            self._reset_transaction()
+            self._sec.starttls_accepted()
+        elif cls is Auth:
+            self._sec.authenticated = True
 
     def close(self) -> None:
         """Mark the session closed (the caller is dropping the connection)."""

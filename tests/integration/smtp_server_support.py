@@ -32,6 +32,7 @@ class FakeHandler:
         self.messages: list[tuple[EnvelopeAddress, list[EnvelopeAddress], bytes]] = []
         self.rejections: list[tuple[str, Reply]] = []
         self.conns: list[ConnectionMeta] = []
+        self.passwords: dict[str, str] = {}  # auth_plain accepts these (authc -> password)
 
     def ready(self) -> bool:
         return self.is_ready
@@ -51,6 +52,13 @@ class FakeHandler:
     ) -> list[str] | Reply | None:
         await self._enter("ehlo", conn, (domain, extensions))
         return self.extensions
+
+    async def auth_plain(self, conn: ConnectionMeta, authz: str, authc: str, password: str) -> bool:
+        await self._enter("auth_plain", conn, (authz, authc))
+        if self.passwords.get(authc) != password:
+            return False
+        conn["authz_id"], conn["authn_id"] = authz, authc
+        return True
 
     async def mail_from(self, conn: ConnectionMeta, sender: EnvelopeAddress) -> Reply | None:
         await self._enter("mail_from", conn, sender)

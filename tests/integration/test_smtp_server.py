@@ -55,7 +55,10 @@ async def test_aiosmtplib_session(start: Start, handler: FakeHandler) -> None:
     message["To"] = "rcpt@example.com"
     message["Subject"] = "hi"
     message.set_content("hello\n.\nworld\n")
-    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=listener.address[1], timeout=10)
+    # aiosmtplib takes the STARTTLS offered (the self-signed certificate: no verification).
+    client = aiosmtplib.SMTP(
+        hostname="127.0.0.1", port=listener.address[1], timeout=10, validate_certs=False
+    )
     async with client:
         errors, response = await client.send_message(message)
         assert errors == {}
@@ -72,6 +75,7 @@ async def test_aiosmtplib_session(start: Start, handler: FakeHandler) -> None:
     assert len(handler.messages) == 2
     assert b"\r\n.\r\nworld\r\n" in handler.messages[0][2]
     assert len({c["session_id"] for c in handler.conns}) == 1
+    assert handler.conns[0]["tls_protocol_version"] in {"TLSv1.2", "TLSv1.3"}
 
 
 async def test_pipelined_commands_in_one_write(start: Start, handler: FakeHandler) -> None:
