@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-integration lint fmt bench bench-e2e torture clean docs
+.PHONY: setup run test test-integration lint fmt bench bench-deps bench-e2e torture clean docs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -34,12 +34,22 @@ fmt: $(STAMP)
 	$(BIN)/ruff format kumoq tests bench
 	$(BIN)/ruff check --fix kumoq tests bench
 
-bench: $(STAMP)
+# smtp-source and smtp-sink (Postfix's test tools) drive the end-to-end benchmarks.
+bench-deps:
+	@test -x /usr/sbin/smtp-source || { \
+	  echo "make bench: installing postfix for smtp-source and smtp-sink (apt-get)"; \
+	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -q postfix >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null && \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y -q postfix >/dev/null; }; } || { \
+	    echo "make bench: could not install postfix; install it (it provides smtp-source)" >&2; \
+	    exit 1; }; }
+
+bench: $(STAMP) bench-deps
 	$(BIN)/python -m bench.timeq
 	$(BIN)/python -m bench.scheduling
 	$(BIN)/python -m bench.run
 
-bench-e2e: $(STAMP)
+bench-e2e: $(STAMP) bench-deps
 	$(BIN)/python -m bench.run
 
 # kill -9 under load for 20 rounds, a disk-full and a SIGTERM round, per spool kind; then count
