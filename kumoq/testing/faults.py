@@ -1,6 +1,7 @@
 """Fault injection behind kumoq's own seams, for unit tests of the failure paths.
 
-- ``FaultySpool`` wraps any ``Spool`` and makes chosen operations fail on command.
+- ``FaultySpool`` wraps any ``Spool`` and makes chosen operations fail on command;
+  ``NullSpool`` holds nothing.
 - ``ScriptedDeliverer`` is a ``Deliverer`` that returns scripted attempts, raises, or hangs
   until released, and counts its calls.
 - The clock seam is ``kumoq.clock.FakeClock``.
@@ -18,13 +19,13 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from kumoq.config.queue import QueueConfig
-from kumoq.errors import SpoolError
+from kumoq.errors import SpoolCorruptError, SpoolError
 from kumoq.logs.records import RecordType, Response
 from kumoq.message import Message
 from kumoq.scheduler.attempt import Attempt
 from kumoq.spool.base import Payload, Spool
 
-__all__ = ["FaultySpool", "ScriptedDeliverer", "delivered", "transient_failure"]
+__all__ = ["FaultySpool", "NullSpool", "ScriptedDeliverer", "delivered", "transient_failure"]
 
 SpoolOp = Literal["store", "store_many", "load_data", "remove"]
 
@@ -92,6 +93,37 @@ class FaultySpool:
 
     async def close(self) -> None:
         await self.inner.close()
+
+
+class NullSpool:
+    """A ``Spool`` that holds nothing: stores and removes succeed and keep nothing, and
+    ``load_data`` finds no data. For tests of what happens around the spool."""
+
+    async def start(self) -> None:
+        pass
+
+    async def store(self, msg_id: str, data: Payload | None, meta: bytes) -> None:
+        pass
+
+    async def store_many(self, items: Sequence[tuple[str, Payload | None, bytes]]) -> None:
+        pass
+
+    async def load_data(self, msg_id: str) -> bytes:
+        raise SpoolCorruptError(f"no data for {msg_id}")
+
+    async def remove(self, msg_id: str) -> None:
+        pass
+
+    async def quarantine(self, msg_id: str, reason: str) -> None:
+        pass
+
+    async def enumerate(self) -> AsyncIterator[tuple[str, bytes]]:
+        nothing: tuple[tuple[str, bytes], ...] = ()
+        for item in nothing:
+            yield item
+
+    async def close(self) -> None:
+        pass
 
 
 def delivered(site: str = "scripted") -> Attempt:

@@ -21,7 +21,7 @@ import gc
 import sys
 import time
 import tracemalloc
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,11 +32,11 @@ from kumoq.config.values import ThrottleSpec
 from kumoq.dns.mx_cache import MxCache
 from kumoq.dns.resolver import DnsStatus, IpAnswer, IpLookupStrategy, MxAnswer
 from kumoq.egress.smtp_dispatch import SmtpDispatch
-from kumoq.errors import PolicyError, SpoolCorruptError
+from kumoq.errors import PolicyError
 from kumoq.logs.records import RecordType, Response
 from kumoq.message import EnvelopeAddress, Message, QueueNameParts, new_spool_id
 from kumoq.scheduler.manager import QueueManager
-from kumoq.spool.base import Payload
+from kumoq.testing.faults import NullSpool
 from kumoq.throttle import Throttle
 from tests.unit.virtual_time import run_virtual
 
@@ -86,36 +86,6 @@ class Policy:
         self, routing_domain: str, source: str, site_name: str
     ) -> EgressPathConfig:
         return self.path
-
-
-class Spool:
-    """Holds nothing: every message already has its data."""
-
-    async def start(self) -> None:
-        pass
-
-    async def store(self, msg_id: str, data: Payload | None, meta: bytes) -> None:
-        pass
-
-    async def store_many(self, items: Sequence[tuple[str, Payload | None, bytes]]) -> None:
-        pass
-
-    async def load_data(self, msg_id: str) -> bytes:
-        raise SpoolCorruptError(f"no data for {msg_id}")
-
-    async def remove(self, msg_id: str) -> None:
-        pass
-
-    async def quarantine(self, msg_id: str, reason: str) -> None:
-        pass
-
-    async def enumerate(self) -> AsyncIterator[tuple[str, bytes]]:
-        stored: tuple[tuple[str, bytes], ...] = ()
-        for item in stored:
-            yield item
-
-    async def close(self) -> None:
-        pass
 
 
 class Records:
@@ -200,7 +170,7 @@ async def _churn(
     manager = QueueManager(
         configs=policy,
         deliverers={SmtpProtocol: dispatch},
-        spool=Spool(),
+        spool=NullSpool(),
         records=records,
         clock=clock,
         throttle=throttle,

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 
 import pytest
 
 from kumoq.clock import FakeClock
 from kumoq.config.queue import QueueConfig
-from kumoq.errors import PolicyError, PolicyWouldBlock, SpoolCorruptError
+from kumoq.errors import PolicyError, PolicyWouldBlock
 from kumoq.message import QueueNameParts
 from kumoq.scheduler.attempt import POLICY_WAIT_RERUNS
 from kumoq.scheduler.manager import QueueConfigSource, QueueManager
-from kumoq.spool.base import Payload
+from kumoq.testing.faults import NullSpool
 
 
 class FlakySource:
@@ -33,42 +33,12 @@ class NoRecords:
         pass
 
 
-class NoSpool:
-    """A Spool that holds nothing: these tests resolve queues, they never deliver."""
-
-    async def start(self) -> None:
-        pass
-
-    async def store(self, msg_id: str, data: Payload | None, meta: bytes) -> None:
-        pass
-
-    async def store_many(self, items: Sequence[tuple[str, Payload | None, bytes]]) -> None:
-        pass
-
-    async def load_data(self, msg_id: str) -> bytes:
-        raise SpoolCorruptError(f"no data for {msg_id}")
-
-    async def remove(self, msg_id: str) -> None:
-        pass
-
-    async def quarantine(self, msg_id: str, reason: str) -> None:
-        pass
-
-    async def enumerate(self) -> AsyncIterator[tuple[str, bytes]]:
-        stored: tuple[tuple[str, bytes], ...] = ()
-        for item in stored:
-            yield item
-
-    async def close(self) -> None:
-        pass
-
-
 @pytest.fixture
 async def setup() -> AsyncIterator[tuple[FakeClock, FlakySource, QueueManager]]:
     clock = FakeClock()
     source = FlakySource()
     manager = QueueManager(
-        configs=source, deliverers={}, spool=NoSpool(), records=NoRecords(), clock=clock
+        configs=source, deliverers={}, spool=NullSpool(), records=NoRecords(), clock=clock
     )
     yield clock, source, manager
     await manager.close()
@@ -145,7 +115,7 @@ async def make(source: QueueConfigSource, clock: FakeClock | None = None) -> Que
     return QueueManager(
         configs=source,
         deliverers={},
-        spool=NoSpool(),
+        spool=NullSpool(),
         records=NoRecords(),
         clock=clock or FakeClock(),
     )

@@ -35,8 +35,9 @@ from kumoq.logs.records import RecordType
 from kumoq.message import EnvelopeAddress, Message, QueueNameParts, new_spool_id
 from kumoq.scheduler.manager import QueueManager
 from kumoq.scheduler.retry import FailureCache
+from kumoq.testing.faults import NullSpool
 from tests.unit import state_churn
-from tests.unit.state_churn import Records, Resolver, Spool
+from tests.unit.state_churn import Records, Resolver
 from tests.unit.virtual_time import run_virtual
 
 REAP = 5.0
@@ -336,7 +337,7 @@ def test_reaping_a_scheduled_queue_drops_its_round_robin_and_its_failed_resolve(
         manager = QueueManager(
             configs=configs,
             deliverers={SmtpProtocol: dispatch, CustomLuaProtocol: lua},
-            spool=Spool(),
+            spool=NullSpool(),
             records=records,
             clock=clock,
         )
@@ -363,7 +364,7 @@ async def test_failed_resolves_of_queues_never_created_are_swept() -> None:
     clock = FakeClock()
     configs = Configs()
     manager = QueueManager(
-        configs=configs, deliverers={}, spool=Spool(), records=Records(), clock=clock
+        configs=configs, deliverers={}, spool=NullSpool(), records=Records(), clock=clock
     )
     for i in range(10_000):
         configs.fail.add(f"f{i}.test")
@@ -379,7 +380,7 @@ async def test_a_cached_failure_raised_again_does_not_grow_its_traceback() -> No
     configs = Configs()
     configs.fail.add("f.test")
     manager = QueueManager(
-        configs=configs, deliverers={}, spool=Spool(), records=Records(), clock=clock
+        configs=configs, deliverers={}, spool=NullSpool(), records=Records(), clock=clock
     )
     depths = []
     for _ in range(50):
