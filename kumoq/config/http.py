@@ -29,6 +29,7 @@ from kumoq.config.listener import parse_listen
 from kumoq.config.values import (
     Cidr,
     build,
+    ip_in,
     parse_bool,
     parse_cidr_list,
     parse_hostname,
@@ -115,12 +116,4 @@ class HttpListenerConfig:
     def trusts(self, peer_ip: str) -> bool:
         """True when ``peer_ip`` is in ``trusted_hosts`` (an IPv4-mapped IPv6 peer counts as
         IPv4); False for anything that is not an IP address. O(len(trusted_hosts))."""
-        try:
-            ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(
-                peer_ip.partition("%")[0]
-            )
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return any(ip in net for net in self.trusted_hosts)
+        return ip_in(peer_ip, self.trusted_hosts)

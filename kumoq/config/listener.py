@@ -25,6 +25,7 @@ from typing import Any, Final
 from kumoq.config.values import (
     Cidr,
     build,
+    ip_in,
     parse_bool,
     parse_cidr_list,
     parse_duration,
@@ -256,12 +257,4 @@ class EsmtpListenerConfig:
 
         O(len(relay_hosts)); the server calls it once per connection.
         """
-        try:
-            ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(
-                peer_ip.partition("%")[0]
-            )
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return any(ip in net for net in self.relay_hosts)
+        return ip_in(peer_ip, self.relay_hosts)

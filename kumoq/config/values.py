@@ -25,6 +25,7 @@ __all__ = [
     "LimitSpec",
     "ThrottleSpec",
     "build",
+    "ip_in",
     "parse_bool",
     "parse_cidr_list",
     "parse_duration",
@@ -189,6 +190,21 @@ def parse_cidr_list(key: str, value: Any) -> tuple[Cidr, ...]:
         except ValueError as exc:
             raise ConfigError(f"{key}: invalid CIDR {entry!r}: {exc}") from None
     return tuple(out)
+
+
+def ip_in(peer_ip: str, networks: tuple[Cidr, ...]) -> bool:
+    """True when ``peer_ip`` is in one of ``networks`` (an IPv4-mapped IPv6 peer counts as
+    IPv4, a zone suffix is ignored); False for anything that is not an IP address.
+    O(len(networks))."""
+    try:
+        ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(
+            peer_ip.partition("%")[0]
+        )
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in net for net in networks)
 
 
 _RATE_UNITS = {
