@@ -1,5 +1,6 @@
--- kumoq's shipped policy: receive on 127.0.0.1:2025 and deliver every message into
--- ./var/maildir, keeping the spool and the logs under ./var as well.
+-- kumoq's shipped policy: receive on 127.0.0.1:2025 (SMTP) and 127.0.0.1:8000 (HTTP:
+-- injection, liveness, metrics) and deliver every message into ./var/maildir, keeping the
+-- spool and the logs under ./var as well.
 -- It is KumoMTA's policy API: this file would run under kumod unchanged.
 local kumo = require 'kumo'
 
@@ -9,6 +10,8 @@ kumo.on('init', function()
     hostname = 'localhost',
     relay_hosts = { '127.0.0.1', '::1' },
   }
+  -- Peers on 127.0.0.1 and ::1 (trusted_hosts' default) need no credentials.
+  kumo.start_http_listener { listen = '127.0.0.1:8000' }
   -- SQLite (a kumoq extension; WAL, group commit) stores ~28x faster than KumoMTA's
   -- LocalDisk layout and makes SMTP->maildir ~2.2x faster end to end on our test machine
   -- (docs/benchmarks.md). Use kind = 'LocalDisk' for KumoMTA's on-disk layout.

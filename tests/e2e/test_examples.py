@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -92,12 +93,29 @@ def test_a_policy_that_passes_the_header_through_still_cannot_leave_the_root(kum
 
 
 def test_shipped_policy_delivers_when_moved_to_port_0(kumoq):
-    text = (ROOT / "policy" / "init.lua").read_text().replace("127.0.0.1:2025", "127.0.0.1:0")
+    text = (ROOT / "policy" / "init.lua").read_text()
+    text = text.replace("127.0.0.1:2025", "127.0.0.1:0").replace("127.0.0.1:8000", "127.0.0.1:0")
     daemon = kumoq(text)
     daemon.send("me@example.com", ["you@example.com"], headers={"X-Campaign": "news"})
     daemon.wait_for_maildir_count(1)
     (reception,) = daemon.wait_for_records("Reception", 1)
     assert reception["queue"] == "news:@example.com"
+    # The README's injection example, against the shipped policy's HTTP listener.
+    host, port = daemon.listeners["http"]
+    request = urllib.request.Request(
+        f"http://{host}:{port}/api/inject/v1",
+        data=json.dumps(
+            {
+                "envelope_sender": "me@example.com",
+                "content": "Subject: hi\r\n\r\nhello\r\n",
+                "recipients": [{"email": "you@example.com"}],
+            }
+        ).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        assert json.loads(answer.read())["success_count"] == 1
+    daemon.wait_for_maildir_count(2)
 
 
 def test_kumoq_tail_prints_the_records(kumoq):
