@@ -42,7 +42,7 @@ from kumoq.logs.logger import RecordLogger
 from kumoq.logs.writer import LocalLogWriter
 from kumoq.lua.events import PolicyEvents
 from kumoq.message import Message
-from kumoq.metrics import SPOOL_QUARANTINED
+from kumoq.metrics import REGISTRY, SPOOL_QUARANTINED, LiveGauges
 from kumoq.reception import Reception
 from kumoq.scheduler.attempt import Deliverer
 from kumoq.scheduler.context import InsertContext, InsertReason
@@ -214,7 +214,16 @@ class Daemon:
         ]  # fmt: skip
         self._live = _Live(events, decl, mx, sources, smtp, queues)
         reloader: asyncio.Task[None] | None = None
+        gauges = LiveGauges(  # read when /metrics is scraped; nothing on the hot path
+            scheduled=queues.scheduled_counts,
+            ready=smtp.ready_counts,
+            connections=lambda: [
+                ("esmtp_listener", sum(esmtp.connection_count for esmtp in self.listeners)),
+                *smtp.connection_counts(),
+            ],
+        )
         await asyncio.to_thread(free_space.start)
+        REGISTRY.register(gauges)
         try:
             for cfg, reception in zip(decl.listeners, receptions, strict=True):
                 self.listeners.append(await start_esmtp_listener(cfg, reception))
@@ -234,7 +243,10 @@ class Daemon:
             free_space.stop()
             if reloader is not None:
                 reloader.cancel()
-            await self._shutdown(bounds, smtp, lua, queues, (maildir, spool, writers))
+            try:
+                await self._shutdown(bounds, smtp, lua, queues, (maildir, spool, writers))
+            finally:
+                REGISTRY.unregister(gauges)
 
     async def _shutdown(
         self,

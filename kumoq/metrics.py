@@ -9,14 +9,19 @@ prometheus-client's ``Counter`` always exposes ``<name>_total``. Those counters 
 ``ExactCounter``s: a collector whose family (an ``ExactNameFamily``) keeps its own name, which
 the HTTP listener exposes as is (kumoq.http.metrics). Incrementing one is a dict update on the
 event loop thread: no lock, no label lookup.
+
+KumoMTA's gauges of what is waiting and connected (``scheduled_count``, ``ready_count``,
+``connection_count``) cost nothing on the hot path: ``LiveGauges`` computes them at scrape
+time from ``CountSource``s, which the daemon builds from its live queues and listeners.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Final
+from collections.abc import Iterable, Iterator
+from typing import Final, Protocol
 
 from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 __all__ = [
@@ -30,8 +35,10 @@ __all__ = [
     "TOTAL_MESSAGES_FAIL",
     "TOTAL_MESSAGES_RECEIVED",
     "TOTAL_MESSAGES_TRANSFAIL",
+    "CountSource",
     "ExactCounter",
     "ExactNameFamily",
+    "LiveGauges",
 ]
 
 REGISTRY: Final = CollectorRegistry(auto_describe=True)
@@ -144,3 +151,39 @@ SMTP_AUTH_FAILURES: Final = Counter(
     ["listener", "reason"],
     registry=REGISTRY,
 )
+
+
+class CountSource(Protocol):
+    """Called at scrape time (on the event loop thread): one ``(label value, count)`` pair per
+    live object, such as a scheduled queue's name and the messages waiting in it."""
+
+    def __call__(self) -> Iterable[tuple[str, float]]: ...
+
+
+class LiveGauges:
+    """KumoMTA's gauges ``scheduled_count`` (label ``queue``), ``ready_count`` (``queue``) and
+    ``connection_count`` (``service``), read from their sources when scraped.
+
+    The daemon registers one in ``REGISTRY`` when it starts and unregisters it at shutdown.
+    A queue that was reaped is simply absent, as in KumoMTA once its metrics are pruned."""
+
+    FAMILIES: Final = (
+        ("scheduled_count", "number of messages in the scheduled queue", "queue"),
+        ("ready_count", "number of messages in the ready queue", "queue"),
+        ("connection_count", "number of active connections", "service"),
+    )
+
+    def __init__(
+        self, *, scheduled: CountSource, ready: CountSource, connections: CountSource
+    ) -> None:
+        self._sources = (scheduled, ready, connections)
+
+    def describe(self) -> list[Metric]:
+        return [GaugeMetricFamily(n, doc, labels=[label]) for n, doc, label in self.FAMILIES]
+
+    def collect(self) -> Iterator[Metric]:
+        for (name, doc, label), source in zip(self.FAMILIES, self._sources, strict=True):
+            family = GaugeMetricFamily(name, doc, labels=[label])
+            for label_value, count in source():
+                family.add_metric([label_value], float(count))
+            yield family

@@ -109,6 +109,16 @@ class SmtpDispatch:
         """The ready queues by name (for metrics and tests)."""
         return self._ready
 
+    def ready_counts(self) -> list[tuple[str, int]]:
+        """``(ready queue name, messages in its FIFO)`` for each ready queue (``ready_count``)."""
+        return [(ready.name, len(ready.fifo)) for ready in self._ready.values()]
+
+    def connection_counts(self) -> list[tuple[str, int]]:
+        """KumoMTA's ``connection_count`` services: ``smtp_client`` for all SMTP egress and
+        ``smtp_client:<ready queue>`` for each; a dispatcher holds at most one session."""
+        per_queue = [(f"smtp_client:{r.name}", r.dispatchers) for r in self._ready.values()]
+        return [("smtp_client", sum(count for _, count in per_queue)), *per_queue]
+
     def queue_reaped(self, name: str) -> None:
         """The queue manager reaped the scheduled queue ``name``: forget its round robin."""
         self._sources.forget(name)

@@ -211,6 +211,10 @@ class QueueManager:
     def queues(self) -> Iterator[ScheduledQueue]:
         return iter(self._queues.values())
 
+    def scheduled_counts(self) -> list[tuple[str, int]]:
+        """``(queue name, messages waiting)`` for each scheduled queue (``scheduled_count``)."""
+        return [(name, len(queue)) for name, queue in self._queues.items()]
+
     def delayed_count(self) -> int:
         return sum(len(q) for q in self._queues.values())
 

@@ -335,6 +335,60 @@ def test_metrics_carry_kumomtas_names_and_move_with_the_mail(kumoq):
     assert received["value"]["service"]["http_listener"] == http_before + 3
 
 
+# Deliveries fail while the file ./blocker exists; the queue config is asked again each second.
+BLOCKABLE_QUEUE = """
+kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
+  local f = io.open('./blocker', 'r')
+  local path = './var/maildir'
+  if f then f:close(); path = './blocker/maildir' end
+  return kumo.make_queue_config {
+    retry_interval = '2s', refresh_interval = '1s', protocol = { maildir_path = path },
+  }
+end)
+"""
+
+
+def gauge(text: str, name: str, label: str, value: str) -> float | None:
+    """The gauge's value for ``label="value"``, None when the series is absent."""
+    line = rf'^{name}{{{label}="{re.escape(value)}"}} (\S+)$'
+    match = re.search(line, text, re.MULTILINE)
+    return float(match.group(1)) if match else None
+
+
+def test_queue_gauges_show_a_waiting_message_until_it_is_delivered(kumoq):
+    blockable = BASE.format(http="", kind="LocalDisk") + BLOCKABLE_QUEUE
+    daemon = kumoq(blockable, start=False)
+    (daemon.workdir / "blocker").write_text("deliveries fail while this file exists")
+    daemon.start()
+    text = call(daemon, "GET", "/metrics")[2]
+    for name in ("scheduled_count", "ready_count", "connection_count"):
+        assert f"# TYPE {name} gauge\n" in text
+    assert gauge(text, "connection_count", "service", "esmtp_listener") is not None
+    daemon.send("s@example.com", ["r@example.com"])
+    daemon.wait_for_records("TransientFailure", 1)
+
+    def waiting() -> str | None:
+        text = call(daemon, "GET", "/metrics")[2]
+        return text if gauge(text, "scheduled_count", "queue", "example.com") == 1 else None
+
+    daemon.wait_for(waiting, 10, what="scheduled_count 1")
+
+    def waiting_json() -> dict[str, Any] | None:
+        family = call(daemon, "GET", "/metrics.json")[2]["scheduled_count"]
+        return family if family["value"]["queue"].get("example.com") == 1 else None
+
+    assert daemon.wait_for(waiting_json, 10, what="scheduled_count 1 in JSON")["type"] == "gauge"
+
+    (daemon.workdir / "blocker").unlink()
+    daemon.wait_for_maildir_count(1, timeout=15)
+
+    def emptied() -> bool:
+        text = call(daemon, "GET", "/metrics")[2]
+        return not gauge(text, "scheduled_count", "queue", "example.com")
+
+    daemon.wait_for(emptied, 10, what="scheduled_count 0 or absent")
+
+
 def test_liveness_says_shutting_down_while_the_listeners_drain(kumoq):
     daemon = kumoq(http_policy(), env={"KUMOQ_SHUTDOWN_LISTENER_DRAIN": "3"})
     # An injection whose body is still arriving holds the drain for up to 3 s.
