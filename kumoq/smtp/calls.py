@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
@@ -68,7 +69,7 @@ class CallOwner(Protocol):
         ...
 
 
-class HandlerCalls:
+class HandlerCalls(ABC):
     """The handler side of a connection (see the module docstring). The transport side
     provides ``_close`` and ``_handler_done``."""
 
@@ -96,13 +97,13 @@ class HandlerCalls:
         self.task: asyncio.Task[None] | None = None
 
     # --- provided by the transport side --------------------------------------------------------
+    @abstractmethod
     def _close(self) -> None:
         """Write what is queued, close the session and the transport."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _handler_done(self) -> None:
         """A handler task ended (or was cancelled): carry on with buffered input, or finish."""
-        raise NotImplementedError
 
     # --- handler calls -------------------------------------------------------------------------
     def _step(self, coro: Coroutine[Any, Any, Any], event: Decided) -> bool:
