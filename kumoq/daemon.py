@@ -16,7 +16,9 @@ import asyncio
 import logging
 import os
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from kumoq.clock import Clock, SystemClock
@@ -293,10 +295,17 @@ class Daemon:
             waiting_for[0] = "the maildir writer, the spool and the logs to flush"
             log.info("shutdown: flushing the maildir writer, the spool and the logs")
             maildir, spool, writers = local
-            await maildir.close()
-            await spool.close()
-            for writer in writers:
-                await asyncio.to_thread(writer.close)
+            # Each one closes even when one before it fails: the logs last, so that every
+            # record of what the others finished is written.
+            flushes: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+                ("the maildir writer", maildir.close), ("the spool", spool.close),
+            ]  # fmt: skip
+            flushes += [("a log writer", partial(asyncio.to_thread, w.close)) for w in writers]
+            for what, close in flushes:
+                try:
+                    await close()
+                except Exception:
+                    log.exception("shutdown: closing %s failed", what)
             log.info("shutdown complete in %.1fs", loop.time() - began)
         finally:
             timer.cancel()

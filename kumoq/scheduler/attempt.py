@@ -12,10 +12,17 @@ from typing import Any, Final, Protocol, runtime_checkable
 
 from kumoq.config.queue import QueueConfig
 from kumoq.logs.records import RecordType, Response
-from kumoq.message import Message
+from kumoq.message import Message, QueueNameParts
 from kumoq.scheduler.context import InsertReason
 
-__all__ = ["POLICY_WAIT_RERUNS", "Attempt", "Deliverer", "QueueReapListener"]
+__all__ = [
+    "POLICY_WAIT_RERUNS",
+    "Attempt",
+    "Deliverer",
+    "QueueConfigSource",
+    "QueueReapListener",
+    "RecordSink",
+]
 
 POLICY_WAIT_RERUNS: Final = 8
 """How often ``resolve_waiting`` fetches a DNS answer for ``get_queue_config`` and calls it
@@ -52,3 +59,15 @@ class QueueReapListener(Protocol):
     queue manager tells it when it reaps a queue, so that nothing outlives the queue."""
 
     def queue_reaped(self, name: str) -> None: ...
+
+
+class QueueConfigSource(Protocol):
+    """Where queue configs come from: the policy's ``get_queue_config`` event."""
+
+    def get_queue_config(self, parts: QueueNameParts) -> QueueConfig | None: ...
+
+
+class RecordSink(Protocol):
+    """Writes log records."""
+
+    def log(self, type: RecordType, msg: Message, *, response: Response, **fields: Any) -> None: ...

@@ -27,14 +27,21 @@ import logging
 import math
 import random
 from collections.abc import Coroutine, Iterator
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from kumoq.clock import Clock
 from kumoq.config.queue import NullProtocol, QueueConfig
 from kumoq.errors import KumoqError, PolicyError, PolicyWouldBlock, SpoolCorruptError
 from kumoq.logs.records import RecordType, Response, rfc3339
-from kumoq.message import NULL_QUEUE, Message, QueueNameParts, parse_queue_name
-from kumoq.scheduler.attempt import POLICY_WAIT_RERUNS, Attempt, Deliverer, QueueReapListener
+from kumoq.message import NULL_QUEUE, Message, parse_queue_name
+from kumoq.scheduler.attempt import (  # QueueConfigSource, RecordSink: re-exported
+    POLICY_WAIT_RERUNS,
+    Attempt,
+    Deliverer,
+    QueueConfigSource,
+    QueueReapListener,
+    RecordSink,
+)
 from kumoq.scheduler.context import InsertContext, InsertReason
 from kumoq.scheduler.retry import (
     Expired,
@@ -58,18 +65,6 @@ __all__ = [
 log = logging.getLogger("kumoq.queue")
 
 FAILED_RESOLVE_TTL: Final = 60.0
-
-
-class QueueConfigSource(Protocol):
-    """Where queue configs come from: the policy's ``get_queue_config`` event."""
-
-    def get_queue_config(self, parts: QueueNameParts) -> QueueConfig | None: ...
-
-
-class RecordSink(Protocol):
-    """Writes log records."""
-
-    def log(self, type: RecordType, msg: Message, *, response: Response, **fields: Any) -> None: ...
 
 
 class QueueManager:
@@ -190,7 +185,12 @@ class QueueManager:
         """Run ``coro`` as a task that ``close()`` waits for (and cancels past the drain)."""
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("queues: a background task failed", exc_info=exc)
 
     def refresh_configs(self) -> int:
         """Call ``get_queue_config`` again for every queue now (a policy reload); a queue
@@ -381,11 +381,20 @@ class QueueManager:
             "session_id": attempt.session_id,
             **attempt.extra,
         }
-        self._records.log(attempt.disposition, msg, response=attempt.response, **fields)
+        self._log_record(attempt.disposition, msg, attempt.response, fields)
         if attempt.disposition is RecordType.TransientFailure:
             await self._requeue_with_increment(queue, msg)
         else:
             await self._remove(msg)
+
+    def _log_record(
+        self, disposition: RecordType, msg: Message, response: Response, fields: dict[str, Any]
+    ) -> None:
+        """Log the outcome's record; never raises (a final outcome must not go round again)."""
+        try:
+            self._records.log(disposition, msg, response=response, **fields)
+        except Exception:
+            log.exception("message %s: writing its %s record failed", msg.id, disposition)
 
     async def _remove(self, msg: Message) -> None:
         """Drop a message that is done (delivered, bounced, expired) from the spool.
@@ -445,17 +454,14 @@ class QueueManager:
         if expires_of(msg.schedule) is None:
             expired = expiry_without_increment(msg.created, due, queue.config.max_age)
             if expired is not None:
-                self._spawn_expire(msg, expired)
+                self._spawn(self._expire(msg, expired))
                 return
         # Moved into a scheduling window: it waits in the queue, not in the pacing line.
         self._insert_delayed(queue, msg, due, context, pace=pace if due == wanted else None)
 
-    def _spawn_expire(self, msg: Message, expired: Expired) -> None:
-        self._spawn(self._expire(msg, expired))
-
     async def _expire(self, msg: Message, expired: Expired) -> None:
         response = Response(expired.code, expired.enhanced_code, expired.content, None)
-        self._records.log(RecordType.Expiration, msg, response=response, site=expired.site)
+        self._log_record(RecordType.Expiration, msg, response, {"site": expired.site})
         await self._remove(msg)
 
     # -- reaping -----------------------------------------------------------------------------

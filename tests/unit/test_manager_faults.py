@@ -110,3 +110,39 @@ async def test_a_meta_without_data_is_removed_once_not_retried_forever(rig: Rig)
     assert rig.spool.calls["load_data"] == 1
     assert rig.deliverer.calls == []
     assert [m async for m in rig.spool.enumerate()] == []
+
+
+class FailingRecords(Records):
+    """A record sink that cannot write (a log writer closing, an odd field value)."""
+
+    def log(self, type: RecordType, msg: Message, *, response: Response, **fields: Any) -> None:
+        super().log(type, msg, response=response, **fields)
+        raise RuntimeError("the log writer is closing")
+
+
+async def test_a_record_that_cannot_be_written_does_not_send_the_message_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(manager_module, "FAILED_RESOLVE_TTL", 0.05)
+    data, meta = (
+        SpoolDefinition.from_mapping({"name": n, "path": str(tmp_path / n)})
+        for n in ("data", "meta")
+    )
+    spool = FaultySpool(LocalDiskSpool(data, meta))
+    await spool.start()
+    clock = FakeClock()
+    deliverer = ScriptedDeliverer()
+    records = FailingRecords([])
+    manager = QueueManager(
+        configs=Configs(), deliverers={SmtpProtocol: deliverer}, spool=spool, records=records,
+        clock=clock,
+    )  # fmt: skip
+    rig = Rig(clock, spool, deliverer, records, manager)
+    msg = await stored_message(rig)
+    manager.insert(msg)
+    await settle(lambda: spool.calls["remove"] > 0)
+    await asyncio.sleep(0.3)  # six times the (shortened) park delay
+    assert deliverer.calls == [msg.id]
+    assert [m async for m in spool.enumerate()] == []
+    await manager.close(drain_seconds=1)
+    await spool.close()
