@@ -309,15 +309,18 @@ class Reception:
         ok = Response(code=250, enhanced_code=None, content="", command=None)
         failed: list[int] = []
         for index, (msg, name) in enumerate(zip(messages, names, strict=True)):
-            self._records.log(
-                RecordType.Reception,
-                msg,
-                response=ok,
-                peer_address=peer,
-                reception_protocol=reception_protocol,
-                session_id=session_id,
-                **{k: v for k, t in _TLS_FIELDS if isinstance(v := msg.meta.get(k), t)},
-            )
+            try:  # past the commit point: a record that cannot be written stops nothing
+                self._records.log(
+                    RecordType.Reception,
+                    msg,
+                    response=ok,
+                    peer_address=peer,
+                    reception_protocol=reception_protocol,
+                    session_id=session_id,
+                    **{k: v for k, t in _TLS_FIELDS if isinstance(v := msg.meta.get(k), t)},
+                )
+            except Exception:
+                log.exception("message %s: writing its Reception record failed", msg.id)
             if name == NULL_QUEUE:
                 continue
             try:

@@ -423,3 +423,27 @@ async def test_an_insert_that_raises_is_unwound_with_a_bounce(
     await turns(5)
     assert rig.records.ids(RecordType.Bounce) == {calls[1]}
     assert set(rig.spool.stored) == set(rig.deliverer.calls) == {calls[0], calls[2]}
+
+
+async def test_a_reception_record_that_cannot_be_written_still_queues_every_message() -> None:
+    """Past the commit point a failing record writer stops nothing: every message is queued
+    and the client gets 250 (a 421 there made the client send the queued ones again)."""
+
+    class FailingRecords(Records):
+        def log(self, type: RecordType, msg: Message, *, response: Response, **fields: Any) -> None:
+            super().log(type, msg, response=response, **fields)
+            raise RuntimeError("the log writer is closing")
+
+    memory = MemorySpool()
+    made, manager = _rig(memory, memory)
+    made.records = FailingRecords()
+    made.reception = Reception(
+        events=made.events, spool=memory, queues=manager, records=made.records,
+        clock=FakeClock(), hostname="mx.test",
+    )  # fmt: skip
+    result = await outcome(made.start())
+    await turns(10)
+    assert isinstance(result, Reply)
+    assert result.code == 250
+    assert len(set(made.deliverer.calls)) == 3
+    await manager.close(drain_seconds=0)
