@@ -33,6 +33,12 @@ def limits(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KUMOQ_LUA_MAX_MEMORY", "32 MiB")
 
 
+@pytest.fixture
+def memory_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A time budget no memory test reaches, even on a loaded machine: only the cap stops it."""
+    monkeypatch.setenv("KUMOQ_LUA_TIME_BUDGET", "60")
+
+
 def load(tmp_path: Path, src: str) -> PolicyEvents:
     path = tmp_path / "init.lua"
     path.write_text(textwrap.dedent(src).lstrip("\n"))
@@ -219,6 +225,7 @@ async def test_time_spent_waiting_for_dns_does_not_count(tmp_path: Path) -> None
 # -- memory ---------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("memory_only")
 def test_a_growing_table_hits_the_memory_cap(tmp_path: Path) -> None:
     events = load(
         tmp_path,
@@ -271,6 +278,7 @@ def test_one_huge_allocation_hits_the_cap(tmp_path: Path) -> None:
         assert_over_budget(info.value, name, location, "memory limit")
 
 
+@pytest.mark.usefixtures("memory_only")
 def test_memory_filled_through_kumo_functions(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -306,6 +314,7 @@ def test_memory_filled_through_kumo_functions(
         assert events.call("ok", msg) == "s"
 
 
+@pytest.mark.usefixtures("memory_only")
 def test_a_policy_that_keeps_its_memory_can_free_it(tmp_path: Path) -> None:
     events = load(
         tmp_path,
