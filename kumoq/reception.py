@@ -19,6 +19,9 @@ the transactions already under way, and deliveries, go on.
 injection, kumoq.http): the same queue resolution, spooling, ``Reception`` records and insert,
 but each message stands alone and gets its own outcome.
 
+Each accepted message counts in ``kumoq_messages_received_by_priority`` (kumoq.metrics), by
+its ``priority`` meta as the policy left it.
+
 A transaction is all or nothing: either the client gets 250 and every message is spooled and
 queued, or it gets 4xx/5xx and nothing of the transaction stays in the spool. A failure before
 the spool write stores nothing. A failed store takes the transaction's other messages back out
@@ -42,7 +45,8 @@ from typing import Any, Final, Protocol
 from kumoq.clock import Clock
 from kumoq.errors import KumoqError, PolicyError, QueueNameError
 from kumoq.logs.records import RecordType, Response
-from kumoq.message import NULL_QUEUE, EnvelopeAddress, Message, new_spool_id
+from kumoq.message import NULL_QUEUE, EnvelopeAddress, Message, new_spool_id, priority_of
+from kumoq.metrics import MESSAGES_RECEIVED_BY_PRIORITY
 from kumoq.scheduler.manager import QueueManager, RecordSink
 from kumoq.smtp.replies import Reply
 from kumoq.smtp.server import ConnectionMeta
@@ -60,6 +64,11 @@ log = logging.getLogger("kumoq.reception")
 
 #: The reply to MAIL FROM while storage is below a free-space floor (Postfix's).
 INSUFFICIENT_STORAGE: Final = Reply(452, "4.3.1", "Insufficient system storage")
+
+#: ``kumoq_messages_received_by_priority``'s series, bound once, by priority (0 to 3).
+_RECEIVED_BY_PRIORITY: Final = tuple(
+    MESSAGES_RECEIVED_BY_PRIORITY.labels(priority=str(p)) for p in range(4)
+)
 
 
 class ReceptionRecords(RecordSink, Protocol):
@@ -321,6 +330,7 @@ class Reception:
                 )
             except Exception:
                 log.exception("message %s: writing its Reception record failed", msg.id)
+            _RECEIVED_BY_PRIORITY[priority_of(msg)].inc()
             if name == NULL_QUEUE:
                 continue
             try:

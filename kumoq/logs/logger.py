@@ -8,7 +8,11 @@ configured: ``Reception`` in ``total_messages_received`` by listener kind
 (``esmtp_listener``, ``http_listener``); ``Delivery``, ``TransientFailure`` and ``Bounce``
 from a deliverer in ``total_messages_delivered``, ``_transfail`` and ``_fail``, once for the
 protocol (``smtp_client``, ``maildir``, ``lua``) and once for ``<protocol>:<ready queue>``.
-One or two dict updates per record.
+One or two dict updates per record. A final record (``Delivery``, ``Bounce``, ``Expiration``,
+``AdminBounce``) is also observed in ``kumoq_disposition_latency_seconds``: the seconds since
+the message was received (``msg.created``), on a series bound once per disposition. A
+``Rejection`` counts in KumoMTA's ``smtp_server_rejections``, as ``total`` and as the listener's
+address (``received_via``).
 """
 
 from __future__ import annotations
@@ -21,11 +25,14 @@ from kumoq.logs.records import FieldSelection, RecordType, Response, build_recor
 from kumoq.logs.writer import LocalLogWriter
 from kumoq.message import Message
 from kumoq.metrics import (
+    DISPOSITION_LATENCY,
+    SMTP_SERVER_REJECTIONS,
     TOTAL_MESSAGES_DELIVERED,
     TOTAL_MESSAGES_FAIL,
     TOTAL_MESSAGES_RECEIVED,
     TOTAL_MESSAGES_TRANSFAIL,
     ExactCounter,
+    HistogramChild,
 )
 
 __all__ = ["RecordLogger", "count_record"]
@@ -34,6 +41,11 @@ _DISPOSITION_COUNTERS: dict[RecordType, ExactCounter] = {
     RecordType.Delivery: TOTAL_MESSAGES_DELIVERED,
     RecordType.TransientFailure: TOTAL_MESSAGES_TRANSFAIL,
     RecordType.Bounce: TOTAL_MESSAGES_FAIL,
+}
+#: The final dispositions, each with its series of the reception-to-disposition histogram.
+_DISPOSITION_LATENCY: dict[RecordType, HistogramChild] = {
+    t: DISPOSITION_LATENCY.child(t.value)
+    for t in (RecordType.Delivery, RecordType.Bounce, RecordType.Expiration, RecordType.AdminBounce)
 }
 #: ``delivery_protocol`` → KumoMTA's metrics protocol name
 _DELIVERY_SERVICES = {"ESMTP": "smtp_client", "Maildir": "maildir", "Lua": "lua"}
@@ -75,9 +87,12 @@ class RecordLogger:
 
     def log(self, type: RecordType, msg: Message, *, response: Response, **fields: Any) -> None:
         count_record(type, fields)
+        now = self._clock.now()
+        latency = _DISPOSITION_LATENCY.get(type)
+        if latency is not None:
+            latency.observe(max(0.0, now - msg.created))
         if not self._logs:
             return
-        now = self._clock.now()
         for writer, config, selection in self._logs:
             if config.per_record and not config.record_enabled(type.value):
                 continue
@@ -95,6 +110,10 @@ class RecordLogger:
 
     def log_rejection(self, conn_meta: dict[str, Any], command: str, response: Response) -> None:
         """A ``Rejection`` record for a 4xx/5xx reply kumoq sent to an SMTP command."""
+        SMTP_SERVER_REJECTIONS.inc("total")
+        listener = conn_meta.get("received_via")
+        if listener:
+            SMTP_SERVER_REJECTIONS.inc(str(listener))
         if not self._logs:
             return
         now = self._clock.now()

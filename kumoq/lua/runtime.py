@@ -18,6 +18,8 @@ and ``require`` accept text chunks only, and C modules cannot be loaded (as with
 standard library in KumoMTA).
 
 Values cross the boundary through ``from_lua`` and ``to_lua`` (kumoq.lua.convert).
+Each event fired (not a connection's ``send``/``close``) counts in KumoMTA's ``lua_event_started``
+and ``lua_event_latency`` (label ``event``; an async event's latency includes its DNS waits).
 
 Budgets (kumoq.lua.budget): every call into the policy runs under a time budget, enforced by
 the count hook of ``budget.lua``, and the Lua state under lupa's ``max_memory``; over either,
@@ -32,9 +34,9 @@ kumoq's own chunks are named ``kumoq/sandbox``, ``kumoq/message``, ``kumoq/core`
 kumoq.lua.message (``MessageApiRuntime``) declare for what their ``python_api`` uses, so those
 modules never import this one.
 
-L2: imports lupa, kumoq.errors, kumoq.clock, kumoq.config.queue, kumoq.message and the sibling
-modules budget, chunks, convert, kumo_api, message and waits; must not import kumoq.lua.events
-(it imports this).
+L2: imports lupa, kumoq.errors, kumoq.clock, kumoq.config.queue, kumoq.message, kumoq.metrics
+and the sibling modules budget, chunks, convert, kumo_api, message and waits; must not import
+kumoq.lua.events (it imports this).
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ from kumoq.lua.convert import to_lua as _to_lua
 from kumoq.lua.message import LuaApiError
 from kumoq.lua.waits import Waits
 from kumoq.message import Message
+from kumoq.metrics import LUA_EVENT_LATENCY, LUA_EVENT_STARTED
 
 __all__ = [
     "MULTI_HANDLER_EVENTS",
@@ -99,6 +102,7 @@ MULTI_HANDLER_EVENTS: Final = frozenset(
 )
 _LOCATION: Final = re.compile(r"^([^\n]+?):(\d+): ")
 _UNBOXED: Final = frozenset({bool, int, float})  # pushed without allocating
+_event_latency: Final = LUA_EVENT_LATENCY.child  # the event's series (a dict lookup)
 
 Builder = Callable[[Any], object]
 
@@ -257,13 +261,13 @@ class PolicyRuntime:
         built object; a table is converted by ``from_lua`` (as a config table if ``config``).
         Raises RejectError for ``kumo.reject``/``kumo.disconnect``, PolicyError otherwise.
         """
-        return self._result(name, self._call(name, self._invoke, name, shape, *args), config)[1]
+        return self._result(name, self._event(name, self._invoke, name, shape, *args), config)[1]
 
     async def invoke_async(self, name: str, shape: str, *args: object) -> Any:
         """Like ``invoke``, but a handler that waits (``kumo.dns.lookup_mx``) is awaited
         instead of raising PolicyWouldBlock. The handles in ``args`` must stay bound until
         this returns."""
-        res = await self._call_async(name, self._invoke, name, shape, *args)
+        res = await self._event_async(name, self._invoke, name, shape, *args)
         return self._result(name, res)[1]
 
     def invoke_made(self, name: str, shape: str, *args: object) -> tuple[str | None, Any]:
@@ -271,12 +275,12 @@ class PolicyRuntime:
 
         Returns ``(kind, object)`` for a ``make_*`` result, ``(None, data)`` otherwise.
         """
-        return self._result(name, self._call(name, self._invoke, name, shape, *args), True)
+        return self._result(name, self._event(name, self._invoke, name, shape, *args), True)
 
     async def construct(self, name: str, *args: str | None) -> int:
         """Fire a ``custom_lua`` constructor event; return a handle to its connection table.
         Raises RejectError for ``kumo.reject``, PolicyError otherwise."""
-        res = await self._call_async(name, self._construct, name, *args)
+        res = await self._event_async(name, self._construct, name, *args)
         _, handle = self._result(name, res)
         return int(handle)
 
@@ -328,6 +332,24 @@ class PolicyRuntime:
             start = time.monotonic()
             res = self._enter(name, self._continue, start + left, res[1], *answer)
         return res
+
+    def _event(self, name: str, fn: Any, *args: object) -> Any:
+        """``_call`` for an event: counted in ``lua_event_started`` and ``lua_event_latency``."""
+        LUA_EVENT_STARTED.inc(name)
+        started = time.perf_counter()
+        try:
+            return self._call(name, fn, *args)
+        finally:
+            _event_latency(name).observe(time.perf_counter() - started)
+
+    async def _event_async(self, name: str, fn: Any, *args: object) -> Any:
+        """``_call_async`` for an event, counted as ``_event`` counts."""
+        LUA_EVENT_STARTED.inc(name)
+        started = time.perf_counter()
+        try:
+            return await self._call_async(name, fn, *args)
+        finally:
+            _event_latency(name).observe(time.perf_counter() - started)
 
     def _enter(self, name: str, fn: Any, *args: object) -> Any:
         if not self._memory.room_to_enter(args):

@@ -4,7 +4,10 @@ connections may hold in memory, and the accept failures the listener counts.
 ``Admission`` keeps one listener's books (docs/security.md#limits):
 
 - connections per client IP, against ``max_connections_per_ip``; over it a new connection
-  gets ``421 4.7.0 <host> too many connections from your address`` and is closed;
+  gets ``421 4.7.0 <host> too many connections from your address`` and is closed. A connection
+  refused at ``max_connections`` or ``max_connections_per_ip`` counts in KumoMTA's
+  ``total_connections_denied{service="esmtp_listener"}`` (one refused while draining or before
+  the spool is ready does not, as in KumoMTA);
 - the bytes of message data its connections hold -- content being received, and a complete
   message while its DATA handler runs -- against ``max_buffered_data`` for the listener and
   ``max_buffered_data_per_ip`` for each client IP. A connection that cannot reserve what it
@@ -38,7 +41,7 @@ from collections.abc import Callable
 from typing import Final
 
 from kumoq.config.listener import EsmtpListenerConfig
-from kumoq.metrics import ACCEPT_FAILURES, SMTP_AUTH_FAILURES
+from kumoq.metrics import ACCEPT_FAILURES, SMTP_AUTH_FAILURES, TOTAL_CONNECTIONS_DENIED
 from kumoq.smtp import replies as R
 from kumoq.smtp.auth import AuthFailures
 from kumoq.smtp.replies import Reply
@@ -93,8 +96,10 @@ class Admission:
         if draining:
             return R.shutting_down(hostname)
         if connections >= self.config.max_connections:
+            TOTAL_CONNECTIONS_DENIED.inc("esmtp_listener")
             return R.connection_limit_reached(hostname)
         if key is not None and self._conns.get(key, 0) >= self._max_ip:
+            TOTAL_CONNECTIONS_DENIED.inc("esmtp_listener")
             return R.too_many_connections_from_ip(hostname)
         try:
             if not ready():

@@ -234,7 +234,7 @@ class LocalDiskSpool(BatchingSpool):
         io_threads: int = DEFAULT_IO_THREADS,
     ) -> None:
         check_spool_pair(data, meta)
-        super().__init__(f"spool-writer-{Path(meta.path).name}")
+        super().__init__(f"spool-writer-{Path(meta.path).name}", data.kind.value)
         self._data = _Tree(data)
         self._meta = _Tree(meta)
         self.sync_mode = sync_mode

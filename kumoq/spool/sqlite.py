@@ -91,7 +91,7 @@ class SqliteSpool(BatchingSpool):
 
     def __init__(self, data: SpoolDefinition, meta: SpoolDefinition) -> None:
         check_spool_pair(data, meta)
-        super().__init__(f"spool-writer-{Path(data.path).name}")
+        super().__init__(f"spool-writer-{Path(data.path).name}", data.kind.value)
         self._dirs = [Path(data.path), Path(meta.path)]
         self.db_path = Path(data.path) / DB_NAME
         self.flush = data.flush or meta.flush

@@ -9,7 +9,12 @@ by as many messages as arrived during the previous one, and an idle spool syncs 
 
 ``BatchingSpool`` is the shared half of every ``Spool`` implementation built on this writer.
 
-Imports kumoq.errors and kumoq.spool.base; the backends supply the IO.
+Metrics (kumoq.metrics): each commit's duration goes to ``kumoq_spool_commit_latency_seconds``
+(label ``spool``: the kind), observed on the writer thread once per batch; each store's wait,
+from ``submit`` until its batch is durable, goes to KumoMTA's ``message_save_latency``, observed
+on the event loop once per stored message.
+
+Imports kumoq.errors, kumoq.metrics and kumoq.spool.base; the backends supply the IO.
 """
 
 from __future__ import annotations
@@ -19,11 +24,13 @@ import contextlib
 import logging
 import queue
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Final
 
 from kumoq.errors import SpoolError
+from kumoq.metrics import MESSAGE_SAVE_LATENCY, SPOOL_COMMIT_LATENCY
 from kumoq.spool.base import (
     QUARANTINE,
     REMOVE,
@@ -40,6 +47,7 @@ log = logging.getLogger(__name__)
 
 _Item = tuple[list[Op], "asyncio.Future[None]"]
 _STOP: Final = None
+_SAVE_LATENCY: Final = MESSAGE_SAVE_LATENCY.child()
 
 
 def _resolve(outcomes: list[tuple[asyncio.Future[None], BaseException | None]]) -> None:
@@ -58,13 +66,21 @@ class GroupCommitWriter:
     """A thread that commits queued operations in batches.
 
     ``commit(ops)`` runs on the writer thread, must be durable when it returns (if the spool
-    flushes) and returns the number of sync calls it made. One writer per spool.
+    flushes) and returns the number of sync calls it made. One writer per spool. ``kind``
+    labels its commits in ``kumoq_spool_commit_latency_seconds``.
     """
 
-    def __init__(self, name: str, commit: Callable[[list[Op]], int], stats: SpoolStats) -> None:
+    def __init__(
+        self,
+        name: str,
+        commit: Callable[[list[Op]], int],
+        stats: SpoolStats,
+        kind: str = "unknown",
+    ) -> None:
         self._name = name
         self._commit = commit
         self._stats = stats
+        self._commit_latency = SPOOL_COMMIT_LATENCY.labels(spool=kind)
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -132,12 +148,14 @@ class GroupCommitWriter:
     def _commit_counted(self, ops: list[Op]) -> BaseException | None:
         stats = self._stats
         error: BaseException | None = None
+        started = time.perf_counter()
         try:
             stats.syncs += self._commit(ops)
         except Exception as exc:
             log.error("%s: commit of %d operations failed: %s", self._name, len(ops), exc)
             stats.errors += 1
             error = exc
+        self._commit_latency.observe(time.perf_counter() - started)
         stats.batches += 1
         stats.ops += len(ops)
         stats.max_batch = max(stats.max_batch, len(ops))
@@ -156,10 +174,10 @@ class BatchingSpool(ABC):
     """Seconds before the first retry of a failed remove; doubles up to ``remove_retry_max``."""
     remove_retry_max: float = 60.0
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, kind: str = "unknown") -> None:
         self.stats = SpoolStats()
         self._name = name
-        self._writer = GroupCommitWriter(name, self._commit, self.stats)
+        self._writer = GroupCommitWriter(name, self._commit, self.stats, kind)
         self._started = False
         self._failed_removes: set[str] = set()
         self._remove_retrier: asyncio.Task[None] | None = None
@@ -193,13 +211,17 @@ class BatchingSpool(ABC):
 
     async def store(self, msg_id: str, data: Payload | None, meta: bytes) -> None:
         self.stats.stores += 1
+        started = time.perf_counter()
         await self._writer.submit([(STORE, check_spool_id(msg_id), data, meta)])
+        _SAVE_LATENCY.observe(time.perf_counter() - started)
 
     async def store_many(self, items: Sequence[tuple[str, Payload | None, bytes]]) -> None:
         if not items:
             return
         self.stats.stores += len(items)
+        started = time.perf_counter()
         await self._writer.submit([(STORE, check_spool_id(i), d, m) for i, d, m in items])
+        _SAVE_LATENCY.observe_many(time.perf_counter() - started, len(items))
 
     async def remove(self, msg_id: str) -> None:
         """Delete both halves. Never raises for a failed write: a remove that fails is
