@@ -13,6 +13,7 @@ This module may import anything below it; nothing imports it but the CLI.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import uuid
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from kumoq.admin import AdminService, CampaignProgress
 from kumoq.clock import Clock, SystemClock
 from kumoq.config.queue import CustomLuaProtocol, MaildirProtocol, SmtpProtocol
 from kumoq.config.spool import SpoolDefinition
@@ -48,6 +50,7 @@ from kumoq.metrics import REGISTRY, SPOOL_QUARANTINED, LiveGauges
 from kumoq.reception import Reception
 from kumoq.scheduler.attempt import Deliverer
 from kumoq.scheduler.context import InsertContext, InsertReason
+from kumoq.scheduler.dead_letters import DEAD_LETTER_KEY, dead_letter_block
 from kumoq.scheduler.manager import QueueManager
 from kumoq.scheduler.scheduling import parse_scheduling
 from kumoq.shutdown import GRACE, ShutdownBounds, shutdown_bounds, watchdog, within
@@ -75,6 +78,9 @@ def _node_id(meta_spool: SpoolDefinition) -> str:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(node + "\n")
         return node
+
+
+DEAD_MARK = f'"{DEAD_LETTER_KEY}"'.encode()  # a meta record that may be a dead letter
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +200,14 @@ class Daemon:
             spool=spool,
             records=records,
             clock=self.clock,
+            rules=smtp.rules,  # one set of admin rules for the scheduler and egress
         )
+        progress = CampaignProgress()
+        records.observers.append(progress.observe)
+        admin = AdminService(
+            queues=queues, smtp=smtp, spool=spool, records=records, clock=self.clock,
+            progress=progress, rebind_event=partial(events.call, "rebind_message"),
+        )  # fmt: skip
         free_space = FreeSpaceMonitor.for_config((data_def, meta_def), decl.logs)
         receptions = [
             Reception(
@@ -223,6 +236,7 @@ class Daemon:
                 ("esmtp_listener", sum(esmtp.connection_count for esmtp in self.listeners)),
                 *smtp.connection_counts(),
             ],
+            dead_letters=queues.dispositions.dead_letters.__len__,
         )
         await asyncio.to_thread(free_space.start)
         REGISTRY.register(gauges)
@@ -230,9 +244,9 @@ class Daemon:
             for cfg, reception in zip(decl.listeners, receptions, strict=True):
                 self.listeners.append(await start_esmtp_listener(cfg, reception))
             for http_cfg, reception in zip(decl.http_listeners, http_receptions, strict=True):
-                services = HttpServices(reception, events, self.clock)
+                services = HttpServices(reception, events, self.clock, admin=admin)
                 self.http_listeners.append(await start_http_listener(http_cfg, services))
-            await self._enumerate(spool, queues)
+            await self._enumerate(spool, queues, progress)
             for reception in (*receptions, *http_receptions):
                 reception.set_ready()
             reloader = asyncio.create_task(self._reloader(), name="kumoq-reload")
@@ -310,24 +324,34 @@ class Daemon:
         finally:
             timer.cancel()
 
-    async def _enumerate(self, spool: Spool, queues: QueueManager) -> None:
+    async def _enumerate(
+        self, spool: Spool, queues: QueueManager, progress: CampaignProgress | None = None
+    ) -> None:
         """Re-queue every spooled message with its persisted attempts and due time.
 
         A record that cannot be read back is quarantined (docs/operations.md, "Spool
         quarantine") with one log line and a count in ``spool_quarantined``; the others start
         normally. A spool that cannot be read at all raises SpoolError."""
-        count = quarantined = 0
+        count = quarantined = dead = 0
         async for spool_id, meta in spool.enumerate():
             try:
                 msg = _spooled_message(spool_id, meta)
+                block = dead_letter_block(json.loads(meta)) if DEAD_MARK in meta else None
             except Exception as exc:  # one bad record must never stop the start
                 quarantined += await _quarantine(spool, spool_id, exc)
                 continue
+            if block is not None:  # a dead letter: kept, not queued
+                queues.dispositions.dead_letters.restore(msg, msg.queue_name(), block)
+                dead += 1
+                continue
+            if progress is not None:
+                progress.note_enumerated(msg)
             queues.insert(msg, InsertContext(InsertReason.Enumerated))
             count += 1
             if count % ENUMERATION_PROGRESS_EVERY == 0:
                 log.info("spool enumeration: %d messages re-queued so far", count)
         more = f", {quarantined} quarantined" if quarantined else ""
+        more += f", {dead} dead letters kept" if dead else ""
         log.info("spool enumeration complete: %d messages re-queued%s", count, more)
 
 

@@ -18,6 +18,7 @@ This module imports nothing from kumoq. The tree::
     │   └── SpoolCorruptError  an entry's data is missing or empty; the manager removes it
     │       └── SpoolRecordError  a meta record fails validation (names the field);
     │                          enumeration quarantines it and logs
+    ├── AdminRequestError      an admin request cannot be carried out (HTTP 4xx)
     ├── ListenerError          a listener cannot bind its address; startup exits 1
     ├── DeliveryError          a deliverer failed in a way that is a transient failure
     └── SmtpProtocolError      a peer broke the SMTP grammar or sequence
@@ -33,6 +34,7 @@ from collections.abc import Awaitable, Callable
 
 __all__ = [
     "AddressError",
+    "AdminRequestError",
     "ConfigError",
     "DeliveryError",
     "KumoqError",
@@ -156,3 +158,13 @@ class LocalProtocolError(SmtpProtocolError):
 
 class RemoteProtocolError(SmtpProtocolError):
     """The peer sent something illegal; ``reply_hint`` is the (code, enhanced) to answer."""
+
+
+class AdminRequestError(KumoqError, ValueError):
+    """An admin request that cannot be carried out as asked (a bad cursor, an unknown rule);
+    the HTTP API answers it with ``status`` and the message as JSON."""
+
+    def __init__(self, status: int, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.field = field

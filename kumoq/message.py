@@ -209,11 +209,13 @@ class Message:
         "created",
         "due",
         "id",
+        "last_response",
         "meta",
         "num_attempts",
         "recipients",
         "schedule",
         "sender",
+        "state",
     )
 
     def __init__(
@@ -244,6 +246,12 @@ class Message:
         self.num_attempts = num_attempts
         self.due = due
         self.created = created if created is not None else spool_id_created(id)
+        #: the last transient failure's response, one line (persisted with the schedule)
+        self.last_response: str | None = None
+        #: why it waits now: ``(state, detail, until)`` set by the scheduler as it moves
+        #: (``scheduled``, ``rate_throttled``, ``in_flight``, ``policy_failed``, ``dns_wait``);
+        #: read by the admin API's inspect-message. Not persisted.
+        self.state: tuple[str, str, float | None] | None = None
 
     def __repr__(self) -> str:
         return f"<Message {self.id} {self.sender} -> {[str(r) for r in self.recipients]}>"
@@ -343,6 +351,7 @@ class Message:
             "schedule": self.schedule,
             "num_attempts": self.num_attempts,
             "due": self.due,
+            **({"last_response": self.last_response} if self.last_response else {}),
         }
 
     @classmethod
@@ -406,6 +415,9 @@ class Message:
             due=_time(record, "due"),
             created=_time(record, "created"),
         )
+        last = record.get("last_response")
+        if isinstance(last, str):
+            msg.last_response = last
         try:
             msg.queue_name()
         except QueueNameError as exc:

@@ -59,6 +59,7 @@ RECORD_TYPE_NAMES: Final = (
     "DeferredInjectionRebind",
     "XferOut",
     "XferIn",
+    "DeadLetter",
     "Any",
 )
 

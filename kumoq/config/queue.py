@@ -214,6 +214,9 @@ class QueueConfig:
     refresh_strategy: RefreshStrategy = RefreshStrategy.TTL
     provider_name: str | None = None
     shrink_policy: tuple[ShrinkPolicyEntry, ...] = ()
+    #: a kumoq extension: keep a message that bounces or expires as a dead letter this long
+    #: (``None``: removed at once, as KumoMTA does)
+    dead_letter_retention: float | None = None
 
     @classmethod
     def from_mapping(cls, mapping: Any) -> QueueConfig:
@@ -235,6 +238,7 @@ class QueueConfig:
                 "refresh_strategy": parse_enum(RefreshStrategy),
                 "provider_name": parse_str,
                 "shrink_policy": _shrink_policy,
+                "dead_letter_retention": parse_duration,
             },
         )
 

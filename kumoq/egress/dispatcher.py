@@ -36,6 +36,7 @@ from kumoq.egress.connection_plan import connect
 from kumoq.egress.ready import RequeueQueue, SleepInline, ideal_connection_count, throttle_decision
 from kumoq.egress.ready_queue import QueuedMessage, ReadyQueue, transient
 from kumoq.logs.records import RecordType
+from kumoq.scheduler.admin_rules import AdminRules
 from kumoq.scheduler.attempt import Attempt
 from kumoq.scheduler.context import InsertReason
 from kumoq.throttle import Throttle
@@ -63,8 +64,10 @@ class Dispatchers:
         throttle: Throttle,
         rng: random.Random,
         on_idle: Callable[[ReadyQueue], None] | None = None,
+        rules: AdminRules | None = None,
     ) -> None:
         self._resolver = resolver
+        self._rules = rules or AdminRules()
         self._on_idle = on_idle
         self._clock = clock
         self._hostname = hostname
@@ -139,6 +142,8 @@ class Dispatchers:
         item: QueuedMessage | None = None
         try:
             while not self._closing:
+                if self._rules.any_ready_suspension:
+                    self._settle_if_suspended(ready)
                 item = ready.fifo.pop()
                 if item is None:
                     if session is None:
@@ -194,6 +199,14 @@ class Dispatchers:
                 ready.running -= 1
                 if self._on_idle is not None:
                     self._on_idle(ready)
+
+    def _settle_if_suspended(self, ready: ReadyQueue) -> None:
+        """§1.8: a suspended ready queue hands its waiting messages back (a transient
+        failure each: they wait for their next retry)."""
+        suspended = self._rules.ready_suspension_for(ready.name, self._clock.now())
+        if suspended is not None and len(ready.fifo):
+            text = f"KumoMTA internal: ready queue {ready.name} is suspended: {suspended.reason}"
+            ready.settle_all(Attempt(RecordType.TransientFailure, transient(text)))
 
     async def _end(
         self, ready: ReadyQueue, item: QueuedMessage | None, session: SmtpClientSession | None

@@ -54,6 +54,7 @@ from kumoq.egress.sources import EgressSources, SourceSelector
 from kumoq.errors import KumoqError, PolicyWouldBlock
 from kumoq.logs.records import RecordType, Response
 from kumoq.message import Message, parse_queue_name, priority_of
+from kumoq.scheduler.admin_rules import AdminRules
 from kumoq.scheduler.attempt import POLICY_WAIT_RERUNS, Attempt
 from kumoq.scheduler.context import InsertReason
 from kumoq.throttle import Throttle
@@ -86,8 +87,10 @@ class SmtpDispatch:
         rng: random.Random | None = None,
         sources: SourceSelector | None = None,
         reap_interval: float = READY_QUEUE_REAP_INTERVAL,
+        rules: AdminRules | None = None,
     ) -> None:
         self._policy = policy
+        self.rules = rules or AdminRules()
         self._mx = mx
         self._clock = clock
         self._rng = rng or random.Random()
@@ -102,6 +105,7 @@ class SmtpDispatch:
             throttle=throttle or Throttle(),
             rng=self._rng,
             on_idle=self._idle,
+            rules=self.rules,
         )
 
     @property
@@ -145,6 +149,8 @@ class SmtpDispatch:
                 RecordType.TransientFailure,
                 transient("KumoMTA internal: the egress events kept waiting for DNS"),
             )
+        if self.rules.any_ready_suspension and not isinstance(ready, Attempt):
+            ready = await self._unsuspended(ready, msg, config, protocol)
         if isinstance(ready, Attempt):
             return ready
         if self._dispatchers.closing:
@@ -164,6 +170,57 @@ class SmtpDispatch:
         return await future
 
     # -- selection ----------------------------------------------------------------------------
+
+    async def _unsuspended(
+        self, ready: ReadyQueue, msg: Message, config: QueueConfig, protocol: SmtpProtocol
+    ) -> ReadyQueue | Attempt:
+        """§1.6 b: a source whose ready queue is admin-suspended is skipped: the pool's next
+        ones are tried; when every one is suspended, the attempt fails transiently."""
+        now = self._clock.now()
+        pool_name = config.egress_pool or UNSPECIFIED
+        for _ in range(len(self._sources.pool(pool_name).entries)):
+            if self.rules.ready_suspension_for(ready.name, now) is None:
+                return ready
+            try:
+                found = await self._ready_queue_for(msg, config, protocol, {})
+            except KumoqError:  # a DNS wait, or a failure: keep to what was picked
+                break
+            if isinstance(found, Attempt):
+                return found
+            ready = found
+        if self.rules.ready_suspension_for(ready.name, now) is None:
+            return ready
+        return Attempt(
+            RecordType.TransientFailure,
+            transient(f"KumoMTA internal: no sources for {msg.queue_name()} pool=`{pool_name}` "
+                      "are eligible for selection at this time"),
+        )  # fmt: skip
+
+    def describe(self, msg_id: str) -> str | None:
+        """Where the message ``msg_id`` waits in egress, in words (inspect-message). O(ready
+        queues + their messages)."""
+        now = self._clock.now()
+        for ready in self._ready.values():
+            position = next(
+                (i for i, item in enumerate(ready.fifo, 1) if item.msg.id == msg_id), None
+            )
+            held = any(item.msg.id == msg_id for item in ready.held)
+            if position is None and not held:
+                continue
+            limit = ready.path.connection_limit.limit
+            where = (
+                f"number {position} of {len(ready.fifo)} in ready queue {ready.name}"
+                if position is not None
+                else f"taken by a connection of ready queue {ready.name}, before its transaction"
+            )
+            text = f"{where}; {ready.dispatchers} of {limit} connections open"
+            suspended = self.rules.ready_suspension_for(ready.name, now)
+            if suspended is not None:
+                text += f"; the ready queue is suspended: {suspended.reason}"
+            if ready.failures.count:
+                text += f"; {ready.failures.count} connection failures in a row"
+            return text
+        return None
 
     async def _ready_queue_for(
         self,

@@ -1,9 +1,11 @@
 """The HTTP listener: ``kumo.start_http_listener``, its auth, and its endpoints.
 
 One module per concept, top to bottom (the ``http modules`` contract in pyproject.toml):
-``server`` (wiring), the route modules ``inject``, ``liveness`` and ``metrics``, then
-``inject_build`` (templates, MIME) and ``inject_schema`` (the request), ``app`` (the aiohttp
-listener and its middleware), ``auth``, ``availability`` and ``body``, and ``errors``.
+``server`` (wiring), ``openapi`` (the document of every route), the route modules ``admin``,
+``inject``, ``liveness`` and ``metrics``, then ``admin_schema`` and ``inject_build``
+(templates, MIME), ``inject_schema`` (the request), ``app`` (the aiohttp listener and its
+middleware), ``auth``, ``availability`` and ``body``, and ``admin_seam`` (what the admin routes
+need of the daemon, implemented by kumoq.admin) and ``errors``.
 
 The package sits between the daemon and the packages it reports on (the ``kumoq layers``
 contract): it may import what lies below reception (scheduler, spool, logs, message, config,

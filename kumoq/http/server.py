@@ -2,8 +2,9 @@
 
 The daemon hands in ``HttpServices`` (the reception seam, the policy, the clock) and gets a
 started ``HttpListener`` back. The routes come from one module per concern: liveness,
-injection and metrics today; the admin API, dead letters and the CLI's endpoints plug in the
-same way: a module with a ``routes(...)`` function, and one line here.
+injection, metrics, the OpenAPI document, and the admin API when ``HttpServices.admin`` is set;
+a new concern plugs in the same way: a module with a ``routes(...)`` function, and one line
+here.
 
 Top of kumoq.http: imports its route modules, kumoq.http.app, .auth, .availability,
 kumoq.config.http and kumoq.clock; nothing in kumoq.http imports it. Must not import
@@ -17,13 +18,14 @@ from typing import Protocol
 
 from kumoq.clock import Clock
 from kumoq.config.http import HttpListenerConfig
-from kumoq.http import inject, liveness, metrics
-from kumoq.http.app import HttpListener
+from kumoq.http import admin, inject, liveness, metrics, openapi
+from kumoq.http.admin_seam import AdminSeam
+from kumoq.http.app import HttpListener, Route
 from kumoq.http.auth import Authenticator, PolicyCalls
 from kumoq.http.availability import Availability, Readiness
 from kumoq.http.inject import Admission, Injector
 
-__all__ = ["HttpServices", "ReceptionSeam", "start_http_listener"]
+__all__ = ["HttpServices", "ReceptionSeam", "http_routes", "start_http_listener"]
 
 
 class ReceptionSeam(Readiness, Admission, Protocol):
@@ -33,16 +35,19 @@ class ReceptionSeam(Readiness, Admission, Protocol):
 @dataclass(frozen=True, slots=True)
 class HttpServices:
     """What the routes use: ``reception`` for readiness and admission, ``policy`` to fire
-    events, ``clock`` for spool ids, dates and the auth cache."""
+    events, ``clock`` for spool ids, dates and the auth cache; ``admin``, when set, serves
+    the admin API (kumoq.http.admin)."""
 
     reception: ReceptionSeam
     policy: PolicyCalls
     clock: Clock
+    admin: AdminSeam | None = None
 
 
-async def start_http_listener(config: HttpListenerConfig, services: HttpServices) -> HttpListener:
-    """Bind ``config`` and serve every route; raises ListenerError when binding fails."""
-    availability = Availability(services.reception)
+def http_routes(
+    config: HttpListenerConfig, services: HttpServices, availability: Availability
+) -> list[Route]:
+    """Every route one listener serves (kumoq.http.openapi describes each of them)."""
     injector = Injector(
         admission=services.reception,
         policy=services.policy,
@@ -55,7 +60,17 @@ async def start_http_listener(config: HttpListenerConfig, services: HttpServices
         *liveness.routes(availability),
         *inject.routes(injector),
         *metrics.routes(),
+        *openapi.routes(with_admin=services.admin is not None),
     ]
+    if services.admin is not None:
+        routes += admin.routes(services.admin, services.clock, config.request_body_limit)
+    return routes
+
+
+async def start_http_listener(config: HttpListenerConfig, services: HttpServices) -> HttpListener:
+    """Bind ``config`` and serve every route; raises ListenerError when binding fails."""
+    availability = Availability(services.reception)
+    routes = http_routes(config, services, availability)
     listener = HttpListener(
         config, routes, Authenticator(services.policy, services.clock.monotonic), availability
     )

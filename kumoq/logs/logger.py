@@ -17,6 +17,7 @@ address (``received_via``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from kumoq.clock import Clock
@@ -84,9 +85,14 @@ class RecordLogger:
         ]
         self._nodeid = nodeid
         self._clock = clock
+        #: called with every message record's type, message and response text (campaign
+        #: progress); the list is empty unless the daemon adds one
+        self.observers: list[Callable[[RecordType, Message, str], None]] = []
 
     def log(self, type: RecordType, msg: Message, *, response: Response, **fields: Any) -> None:
         count_record(type, fields)
+        for observe in self.observers:
+            observe(type, msg, response.content)
         now = self._clock.now()
         latency = _DISPOSITION_LATENCY.get(type)
         if latency is not None:

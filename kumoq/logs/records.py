@@ -60,6 +60,7 @@ class RecordType(StrEnum):
     DeferredInjectionRebind = "DeferredInjectionRebind"
     XferOut = "XferOut"
     XferIn = "XferIn"
+    DeadLetter = "DeadLetter"  # a kumoq extension: a message kept, requeued or purged
     Any = "Any"  # only a per_record key; never emitted
 
 
@@ -101,6 +102,13 @@ class Response:
             lines = [prefix.sub("", line, count=1) for line in lines]
         content = " ".join(line.strip() for line in lines if line.strip())
         return cls(code, enhanced, content, command)
+
+    def one_line(self) -> str:
+        """``451 4.4.4 text`` (the enhanced code only when there is one)."""
+        enhanced = self.enhanced_code
+        if enhanced is None:
+            return f"{self.code} {self.content}"
+        return f"{self.code} {enhanced[0]}.{enhanced[1]}.{enhanced[2]} {self.content}"
 
     def to_json(self) -> dict[str, Any]:
         enhanced = self.enhanced_code

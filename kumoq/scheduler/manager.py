@@ -1,18 +1,21 @@
 """The queue manager: scheduled queues by name, and each message's next step (reference §1.5-1.6).
 
-- ``resolve(name)`` creates a queue on first use and calls the policy's ``get_queue_config``
-  once per queue, again every ``refresh_interval``; a failure is cached for 60 s as KumoMTA
-  does. A ``strategy`` change applies when the queue is recreated.
-- ``insert(msg, context)``: due later: wait in the queue (a ``Delayed`` record); due now:
+- ``resolve(name)`` (kumoq.scheduler.registry) finds or creates the queue.
+- ``insert(msg, context)``: an admin bounce rule matching the queue bounces it
+  (``AdminBounce``); due later: wait in the queue (a ``Delayed`` record); due now:
   ``insert_ready``.
-- ``insert_ready``: the queue's ``max_message_rate`` GCRA gate (throttled: into the queue's
-  pacing line at the throttle's exact wait, spaced ``period / limit`` behind the messages already
-  held, attempts not incremented), then the protocol's deliverer.
-- After an attempt: delivered or bounced: removed from the spool; transient failure: backoff
-  with jitter (§3.1), expiry by ``max_age`` or ``set_scheduling{expires}`` (§3.2), and the new
-  ``num_attempts`` and ``due`` persisted before waiting.
+- ``insert_ready``: an admin bounce again; an admin suspension of the queue: a
+  ``TransientFailure`` and the next retry (as KumoMTA: the normal backoff); the queue's
+  ``max_message_rate`` GCRA gate (throttled: into the queue's pacing line at the throttle's
+  exact wait, spaced ``period / limit`` behind the messages already held, attempts not
+  incremented, counted in ``delayed_due_to_*``), then the protocol's deliverer.
+- After an attempt: delivered or bounced: its record, then removed from the spool or kept as
+  a dead letter (kumoq.scheduler.disposition); transient failure: backoff with jitter (§3.1),
+  expiry by ``max_age`` or ``set_scheduling{expires}`` (§3.2), and the new ``num_attempts``,
+  ``due`` and ``last_response`` persisted before waiting.
 - A queue empty for ``reap_interval`` is dropped with its maintainer and all kept under its
   name; deliverers that keep state per queue (``QueueReapListener``) are told.
+- Each message carries ``state``: why it waits now (the admin API's inspect-message).
 
 Seams (owned here, implemented above): ``QueueConfigSource``, ``RecordSink``, the ``Spool``,
 and ``Deliverer`` (in ``kumoq.scheduler.attempt``, so that dispatchers need not import this).
@@ -24,18 +27,16 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import random
-from collections.abc import Coroutine, Iterator
-from typing import Any, Final
 
 from kumoq.clock import Clock
-from kumoq.config.queue import NullProtocol, QueueConfig
-from kumoq.errors import KumoqError, PolicyError, PolicyWouldBlock, SpoolCorruptError
+from kumoq.config.queue import NullProtocol
+from kumoq.errors import KumoqError, PolicyWouldBlock, SpoolCorruptError
 from kumoq.logs.records import RecordType, Response, rfc3339
-from kumoq.message import NULL_QUEUE, Message, parse_queue_name
+from kumoq.message import NULL_QUEUE, Message
+from kumoq.metrics import note_delayed
+from kumoq.scheduler.admin_rules import AdminRules
 from kumoq.scheduler.attempt import (  # QueueConfigSource, RecordSink: re-exported
-    POLICY_WAIT_RERUNS,
     Attempt,
     Deliverer,
     QueueConfigSource,
@@ -43,15 +44,16 @@ from kumoq.scheduler.attempt import (  # QueueConfigSource, RecordSink: re-expor
     RecordSink,
 )
 from kumoq.scheduler.context import InsertContext, InsertReason
+from kumoq.scheduler.dead_letters import DeadLetters
+from kumoq.scheduler.disposition import Dispositions
+from kumoq.scheduler.registry import FAILED_RESOLVE_TTL, QueueRegistry
 from kumoq.scheduler.retry import (
-    Expired,
-    FailureCache,
     expiry_after_increment,
     expiry_without_increment,
     format_duration,
     next_attempt,
 )
-from kumoq.scheduler.scheduled import ScheduledQueue, SingletonWheel
+from kumoq.scheduler.scheduled import ScheduledQueue
 from kumoq.scheduler.scheduling import expires_of, next_allowed
 from kumoq.spool.base import Spool
 from kumoq.throttle import Throttle
@@ -64,10 +66,8 @@ __all__ = [
 
 log = logging.getLogger("kumoq.queue")
 
-FAILED_RESOLVE_TTL: Final = 60.0
 
-
-class QueueManager:
+class QueueManager(QueueRegistry):
     """Registry of scheduled queues; moves each message to its next step."""
 
     def __init__(
@@ -80,143 +80,23 @@ class QueueManager:
         clock: Clock,
         throttle: Throttle | None = None,
         rng: random.Random | None = None,
+        rules: AdminRules | None = None,
+        dead_letters: DeadLetters | None = None,
     ) -> None:
-        self._configs = configs
+        super().__init__(configs, clock)
         self._deliverers = deliverers
         self._spool = spool
         self._records = records
-        self._clock = clock
         self._throttle = throttle or Throttle()
         self._rng = rng or random.Random()
-        self._queues: dict[str, ScheduledQueue] = {}
-        self._failed: FailureCache[PolicyError] = FailureCache()
         unique = {id(d): d for d in deliverers.values()}.values()
         self._reap_listeners = [d for d in unique if isinstance(d, QueueReapListener)]
-        self._singleton = SingletonWheel(clock)
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._parked: dict[str, asyncio.TimerHandle] = {}
-        self._closing = False
-
-    # -- queues ------------------------------------------------------------------------------
-
-    def resolve(self, name: str) -> ScheduledQueue:
-        """The queue named ``name``, created on first use; raises PolicyError if the policy fails.
-
-        The config is fetched again once ``refresh_interval`` has passed. A failure is
-        remembered for 60 s so that a broken policy is not called for every message. When
-        ``get_queue_config`` waits for DNS (PolicyWouldBlock), a new queue raises it for the
-        caller to await (``resolve_waiting``); an existing queue keeps its config while a
-        background task refreshes it.
-        """
-        return self._resolve(name, refresh_later=True)
-
-    def _resolve(self, name: str, *, refresh_later: bool) -> ScheduledQueue:
-        queue = self._queues.get(name)
-        now = self._clock.monotonic()
-        if queue is not None and now - queue.resolved_at < queue.config.refresh_interval:
-            return queue
-        failed = self._failed.get(name, now)
-        if failed is not None:
-            if queue is not None:
-                return queue  # an existing queue keeps its last good config
-            raise failed.with_traceback(None)  # a traceback that grows with every raise
-        parts = queue.parts if queue is not None else parse_queue_name(name)
-        try:
-            config = self._configs.get_queue_config(parts) or QueueConfig()
-        except PolicyWouldBlock as wait:
-            if queue is None or not refresh_later:
-                raise  # the caller awaits the answer (resolve_waiting)
-            queue.resolved_at = now  # keep the config until the refresh below has run
-            self._spawn(self._refresh_when_answered(name, wait))
-            return queue
-        except PolicyError as exc:
-            self._failed.add(name, exc, now + FAILED_RESOLVE_TTL, now)
-            if queue is not None:
-                log.error(
-                    "queue %s: keeping its last config: get_queue_config failed: %s", name, exc
-                )
-                queue.resolved_at = now  # retry after another refresh_interval
-                return queue
-            raise
-        self._failed.forget(name)
-        if queue is None:
-            queue = self._queues[name] = ScheduledQueue(
-                name,
-                parts,
-                config,
-                resolved_at=now,
-                clock=self._clock,
-                promote=self._promote,
-                singleton=self._singleton,
-            )
-            self._maybe_idle(queue)  # reaped if nothing ever arrives
-        else:
-            queue.config = config  # a strategy change waits for the queue to be recreated
-            queue.resolved_at = now
-        return queue
-
-    async def resolve_waiting(self, name: str) -> ScheduledQueue:
-        """``resolve``, waiting for the DNS answers ``get_queue_config`` asks for
-        (``kumo.dns.lookup_mx``) when they are not cached yet. Raises PolicyError."""
-        for _ in range(POLICY_WAIT_RERUNS):
-            try:
-                return self._resolve(name, refresh_later=False)
-            except PolicyWouldBlock as wait:
-                await wait.wait()
-        raise PolicyError(
-            f"get_queue_config for {name}: still waiting for DNS after {POLICY_WAIT_RERUNS} answers"
-        )
-
-    async def _refresh_when_answered(self, name: str, wait: PolicyWouldBlock) -> None:
-        await wait.wait()
-        queue = self._queues.get(name)
-        if queue is not None and not self._closing:
-            queue.resolved_at = -math.inf  # due for a refresh now that the answer is cached
-            try:
-                await self.resolve_waiting(name)
-            except KumoqError as exc:
-                queue.resolved_at = self._clock.monotonic()  # try again after refresh_interval
-                log.error("queue %s: keeping its last config: %s", name, exc)
-            except Exception:
-                queue.resolved_at = self._clock.monotonic()
-                log.exception("queue %s: keeping its last config: refresh failed", name)
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Run ``coro`` as a task that ``close()`` waits for (and cancels past the drain)."""
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log.error("queues: a background task failed", exc_info=exc)
-
-    def refresh_configs(self) -> int:
-        """Call ``get_queue_config`` again for every queue now (a policy reload); a queue
-        whose call fails keeps its last config. Returns how many queues were refreshed."""
-        self._failed.clear()
-        names = list(self._queues)
-        for name in names:
-            self._queues[name].resolved_at = -math.inf
-            self._resolve(name, refresh_later=True)  # keeps the last config on a failure
-        return len(names)
-
-    def get(self, name: str) -> ScheduledQueue | None:
-        return self._queues.get(name)
-
-    def queue_names(self) -> list[str]:
-        return sorted(self._queues)
-
-    def queues(self) -> Iterator[ScheduledQueue]:
-        return iter(self._queues.values())
-
-    def scheduled_counts(self) -> list[tuple[str, int]]:
-        """``(queue name, messages waiting)`` for each scheduled queue (``scheduled_count``)."""
-        return [(name, len(queue)) for name, queue in self._queues.items()]
-
-    def delayed_count(self) -> int:
-        return sum(len(q) for q in self._queues.values())
+        self._parked: dict[str, tuple[asyncio.TimerHandle, Message]] = {}
+        self._in_flight: dict[str, Message] = {}
+        self.rules = rules or AdminRules()
+        dead_letters = dead_letters or DeadLetters(spool=spool, records=records, clock=clock)
+        dead_letters.requeue_into = self.insert
+        self.dispositions = Dispositions(spool=spool, records=records, dead_letters=dead_letters)
 
     # -- messages ----------------------------------------------------------------------------
 
@@ -235,7 +115,41 @@ class QueueManager:
             return
         self._insert_into(queue, msg, context)
 
+    def _admin_bounced(self, queue: ScheduledQueue, msg: Message) -> bool:
+        """§1.5/1.6: an admin bounce rule matches ``queue``: the message is bounced."""
+        rule = self.rules.bounce_for(queue.name, queue.parts, self._clock.now())
+        if rule is None:
+            return False
+        rule.count(queue.name)
+        bounce = self.dispositions.admin_bounce
+        self._spawn(bounce(msg, rule.reason, suppress_logging=rule.suppress_logging))
+        return True
+
+    # -- for the admin API ---------------------------------------------------------------------
+
+    def find(self, msg_id: str) -> tuple[Message, ScheduledQueue | None] | None:
+        """A message the manager holds: waiting in a queue, parked, or in flight."""
+        for queue in self._queues.values():
+            msg = queue.get(msg_id)
+            if msg is not None:
+                return msg, queue
+        held = self._parked.get(msg_id)
+        if held is not None:
+            return held[1], None
+        msg = self._in_flight.get(msg_id)
+        return (msg, self._queues.get(msg.queue_name())) if msg is not None else None
+
+    def unpark(self, msg_id: str) -> Message | None:
+        """Take a parked message back (the caller inserts or bounces it)."""
+        held = self._parked.pop(msg_id, None)
+        if held is None:
+            return None
+        held[0].cancel()
+        return held[1]
+
     def _insert_into(self, queue: ScheduledQueue, msg: Message, context: InsertContext) -> None:
+        if self._admin_bounced(queue, msg):
+            return
         now = self._clock.now()
         due = msg.due
         if due is not None and due > now:
@@ -246,6 +160,7 @@ class QueueManager:
             self._insert_ready(queue, msg, context)
 
     async def _insert_when_resolved(self, msg: Message, context: InsertContext) -> None:
+        msg.state = ("dns_wait", "get_queue_config is waiting for a DNS answer", None)
         try:
             queue = await self.resolve_waiting(msg.queue_name())
         except KumoqError as exc:
@@ -276,13 +191,18 @@ class QueueManager:
                 f"{format_duration(max(0.0, due - now))} at {rfc3339(due)}"
             )
             self._records.log(RecordType.Delayed, msg, response=Response(400, None, content, None))
+        if pace is None:
+            msg.state = ("scheduled", context.describe(), due)
+        else:
+            msg.state = ("rate_throttled", "held by the queue's max_message_rate", due)
         queue.insert_delayed(msg, due, pace=pace)
 
     def _park(self, msg: Message, delay: float) -> None:
         """Hold a message whose queue cannot be resolved; it stays spooled meanwhile."""
         msg.data = None
-        loop = asyncio.get_running_loop()
-        self._parked[msg.id] = loop.call_later(delay, self._unpark, msg)
+        msg.state = ("policy_failed", "its queue could not be resolved or promoted", None)
+        handle = asyncio.get_running_loop().call_later(delay, self._unpark, msg)
+        self._parked[msg.id] = (handle, msg)
 
     def _unpark(self, msg: Message) -> None:
         self._parked.pop(msg.id, None)
@@ -307,7 +227,18 @@ class QueueManager:
                 self._park(msg, FAILED_RESOLVE_TTL)
 
     def _insert_ready(self, queue: ScheduledQueue, msg: Message, context: InsertContext) -> None:
-        """§1.6: the queue's rate gate, then the protocol."""
+        """§1.6: admin bounce and suspension, the queue's rate gate, then the protocol."""
+        if self._admin_bounced(queue, msg):
+            return
+        suspended = self.rules.suspension_for(queue.name, queue.parts, self._clock.now())
+        if suspended is not None:
+            text = f"KumoMTA internal: scheduled queue is suspended: {suspended.reason}"
+            response = Response(451, (4, 4, 4), text, None)
+            msg.last_response = response.one_line()
+            self.dispositions.log(RecordType.TransientFailure, msg, response, {"site": queue.name})
+            queue.in_flight += 1
+            self._spawn(self._suspended(queue, msg))
+            return
         rate = queue.config.max_message_rate
         if rate is not None:
             now = self._clock.now()
@@ -316,12 +247,21 @@ class QueueManager:
                 # The exact wait, and a place in the queue's pacing line: one leaves every T.
                 delay = result.wait or result.retry_after or 1.0
                 reason = InsertReason.MessageRateThrottle
+                note_delayed(reason.value, queue.name)
                 pace = rate.period / rate.limit
                 self._requeue_without_increment(queue, msg, delay, context.add(reason), pace=pace)
                 return
         queue.in_flight += 1
         queue.idle_since = None
+        msg.state = ("in_flight", "", None)
+        self._in_flight[msg.id] = msg
         self._spawn(self._attempt(msg, queue))
+
+    async def _suspended(self, queue: ScheduledQueue, msg: Message) -> None:
+        try:
+            await self._requeue_with_increment(queue, msg)
+        finally:
+            queue.in_flight -= 1
 
     async def _attempt(self, msg: Message, queue: ScheduledQueue) -> None:
         try:
@@ -332,13 +272,14 @@ class QueueManager:
             if not self._closing:
                 self._park(msg, FAILED_RESOLVE_TTL)
         finally:
+            self._in_flight.pop(msg.id, None)
             queue.in_flight -= 1
             self._maybe_idle(queue)
 
     async def _attempt_once(self, msg: Message, queue: ScheduledQueue) -> None:
         protocol = queue.config.protocol
         if isinstance(protocol, NullProtocol) or queue.name == NULL_QUEUE:
-            await self._remove(msg)
+            await self.dispositions.remove(msg)
             return
         deliverer = self._deliverers.get(type(protocol))
         if deliverer is None:
@@ -361,7 +302,7 @@ class QueueManager:
                     # A meta whose data is gone or empty (a crash between the two halves of
                     # a remove, or a damaged spool): nothing can ever be delivered for it.
                     log.error("message %s: %s; removing its orphan meta", msg.id, exc)
-                    await self._remove(msg)
+                    await self.dispositions.remove(msg)
                     return
                 except KumoqError as exc:
                     log.error("message %s: cannot load its data: %s", msg.id, exc)
@@ -370,6 +311,7 @@ class QueueManager:
             attempt = await deliverer.deliver(msg, queue.config)
         if attempt.disposition is RecordType.Delayed:
             reason = attempt.reason or InsertReason.ReadyQueueWasFull
+            note_delayed(reason.value, queue.name)
             delay = attempt.requeue_delay or 0.0
             if not self._closing:
                 self._requeue_without_increment(queue, msg, delay, InsertContext(reason))
@@ -381,30 +323,14 @@ class QueueManager:
             "session_id": attempt.session_id,
             **attempt.extra,
         }
-        self._log_record(attempt.disposition, msg, attempt.response, fields)
         if attempt.disposition is RecordType.TransientFailure:
+            self.dispositions.log(attempt.disposition, msg, attempt.response, fields)
+            msg.last_response = attempt.response.one_line()
             await self._requeue_with_increment(queue, msg)
         else:
-            await self._remove(msg)
-
-    def _log_record(
-        self, disposition: RecordType, msg: Message, response: Response, fields: dict[str, Any]
-    ) -> None:
-        """Log the outcome's record; never raises (a final outcome must not go round again)."""
-        try:
-            self._records.log(disposition, msg, response=response, **fields)
-        except Exception:
-            log.exception("message %s: writing its %s record failed", msg.id, disposition)
-
-    async def _remove(self, msg: Message) -> None:
-        """Drop a message that is done (delivered, bounced, expired) from the spool.
-
-        Never raises: the message is done whatever the spool says, and it must not be
-        attempted again. Spools retry a failed remove in the background themselves."""
-        try:
-            await self._spool.remove(msg.id)
-        except Exception:
-            log.exception("message %s: removing it from the spool failed", msg.id)
+            await self.dispositions.finish(
+                msg, queue.name, queue.config, attempt.disposition, attempt.response, fields
+            )
 
     # -- retries and expiry ------------------------------------------------------------------
 
@@ -421,7 +347,7 @@ class QueueManager:
         )
         msg.num_attempts = attempts  # as KumoMTA: an Expiration counts the failed attempt
         if expired is not None:
-            await self._expire(msg, expired)
+            await self.dispositions.expire(msg, queue.name, config, expired)
             return
         msg.due = due
         msg.data = None
@@ -454,15 +380,11 @@ class QueueManager:
         if expires_of(msg.schedule) is None:
             expired = expiry_without_increment(msg.created, due, queue.config.max_age)
             if expired is not None:
-                self._spawn(self._expire(msg, expired))
+                expire = self.dispositions.expire(msg, queue.name, queue.config, expired)
+                self._spawn(expire)
                 return
         # Moved into a scheduling window: it waits in the queue, not in the pacing line.
         self._insert_delayed(queue, msg, due, context, pace=pace if due == wanted else None)
-
-    async def _expire(self, msg: Message, expired: Expired) -> None:
-        response = Response(expired.code, expired.enhanced_code, expired.content, None)
-        self._log_record(RecordType.Expiration, msg, response, {"site": expired.site})
-        await self._remove(msg)
 
     # -- reaping -----------------------------------------------------------------------------
 
@@ -485,7 +407,8 @@ class QueueManager:
     async def close(self, drain_seconds: float = 30.0) -> None:
         """Stop maintainers and let attempts in flight finish (every message stays spooled)."""
         self._closing = True
-        for handle in self._parked.values():
+        await self.dispositions.dead_letters.close()
+        for handle, _ in self._parked.values():
             handle.cancel()
         self._parked.clear()
         for queue in self._queues.values():

@@ -36,15 +36,26 @@ import contextlib
 import heapq
 import logging
 from collections import deque
-from collections.abc import Callable, Coroutine
-from typing import Any, Final, Protocol
+from collections.abc import Callable
+from typing import Final, Protocol
 
 from kumoq.clock import Clock
 from kumoq.config.queue import QueueConfig, QueueStrategy
 from kumoq.message import DEFAULT_PRIORITY, Message, QueueNameParts, priority_of
 from kumoq.metrics import SUPERVISED_TASK_RESTARTS
+from kumoq.scheduler.singleton import SINGLETON_TICK, SingletonWheel
 from kumoq.scheduler.skiplist import SkipList
-from kumoq.scheduler.timeq import DueNow, Empty, Items, Sleep
+from kumoq.scheduler.supervise import (
+    MAINTAINER_TASK,
+    RESTART_BACKOFF,
+    RESTART_BACKOFF_MAX,
+    SINGLETON_TASK,
+    restart_backoff,
+    supervise,
+    wait_for_batch,
+    wait_or_timeout,
+)
+from kumoq.scheduler.timeq import Cursor, DueNow, Empty, Items, Page, Sleep
 from kumoq.scheduler.timerwheel import TimerWheel
 
 __all__ = [
@@ -62,44 +73,24 @@ __all__ = [
 
 log = logging.getLogger("kumoq.queue")
 
-SINGLETON_TICK: Final = 3.0
-RESTART_BACKOFF: Final = 1.0  # the first wait after a failure; doubles while failures go on
-RESTART_BACKOFF_MAX: Final = 30.0
 # A paced message is released this long after the throttle's exact slot: more than the rounding
 # of a float unix time (about 0.24 us), so the throttle always admits it at its slot.
 PACE_MARGIN: Final = 0.001
 
-MAINTAINER_TASK: Final = "queue_maintainer"  # SUPERVISED_TASK_RESTARTS labels
-SINGLETON_TASK: Final = "singleton_wheel"
 
 # Hands due messages to the manager. It hands over every message or raises before handing
 # over any: after an exception the whole batch is held again and retried.
 Promote = Callable[["ScheduledQueue", list[Message]], None]
 
 
-def restart_backoff(failures: int) -> float:
-    """The wait after the ``failures``-th failure in a row: 1 s, 2 s, 4 s, ... at most 30 s."""
-    return min(RESTART_BACKOFF * 2.0 ** min(max(failures, 1) - 1, 16), RESTART_BACKOFF_MAX)
-
-
-async def _supervise(
-    maintain: Callable[[], Coroutine[Any, Any, None]], what: str, task: str
-) -> None:
-    """Run ``maintain()``; when it raises, log and count it and start it again after a backoff
-    (the count of failures in a row resets once it has run for ``RESTART_BACKOFF_MAX``)."""
-    loop = asyncio.get_running_loop()
-    failures = 0
-    while True:
-        started = loop.time()
-        try:
-            await maintain()
-            return
-        except Exception:
-            failures = 1 if loop.time() - started > RESTART_BACKOFF_MAX else failures + 1
-            delay = restart_backoff(failures)
-            log.exception("%s failed; restarting it in %.0f s", what, delay)
-            SUPERVISED_TASK_RESTARTS.labels(task=task).inc()
-            await asyncio.sleep(delay)
+def _parse_cursor(cursor: str | None) -> tuple[str, int]:
+    """``s<order>`` (in the timer structure) or ``p<n>`` (the pacing line's n-th message)."""
+    if not cursor:
+        return "s", -1
+    phase, digits = cursor[:1], cursor[1:]
+    if phase not in ("s", "p") or not digits.isdigit():
+        raise ValueError(f"not a cursor this queue gave out: {cursor!r}")
+    return phase, int(digits)
 
 
 def by_priority(batch: list[Message]) -> list[Message]:
@@ -107,20 +98,6 @@ def by_priority(batch: list[Message]) -> list[Message]:
     if len(batch) > 1:
         batch.sort(key=priority_of, reverse=True)
     return batch
-
-
-async def _wait(event: asyncio.Event, seconds: float) -> None:
-    """Until ``event`` is set or ``seconds`` pass (no task per wait, unlike wait_for)."""
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(seconds):
-            await event.wait()
-
-
-async def _wait_for_batch(batch: list[Message], clock: Clock) -> None:
-    latest = max(m.due or 0.0 for m in batch)
-    delay = latest - clock.now()
-    if delay > 0:
-        await asyncio.sleep(delay)
 
 
 class _Structure(Protocol):
@@ -134,6 +111,10 @@ class _Structure(Protocol):
     def pop(self, now: float) -> object: ...
 
     def remove(self, key: str) -> Message | None: ...
+
+    def get(self, key: str) -> Message | None: ...
+
+    def page(self, after: Cursor | None, limit: int) -> Page[Message]: ...
 
     def __len__(self) -> int: ...
 
@@ -229,7 +210,7 @@ class ScheduledQueue:
             return
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(
-                _supervise(self._maintain, f"queue {self.name}: its maintainer", MAINTAINER_TASK),
+                supervise(self._maintain, f"queue {self.name}: its maintainer", MAINTAINER_TASK),
                 name=f"maintain {self.name}",
             )
         if self.strategy is QueueStrategy.SKIP_LIST and getattr(result, "head_changed", True):
@@ -250,6 +231,64 @@ class ScheduledQueue:
                 self._count -= 1
             return msg
         return None
+
+    # -- looking inside (the admin API) ---------------------------------------------------------
+
+    def get(self, msg_id: str) -> Message | None:
+        """The waiting message ``msg_id`` (in the timer structure or the pacing line). O(1)."""
+        held = self._paced_seq.get(msg_id)
+        if held is not None:
+            return held[1]
+        if self._structure is not None:
+            return self._structure.get(msg_id)
+        if self._singleton is not None:
+            return self._singleton.get(self, msg_id)
+        return None
+
+    def is_paced(self, msg_id: str) -> bool:
+        return msg_id in self._paced_seq
+
+    def page(self, cursor: str | None, limit: int) -> tuple[list[Message], str | None]:
+        """Up to ``limit`` waiting messages after ``cursor`` (``None``: from the start), in
+        due order, then the pacing line's; and the cursor of the next page (``None``: the
+        end). A page may hold fewer than ``limit`` when the process-wide wheel had to be
+        scanned past ``PAGE_SCAN_BUDGET`` entries of other queues. Raises ValueError for a
+        cursor that does not parse. O(limit + skipped) per page, never O(queue)."""
+        phase, position = _parse_cursor(cursor)
+        out: list[Message] = []
+        if phase == "s":
+            after = Cursor(position) if position >= 0 else None
+            if self._structure is not None:
+                page = self._structure.page(after, limit)
+                out = [entry[2] for entry in page.entries]
+                if page.next is not None:
+                    return out, f"s{page.next.order}"
+            elif self._singleton is not None:
+                out, more = self._singleton.page_for(self, after, limit)
+                if more is not None:
+                    return out, f"s{more.order}"
+            phase, position = "p", 0
+        held = list(self._paced_seq.values())[position : position + limit - len(out)]
+        out += [msg for _, msg in held]
+        end = position + len(held)
+        return out, (f"p{end}" if end < len(self._paced_seq) else None)
+
+    def take_all(self) -> list[Message]:
+        """Remove and return every waiting message (an admin bounce or rebind). O(n log n)."""
+        out = [msg for _, msg in self._paced_seq.values()]
+        self._paced_seq.clear()
+        self._paced.clear()
+        self._slots.clear()
+        if self._release_timer is not None:
+            self._release_timer.cancel()
+            self._release_timer = None
+        if self._structure is not None:
+            out += self._structure.drain()
+        elif self._singleton is not None:
+            taken = self._singleton.take_for(self)
+            self._count -= len(taken)
+            out += taken
+        return out
 
     def _hold_paced(self, msg: Message, due: float, spacing: float) -> None:
         if (
@@ -349,7 +388,7 @@ class ScheduledQueue:
             # KumoMTA's wait_for_message_batch does: never early, and not a tick late either.
             result = structure.pop(clock.now() + res)
             if isinstance(result, Items):
-                await _wait_for_batch(result.items, clock)
+                await wait_for_batch(result.items, clock)
                 self._promote_or_hold(by_priority(list(result.items)), MAINTAINER_TASK)
                 continue
             self._wake.clear()
@@ -360,7 +399,7 @@ class ScheduledQueue:
             # The wheel would be popped every tick; sleeping only until the next due slot
             # (never longer than a tick) costs no more wakeups and is never late.
             timeout = min(tick, result.seconds) if wheel else result.seconds
-            await _wait(self._wake, max(timeout, 0.001))
+            await wait_or_timeout(self._wake, max(timeout, 0.001))
 
     def note_idle(self, reap: Callable[[ScheduledQueue], None]) -> None:
         """Note that the queue may have become idle: once it has held no message and no attempt
@@ -400,65 +439,3 @@ class ScheduledQueue:
         if self.reap_timer is not None:
             self.reap_timer.cancel()
             self.reap_timer = None
-
-
-class SingletonWheel:
-    """KumoMTA's default ``SingletonTimerWheel``: one wheel for every queue that uses it,
-    ticked every 3 s by one task. Entries remember their queue."""
-
-    def __init__(self, clock: Clock, tick: float = SINGLETON_TICK) -> None:
-        self._clock = clock
-        self._wheel: TimerWheel[Message] = TimerWheel(tick)
-        self._owner: dict[str, ScheduledQueue] = {}
-        self._task: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
-        self._tick = tick
-
-    def __len__(self) -> int:
-        return len(self._wheel)
-
-    def insert(self, queue: ScheduledQueue, msg: Message, now: float) -> None:
-        assert msg.due is not None
-        result = self._wheel.insert(msg.due, msg.id, msg, now)
-        if isinstance(result, DueNow):
-            queue.singleton_popped([msg])
-            return
-        self._owner[msg.id] = queue
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(
-                _supervise(self._maintain, "the process-wide timer wheel", SINGLETON_TASK),
-                name="singleton",
-            )
-        self._wake.set()
-
-    def remove(self, msg_id: str) -> Message | None:
-        self._owner.pop(msg_id, None)
-        return self._wheel.remove(msg_id)
-
-    async def _maintain(self) -> None:
-        while True:
-            result = self._wheel.pop(self._clock.now() + self._tick)
-            if isinstance(result, Items):
-                await _wait_for_batch(result.items, self._clock)
-                batches: dict[int, tuple[ScheduledQueue, list[Message]]] = {}
-                for msg in result.items:
-                    queue = self._owner.pop(msg.id, None)
-                    if queue is None:  # a bug: stays spooled, comes back at the next start
-                        log.error(
-                            "message %s: due in the process-wide wheel without a queue", msg.id
-                        )
-                        continue
-                    batches.setdefault(id(queue), (queue, []))[1].append(msg)
-                for queue, batch in batches.values():
-                    queue.singleton_popped(batch)
-                continue
-            self._wake.clear()
-            if isinstance(result, Empty):
-                await self._wake.wait()
-                continue
-            await _wait(self._wake, self._tick)
-
-    def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None

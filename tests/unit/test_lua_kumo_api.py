@@ -230,7 +230,7 @@ def test_unknown_make_queue_config_key_names_key_allowed_keys_and_line(tmp_path)
     message = str(info.value)
     assert info.value.location == "init.lua:2"
     assert message.startswith("init.lua:2: make_queue_config: unknown key 'retry_intervl'; ")
-    assert "allowed keys are: egress_pool, max_age" in message
+    assert "allowed keys are: dead_letter_retention, egress_pool, max_age" in message
     assert "retry_interval" in message
 
 

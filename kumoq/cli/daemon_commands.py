@@ -1,7 +1,10 @@
-"""The ``kumoq`` command line: ``serve``, ``validate`` and ``tail``.
+"""``kumoq serve``, ``validate`` and ``tail``: the commands that run kumoq or read its files
+(the admin commands, which talk to a running kumoq over HTTP, are in the sibling modules).
 
 Diagnostics go to stderr (``--diag-format text|json``); log records are the product's data and
-go to the files the policy configures, never to stderr.
+go to the files the policy configures, never to stderr. kumoq.daemon, kumoq.declarations
+and kumoq.logs.tail are imported only by the command that needs them, so the admin commands start
+fast.
 """
 
 from __future__ import annotations
@@ -14,11 +17,11 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from kumoq import __version__
 from kumoq.errors import KumoqError
 
-__all__ = ["main"]
+__all__ = ["register", "setup_diagnostics"]
 
 log = logging.getLogger("kumoq")
 
@@ -36,7 +39,7 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
-def _setup_diagnostics(fmt: str, level: str) -> None:
+def setup_diagnostics(fmt: str, level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(_JsonFormatter())
@@ -106,22 +109,8 @@ def _tail(log_dir: Path, follow: bool) -> int:
     return main_tail(str(log_dir), follow=follow)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="kumoq", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"kumoq {__version__}")
-    parser.add_argument("--diag-format", choices=("text", "json"), default="text")
-    parser.add_argument("--diag-level", default="info", help="diagnostic log level")
-    sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the MTA in the foreground")
-    serve.add_argument("--policy", type=Path, required=True, help="the policy file (init.lua)")
-    validate = sub.add_parser("validate", help="load the policy and run init, then exit")
-    validate.add_argument("--policy", type=Path, required=True)
-    tail = sub.add_parser("tail", help="print log records as they are written")
-    tail.add_argument("log_dir", type=Path)
-    tail.add_argument("--no-follow", action="store_true", help="print what exists, then exit")
-    args = parser.parse_args(argv)
-    _setup_diagnostics(args.diag_format, args.diag_level)
-
+def _run(args: argparse.Namespace) -> int:
+    setup_diagnostics(args.diag_format, args.diag_level)
     try:
         if args.command == "serve":
             if not args.policy.is_file():
@@ -134,3 +123,16 @@ def main(argv: list[str] | None = None) -> int:
     except KumoqError as exc:
         log.error("%s", exc)
         return 1
+
+
+def register(sub: Any) -> None:
+    """Add ``serve``, ``validate`` and ``tail`` to the subcommands ``sub``."""
+    serve = sub.add_parser("serve", help="run the MTA in the foreground")
+    serve.add_argument("--policy", type=Path, required=True, help="the policy file (init.lua)")
+    validate = sub.add_parser("validate", help="load the policy and run init, then exit")
+    validate.add_argument("--policy", type=Path, required=True)
+    tail = sub.add_parser("tail", help="print log records as they are written")
+    tail.add_argument("log_dir", type=Path)
+    tail.add_argument("--no-follow", action="store_true", help="print what exists, then exit")
+    for parser in (serve, validate, tail):
+        parser.set_defaults(local=_run)
