@@ -57,6 +57,7 @@ bench-e2e: $(STAMP) bench-deps
 torture: $(STAMP)
 	$(BIN)/python -m bench.torture --spool LocalDisk
 	$(BIN)/python -m bench.torture --spool SQLite
+	$(BIN)/python -m bench.torture --spool RocksDB
 
 docs: $(STAMP)
 	$(BIN)/pip install -q -e '.[docs]'

@@ -1,7 +1,8 @@
 """``make bench``: kumoq's end-to-end (maildir and relay) and reception-only msgs/s under
 Postfix's ``smtp-source``.
 
-    python -m bench.run [--n N] [--conc C] [--size S] [--repeat R] [--spool SQLite|LocalDisk|both]
+    python -m bench.run [--n N] [--conc C] [--size S] [--repeat R]
+                        [--spool SQLite|LocalDisk|RocksDB|both|all]
                         [--only e2e|reception|relay] [--with-postfix] [--with-haraka]
                         [--with-spool-bench] [--cprofile FILE] [--keep]
 
@@ -266,9 +267,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=600.0, help="bound per run (s)")
     p.add_argument(
         "--spool",
-        choices=("SQLite", "LocalDisk", "both"),
+        choices=("SQLite", "LocalDisk", "RocksDB", "both", "all"),
         default=os.environ.get("SPOOL", "SQLite"),
-        help="spool kind for the kumoq cases",
+        help="spool kind for the kumoq cases (both: SQLite and LocalDisk; all: the three)",
     )
     p.add_argument(
         "--only",
@@ -365,7 +366,9 @@ def main(argv: list[str] | None = None) -> int:
         print(INSTALL_HINT, file=sys.stderr)
         return 2
     load = Load(n=args.n, conc=args.conc, size=args.size, timeout=args.timeout)
-    kinds = ["SQLite", "LocalDisk"] if args.spool == "both" else [args.spool]
+    kinds = {"both": ["SQLite", "LocalDisk"], "all": ["SQLite", "LocalDisk", "RocksDB"]}.get(
+        args.spool, [args.spool]
+    )
     print(
         f"bench: N={load.n} CONC={load.conc} SIZE={load.size} REPEAT={args.repeat} "
         f"spool={','.join(kinds)}\n{machine()}\n",

@@ -348,7 +348,7 @@ def _report(args: argparse.Namespace, traffic: Traffic, rounds: list[Round],
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.torture", description=__doc__.split("\n")[0])
-    p.add_argument("--spool", choices=["LocalDisk", "SQLite"], default="LocalDisk")
+    p.add_argument("--spool", choices=["LocalDisk", "SQLite", "RocksDB"], default="LocalDisk")
     p.add_argument("--rounds", type=int, default=20, help="kill -9 rounds (default 20)")
     p.add_argument("--senders", type=int, default=8, help="concurrent SMTP sessions")
     p.add_argument("--seed", type=int, default=int(time.time()))

@@ -1,7 +1,7 @@
 -- The init every benchmark policy shares (required as 'bench_init'; bench/e2e.py copies it next
 -- to the policy): one ESMTP listener, the data and meta spools, and the local logs.
 -- KUMOQ_BENCH_LISTEN   listen address (default 127.0.0.1:0, the port is read from stderr)
--- KUMOQ_BENCH_SPOOL    spool kind: SQLite (default) or LocalDisk
+-- KUMOQ_BENCH_SPOOL    spool kind: SQLite (default), LocalDisk or RocksDB
 local kumo = require 'kumo'
 
 return function()

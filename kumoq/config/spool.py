@@ -7,29 +7,50 @@ definitions can be paired.
 Deviations from KumoMTA, on purpose:
 - ``flush`` defaults to **true**: nothing is acknowledged before it is durable on disk. kumoq
   makes that cheap with group commit (concurrent stores share one disk sync).
-- ``kind`` is ``'LocalDisk'`` (KumoMTA's file layout) or ``'SQLite'`` (a kumoq extension: one
-  database in WAL mode). ``'RocksDB'`` is refused. ``rocks_params`` is accepted and ignored, so
-  a KumoMTA policy that sets it for a LocalDisk spool still loads.
+- ``kind`` is ``'LocalDisk'`` (KumoMTA's file layout), ``'RocksDB'`` (KumoMTA's recommended
+  production spool; kumoq keeps both halves in one database, see kumoq.spool.rocks) or
+  ``'SQLite'`` (a kumoq extension: one database in WAL mode).
+- ``rocks_params`` (``RocksParams``) is checked for every kind, as KumoMTA parses it for every
+  kind, and acts only for RocksDB. Its keys are KumoMTA's; an unknown key is an error (KumoMTA
+  ignores it), and so are, for a RocksDB spool, the KumoMTA keys kumoq cannot honour
+  (``UNSUPPORTED_ROCKS_PARAMS``).
 
 Pure: imports only kumoq.config.values and kumoq.errors; no file IO.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 
-from kumoq.config.values import build, parse_bool, parse_int, parse_size, parse_str
+from kumoq.config.values import (
+    build,
+    parse_bool,
+    parse_duration,
+    parse_int,
+    parse_size,
+    parse_str,
+)
 from kumoq.errors import ConfigError
 
-__all__ = ["MinFree", "SpoolDefinition", "SpoolKind", "check_spool_pair"]
+__all__ = [
+    "COMPRESSION_TYPES",
+    "UNSUPPORTED_ROCKS_PARAMS",
+    "MinFree",
+    "RocksParams",
+    "SpoolDefinition",
+    "SpoolKind",
+    "check_spool_pair",
+]
 
 
 class SpoolKind(StrEnum):
     """The storage behind a spool."""
 
     LOCAL_DISK = "LocalDisk"
+    ROCKSDB = "RocksDB"
     SQLITE = "SQLite"
 
 
@@ -74,15 +95,11 @@ def _parse_min_free(amount_parser: Any) -> Any:
 
 
 def _parse_kind(key: str, value: Any) -> SpoolKind:
-    if value == "RocksDB":
-        raise ConfigError(
-            f"{key}: 'RocksDB' is not supported by kumoq; kumoq supports 'LocalDisk' and 'SQLite'"
-        )
     try:
         return SpoolKind(value)
     except ValueError:
         raise ConfigError(
-            f"{key}: invalid spool kind {value!r}; expected 'LocalDisk' or 'SQLite'"
+            f"{key}: invalid spool kind {value!r}; expected 'LocalDisk', 'RocksDB' or 'SQLite'"
         ) from None
 
 
@@ -93,10 +110,127 @@ def _parse_nonempty(key: str, value: Any) -> str:
     return text
 
 
-def _parse_rocks_params(key: str, value: Any) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ConfigError(f"{key}: expected a table, got {value!r}")
-    return dict(value)
+COMPRESSION_TYPES: Final = ("None", "Snappy", "Zlib", "Bz2", "Lz4", "Lz4hc", "Zstd")
+"""``rocks_params.compression_type`` values, KumoMTA's spelling (rocksdict links them all)."""
+
+UNSUPPORTED_ROCKS_PARAMS: Final = {
+    "log_level": "rocksdict does not let kumoq set the level of RocksDB's LOG file",
+    "error_latch_duration": "kumoq has no RocksDB load-shedding gate: a failed write fails "
+    "its stores (4xx) and the next batch reopens the database",
+    "error_unlatch_duration": "kumoq has no RocksDB load-shedding gate",
+    "allow_error_unlatch": "kumoq has no RocksDB load-shedding gate",
+}
+"""KumoMTA ``rocks_params`` keys kumoq refuses for a RocksDB spool, with the reason."""
+
+
+def _positive(key: str, value: Any) -> int:
+    return parse_int(key, value, minimum=1)
+
+
+def _parse_compression(key: str, value: Any) -> str:
+    if value not in COMPRESSION_TYPES:
+        raise ConfigError(
+            f"{key}: invalid compression type {value!r}; expected one of "
+            + ", ".join(repr(c) for c in COMPRESSION_TYPES)
+        )
+    return str(value)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RocksParams:
+    """``define_spool{rocks_params = {...}}``: KumoMTA's RocksDB tuning keys that kumoq honours.
+
+    Sizes are bytes (an integer or ``'64 MiB'``), durations seconds (a number or
+    ``'6 hours'``); None keeps RocksDB's default. ``limit_concurrent_stores`` and
+    ``limit_concurrent_removes`` always hold in kumoq: one writer thread makes every write, so
+    at most one is ever in flight. ``store_deadline`` bounds how long a batch waits while
+    RocksDB holds writes back (a write stall) before its stores fail.
+    """
+
+    increase_parallelism: int | None = None
+    optimize_level_style_compaction: int | None = None
+    optimize_universal_style_compaction: int | None = None
+    paranoid_checks: bool = False
+    compression_type: str = "Snappy"
+    compaction_readahead_size: int | None = None
+    level_compaction_dynamic_level_bytes: bool = False
+    max_open_files: int | None = None
+    write_buffer_size: int | None = None
+    level0_stop_writes_trigger: int | None = None
+    memtable_huge_page_size: int | None = None
+    log_file_time_to_roll: float = 86400.0
+    obsolete_files_period: float = 6 * 3600.0
+    limit_concurrent_stores: int | None = None
+    limit_concurrent_loads: int | None = None
+    limit_concurrent_removes: int | None = None
+    store_deadline: float = 30.0
+    unsupported: tuple[str, ...] = ()
+    """The ``UNSUPPORTED_ROCKS_PARAMS`` keys that were given (refused for a RocksDB spool)."""
+
+    @classmethod
+    def from_mapping(cls, mapping: Any) -> RocksParams:
+        if not isinstance(mapping, dict):
+            raise ConfigError(f"rocks_params: expected a table, got {mapping!r}")
+        unsupported = tuple(sorted(k for k in mapping if k in UNSUPPORTED_ROCKS_PARAMS))
+        params: RocksParams = build(
+            cls,
+            "rocks_params",
+            {k: v for k, v in mapping.items() if k not in UNSUPPORTED_ROCKS_PARAMS},
+            {k: _in_rocks_params(p) for k, p in _ROCKS_PARSERS.items()},
+        )
+        if (
+            params.optimize_level_style_compaction is not None
+            and params.optimize_universal_style_compaction is not None
+        ):
+            raise ConfigError(
+                "rocks_params: optimize_level_style_compaction and "
+                "optimize_universal_style_compaction cannot both be set"
+            )
+        return replace(params, unsupported=unsupported) if unsupported else params
+
+    def check_supported(self) -> None:
+        """ConfigError naming the first key kumoq cannot honour, with the supported ones."""
+        if self.unsupported:
+            key = self.unsupported[0]
+            why = UNSUPPORTED_ROCKS_PARAMS[key]
+            raise ConfigError(
+                f"rocks_params: {key!r} is not supported by kumoq ({why}); "
+                f"supported keys are: {', '.join(sorted(_ROCKS_PARSERS))}"
+            )
+
+
+def _in_rocks_params(parser: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
+    """``parser`` with its errors naming the key as ``rocks_params.<key>``."""
+
+    def parse(key: str, value: Any) -> Any:
+        return parser(f"rocks_params.{key}", value)
+
+    return parse
+
+
+_ROCKS_PARSERS: Final[dict[str, Callable[[str, Any], Any]]] = {
+    "increase_parallelism": _positive,
+    "optimize_level_style_compaction": parse_size,
+    "optimize_universal_style_compaction": parse_size,
+    "paranoid_checks": parse_bool,
+    "compression_type": _parse_compression,
+    "compaction_readahead_size": parse_size,
+    "level_compaction_dynamic_level_bytes": parse_bool,
+    "max_open_files": _positive,
+    "write_buffer_size": parse_size,
+    "level0_stop_writes_trigger": _positive,
+    "memtable_huge_page_size": parse_size,
+    "log_file_time_to_roll": parse_duration,
+    "obsolete_files_period": parse_duration,
+    "limit_concurrent_stores": _positive,
+    "limit_concurrent_loads": _positive,
+    "limit_concurrent_removes": _positive,
+    "store_deadline": parse_duration,
+}
+
+
+def _parse_rocks_params(key: str, value: Any) -> RocksParams:
+    return RocksParams.from_mapping(value)
 
 
 def _parse_inodes(key: str, value: Any) -> int:
@@ -122,11 +256,11 @@ class SpoolDefinition:
     flush: bool = True
     min_free_space: MinFree = _TEN_PERCENT
     min_free_inodes: MinFree = _TEN_PERCENT
-    rocks_params: dict[str, Any] | None = field(default=None, compare=False, hash=False)
+    rocks_params: RocksParams | None = field(default=None, compare=False, hash=False)
 
     @classmethod
     def from_mapping(cls, mapping: Any) -> SpoolDefinition:
-        return build(
+        spool: SpoolDefinition = build(
             cls,
             "define_spool",
             mapping,
@@ -141,6 +275,9 @@ class SpoolDefinition:
             },
             required=("name", "path"),
         )
+        if spool.kind is SpoolKind.ROCKSDB and spool.rocks_params is not None:
+            spool.rocks_params.check_supported()
+        return spool
 
 
 def _normalized(path: str) -> str:

@@ -30,6 +30,7 @@ RUNTIME_FORBIDDEN = frozenset(
         "concurrent",
         "dns",
         "lupa",
+        "rocksdict",
         "selectors",
         "socket",
         "sqlite3",

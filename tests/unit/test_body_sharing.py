@@ -5,7 +5,7 @@ recipient's ``Received:`` header was prepended to a copy), and the copies stayed
 messages waited for delivery. The messages of a transaction now share the body: each holds
 its own header, and the spool writes the two pieces without joining them.
 
-Real Reception, QueueManager, spool (LocalDisk and SQLite, under tmp_path) and Lua policy; a
+Real Reception, QueueManager, spool (every kind, under tmp_path) and Lua policy; a
 deliverer that holds every message, so the whole transaction stays in memory, in flight.
 Memory is measured with tracemalloc (Python allocations in every thread), not RSS.
 """
@@ -97,7 +97,10 @@ end)
 """
 
 
-@pytest.fixture(params=[SpoolKind.LOCAL_DISK, SpoolKind.SQLITE], ids=["LocalDisk", "SQLite"])
+@pytest.fixture(
+    params=[SpoolKind.LOCAL_DISK, SpoolKind.SQLITE, SpoolKind.ROCKSDB],
+    ids=["LocalDisk", "SQLite", "RocksDB"],
+)
 async def rig(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Rig]:
     kind = request.param
     spool = open_spool(

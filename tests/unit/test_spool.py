@@ -1,11 +1,18 @@
-"""The spool (kumoq.spool) for every kind: roundtrips, group commit, durability order, lock."""
+"""The spool contract, for every kind (LocalDisk, SQLite, RocksDB): storing.
+
+One parametrized suite with tests/unit/test_spool_recovery.py (failures, restarts, corrupt
+entries, the quarantine, SIGKILL): every test taking ``make`` runs once per variant of
+tests/unit/spool_support.py. Here: store, load, remove, enumerate, group commit, durability
+order, the lock, the lifecycle, no blocking call on the loop. What is particular to one kind
+(its files, its locks) follows the suite; more on RocksDB in tests/unit/test_spool_rocks.py.
+Real files under ``tmp_path``; the only stand-ins are the sync calls some tests slow down.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,58 +20,14 @@ from blockbuster import blockbuster_ctx
 
 from kumoq.config.spool import SpoolDefinition
 from kumoq.errors import ConfigError, SpoolCorruptError, SpoolError, SpoolLockedError
-from kumoq.message import new_spool_id
-from kumoq.spool import LocalDiskSpool, SqliteSpool, open_spool
-from kumoq.spool.base import REMOVE, STORE, Op, Spool, fold_ops
+from kumoq.spool import LocalDiskSpool, RocksSpool, SqliteSpool, open_spool
+from kumoq.spool.base import REMOVE, STORE, Op, fold_ops
 from kumoq.spool.health import check_free_space
-from kumoq.spool.local_disk import SyncMode
+from kumoq.spool.rocks import DB_DIR
 from kumoq.spool.sqlite import DB_NAME
+from tests.unit.spool_support import VARIANTS, Factory, contents, ids, make, meta_for, variant
 
-NOW = 1_700_000_000.0
-
-# (kind, LocalDisk sync_mode, io_threads, the attribute that performs the disk sync)
-VARIANTS: dict[str, tuple[str, SyncMode, int, str]] = {
-    "localdisk-syncfs": ("LocalDisk", "syncfs", 0, "syncfs"),
-    "localdisk-fdatasync-threads": ("LocalDisk", "fdatasync", 4, "fdatasync"),
-    "sqlite": ("SQLite", "syncfs", 0, "commit"),  # sync_mode unused
-}
-
-Factory = Callable[..., LocalDiskSpool | SqliteSpool]
-
-
-@pytest.fixture(params=list(VARIANTS))
-def variant(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def make(variant: str, tmp_path: Path) -> Factory:
-    kind, mode, threads, _attr = VARIANTS[variant]
-
-    def factory(root: Path = tmp_path, *, flush: bool = True) -> LocalDiskSpool | SqliteSpool:
-        data, meta = (
-            SpoolDefinition.from_mapping(
-                {"name": n, "path": str(root / n), "kind": kind, "flush": flush}
-            )
-            for n in ("data", "meta")
-        )
-        if kind == "SQLite":
-            return SqliteSpool(data, meta)
-        return LocalDiskSpool(data, meta, sync_mode=mode, io_threads=threads)
-
-    return factory
-
-
-def ids(n: int) -> list[str]:
-    return [new_spool_id(NOW) for _ in range(n)]
-
-
-def meta_for(msg_id: str, n: int = 0) -> bytes:
-    return b'{"id":"%s","n":%d}' % (msg_id.encode(), n)
-
-
-async def contents(spool: Spool) -> dict[str, bytes]:
-    return {msg_id: meta async for msg_id, meta in spool.enumerate()}
+__all__ = ["make", "variant"]  # the fixtures
 
 
 async def test_store_load_remove_enumerate(make: Factory) -> None:
@@ -156,31 +119,6 @@ async def test_store_returns_only_after_the_sync(make: Factory, variant: str) ->
     release.set()
     await task
     assert synced
-    await spool.close()
-
-
-async def test_failed_sync_fails_the_whole_batch_then_recovers(make: Factory, variant: str) -> None:
-    spool = make()
-    await spool.start()
-    attr = VARIANTS[variant][3]
-    real = getattr(spool, attr)
-
-    def broken(*args: object) -> None:
-        raise OSError(5, "Input/output error")
-
-    setattr(spool, attr, broken)
-    a, b = ids(2)
-    results = await asyncio.gather(
-        spool.store(a, b"1", meta_for(a)), spool.store(b, b"2", meta_for(b)), return_exceptions=True
-    )
-    assert all(isinstance(r, SpoolError) for r in results), results
-    assert spool.stats.errors >= 1
-    setattr(spool, attr, real)
-    await spool.store(a, b"1", meta_for(a))
-    assert await spool.load_data(a) == b"1"
-    if isinstance(spool, LocalDiskSpool):  # no temp file left behind by the failed batch
-        assert os.listdir(spool._data.new_dir) == []
-        assert os.listdir(spool._meta.new_dir) == []
     await spool.close()
 
 
@@ -315,6 +253,46 @@ async def test_sqlite_location_and_locks(tmp_path: Path) -> None:
     with pytest.raises(SpoolLockedError, match="meta is locked"):
         await other.start()
     await spool.close()
+
+
+async def test_rocksdb_location_and_locks(tmp_path: Path) -> None:
+    data, meta = (
+        SpoolDefinition.from_mapping(
+            {"name": n, "path": str(tmp_path / n), "kind": "RocksDB", "flush": n == "meta"}
+        )
+        for n in ("data", "meta")
+    )
+    spool = open_spool(data, meta)
+    assert isinstance(spool, RocksSpool)
+    assert spool.flush  # either definition asking for flush wins
+    await spool.start()
+    assert (tmp_path / "data" / DB_DIR / "CURRENT").exists()  # one database, in the data path
+    assert sorted(os.listdir(tmp_path / "data")) == ["lock", DB_DIR]
+    assert os.listdir(tmp_path / "meta") == ["lock"]  # the meta path only holds its lock
+    other = open_spool(
+        SpoolDefinition.from_mapping(
+            {"name": "data", "path": str(tmp_path / "x"), "kind": "RocksDB"}
+        ),
+        meta,
+    )
+    with pytest.raises(SpoolLockedError, match="meta is locked"):
+        await other.start()
+    assert not (tmp_path / "x" / DB_DIR).exists()  # locked out before opening anything
+    await spool.close()
+    shared = open_spool(  # both definitions on one path: one lock, one database
+        *(
+            SpoolDefinition.from_mapping(
+                {"name": n, "path": str(tmp_path / "one"), "kind": "RocksDB"}
+            )
+            for n in ("data", "meta")
+        )
+    )
+    await shared.start()
+    (msg_id,) = ids(1)
+    await shared.store(msg_id, b"d", b"m")
+    assert await contents(shared) == {msg_id: b"m"}
+    await shared.close()
+    assert sorted(os.listdir(tmp_path / "one")) == ["lock", DB_DIR]
 
 
 def test_open_spool_rejects_bad_pairs(tmp_path: Path) -> None:

@@ -6,7 +6,14 @@ from typing import Any
 
 import pytest
 
-from kumoq.config.spool import MinFree, SpoolDefinition, SpoolKind, check_spool_pair
+from kumoq.config.spool import (
+    UNSUPPORTED_ROCKS_PARAMS,
+    MinFree,
+    RocksParams,
+    SpoolDefinition,
+    SpoolKind,
+    check_spool_pair,
+)
 from kumoq.errors import ConfigError
 
 
@@ -37,7 +44,7 @@ def test_all_keys() -> None:
     assert spool.flush is False
     assert spool.min_free_space == MinFree(amount=20 * 1024**3)
     assert spool.min_free_inodes == MinFree(amount=5000)
-    assert spool.rocks_params == {"increase_parallelism": 4}
+    assert spool.rocks_params == RocksParams(increase_parallelism=4)
 
 
 @pytest.mark.parametrize("missing", ["name", "path"])
@@ -53,14 +60,93 @@ def test_empty_path_rejected() -> None:
         SpoolDefinition.from_mapping({"name": "data", "path": "  "})
 
 
-def test_rocksdb_is_rejected_clearly() -> None:
+def test_rocksdb_kind_and_every_rocks_param_kumoq_honours() -> None:
+    spool = SpoolDefinition.from_mapping(
+        {
+            "name": "data",
+            "path": "/p",
+            "kind": "RocksDB",
+            "rocks_params": {
+                "increase_parallelism": 2.0,  # a Lua number
+                "optimize_level_style_compaction": "64 MiB",
+                "paranoid_checks": True,
+                "compression_type": "Zstd",
+                "compaction_readahead_size": 2 * 1024 * 1024,
+                "level_compaction_dynamic_level_bytes": True,
+                "max_open_files": 1000,
+                "write_buffer_size": "1 MiB",
+                "level0_stop_writes_trigger": 12,
+                "memtable_huge_page_size": 2 * 1024 * 1024,
+                "log_file_time_to_roll": "24 hours",
+                "obsolete_files_period": "6h",
+                "limit_concurrent_stores": 4,
+                "limit_concurrent_loads": 4,
+                "limit_concurrent_removes": 4,
+                "store_deadline": "30s",
+            },
+        }
+    )
+    assert spool.kind is SpoolKind.ROCKSDB
+    assert spool.rocks_params == RocksParams(
+        increase_parallelism=2,
+        optimize_level_style_compaction=64 * 1024 * 1024,
+        paranoid_checks=True,
+        compression_type="Zstd",
+        compaction_readahead_size=2 * 1024 * 1024,
+        level_compaction_dynamic_level_bytes=True,
+        max_open_files=1000,
+        write_buffer_size=1024 * 1024,
+        level0_stop_writes_trigger=12,
+        memtable_huge_page_size=2 * 1024 * 1024,
+        log_file_time_to_roll=86400.0,
+        obsolete_files_period=21600.0,
+        limit_concurrent_stores=4,
+        limit_concurrent_loads=4,
+        limit_concurrent_removes=4,
+        store_deadline=30.0,
+    )
+
+
+@pytest.mark.parametrize("key", sorted(UNSUPPORTED_ROCKS_PARAMS))
+def test_rocks_params_kumoq_cannot_honour_are_refused_for_rocksdb(key: str) -> None:
+    value = {"log_level": "Warn", "allow_error_unlatch": False}.get(key, "15s")
+    table = {"name": "data", "path": "/p", "rocks_params": {key: value}}
     with pytest.raises(ConfigError) as info:
-        SpoolDefinition.from_mapping({"name": "data", "path": "/p", "kind": "RocksDB"})
-    assert "kumoq supports 'LocalDisk' and 'SQLite'" in str(info.value)
+        SpoolDefinition.from_mapping({**table, "kind": "RocksDB"})
+    text = str(info.value)
+    assert text.startswith(f"rocks_params: {key!r} is not supported by kumoq (")
+    assert "supported keys are: compaction_readahead_size, compression_type," in text
+    # Another kind ignores rocks_params, as KumoMTA does: the policy still loads.
+    assert SpoolDefinition.from_mapping(table).rocks_params == RocksParams(unsupported=(key,))
+
+
+@pytest.mark.parametrize(
+    ("params", "error"),
+    [
+        ({"write_bufer_size": 1}, "rocks_params: unknown key 'write_bufer_size'; allowed keys"),
+        ({"compression_type": "Brotli"}, "rocks_params.compression_type: invalid compression"),
+        ({"increase_parallelism": 0}, "rocks_params.increase_parallelism: must be at least 1"),
+        ({"store_deadline": "soon"}, "rocks_params.store_deadline: invalid duration"),
+        ({"write_buffer_size": "lots"}, "rocks_params.write_buffer_size: invalid size"),
+        (
+            {"optimize_level_style_compaction": 1, "optimize_universal_style_compaction": 1},
+            "cannot both be set",
+        ),
+        ("fast", "rocks_params: expected a table"),
+    ],
+)
+def test_bad_rocks_params(params: Any, error: str) -> None:
+    for kind in ("RocksDB", "LocalDisk"):  # checked for every kind, as KumoMTA does
+        with pytest.raises(ConfigError, match=error):
+            SpoolDefinition.from_mapping(
+                {"name": "data", "path": "/p", "kind": kind, "rocks_params": params}
+            )
 
 
 def test_unknown_kind_and_unknown_key() -> None:
-    with pytest.raises(ConfigError, match="invalid spool kind 'Sled'"):
+    with pytest.raises(
+        ConfigError, match="invalid spool kind 'Sled'; expected 'LocalDisk', 'Rocks"
+    ):
         SpoolDefinition.from_mapping({"name": "data", "path": "/p", "kind": "Sled"})
     with pytest.raises(ConfigError, match="unknown key 'flsh'"):
         SpoolDefinition.from_mapping({"name": "data", "path": "/p", "flsh": True})
@@ -94,6 +180,7 @@ def _def(name: str, path: str, kind: str = "LocalDisk") -> SpoolDefinition:
 def test_pair_checks() -> None:
     check_spool_pair(_def("data", "/s/data"), _def("meta", "/s/meta"))
     check_spool_pair(_def("data", "/s", "SQLite"), _def("meta", "/s", "SQLite"))
+    check_spool_pair(_def("data", "/s", "RocksDB"), _def("meta", "/s", "RocksDB"))
     with pytest.raises(ConfigError, match="both must have the same kind"):
         check_spool_pair(_def("data", "/s/data", "SQLite"), _def("meta", "/s/meta"))
     with pytest.raises(ConfigError, match="both use path"):

@@ -2,7 +2,8 @@
 
 The group-commit writer and ``BatchingSpool`` are the real ones; ``MemoryBackend`` is a backend
 behind the ``BatchingSpool`` seam that fails on command, and holds its first commit on a gate so
-the next submissions land together in one batch.
+the next submissions land together in one batch. (Empty or missing data, for every kind, is in
+the spool contract: tests/unit/test_spool.py.)
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from kumoq.config.spool import SpoolDefinition
-from kumoq.errors import SpoolCorruptError, SpoolError
+from kumoq.errors import SpoolError
 from kumoq.message import new_spool_id
-from kumoq.spool import LocalDiskSpool, SqliteSpool
+from kumoq.spool import LocalDiskSpool
 from kumoq.spool.base import REMOVE, STORE, Op, Payload
 from kumoq.spool.writer import BatchingSpool
 
@@ -161,20 +162,3 @@ async def test_local_disk_removes_the_meta_before_the_data(
     assert len(spooled) == 2
     assert "/meta/" in spooled[0]
     assert "/data/" in spooled[1]
-
-
-@pytest.mark.parametrize("kind", ["LocalDisk", "SQLite"])
-async def test_empty_data_is_corrupt_not_an_empty_message(tmp_path: Path, kind: str) -> None:
-    data, meta = (
-        SpoolDefinition.from_mapping({"name": n, "path": str(tmp_path / n), "kind": kind})
-        for n in ("data", "meta")
-    )
-    spool: LocalDiskSpool | SqliteSpool = (
-        LocalDiskSpool(data, meta) if kind == "LocalDisk" else SqliteSpool(data, meta)
-    )
-    await spool.start()
-    msg_id = new_spool_id(NOW)
-    await spool.store(msg_id, b"", b"{}")
-    with pytest.raises(SpoolCorruptError, match="empty"):
-        await spool.load_data(msg_id)
-    await spool.close()

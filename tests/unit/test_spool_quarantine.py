@@ -1,9 +1,10 @@
 """Bad spool records: validation of a meta record, and the spools' quarantine (issue 9).
 
 ``Message.from_spool_bytes`` must name the bad field of every damaged record with a
-``SpoolRecordError``; ``quarantine`` must move the record aside (files for LocalDisk, rows for
-SQLite) so that ``enumerate`` no longer returns it; a damaged SQLite database must be reported
-with what the operator can do.
+``SpoolRecordError``; the daemon's enumeration must quarantine such records, for every kind,
+and queue the others; a damaged SQLite database must be reported with what the operator can
+do. What ``quarantine`` itself does, for every kind, is in the spool contract
+(tests/unit/test_spool.py); the damaged RocksDB database in tests/unit/test_spool_rocks.py.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import sqlite3
 from pathlib import Path
 from typing import Any, cast
 
@@ -25,7 +25,7 @@ from kumoq.metrics import REGISTRY
 from kumoq.scheduler.context import InsertContext
 from kumoq.scheduler.manager import QueueManager
 from kumoq.spool import LocalDiskSpool, SqliteSpool, open_spool
-from kumoq.spool.base import QUARANTINE, REMOVE, STORE, fold_ops
+from kumoq.spool.base import QUARANTINE, REMOVE, STORE, Spool, fold_ops
 from kumoq.spool.sqlite import DB_NAME
 
 NOW = 1_700_000_000.0
@@ -136,100 +136,8 @@ def definitions(root: Path, kind: str) -> tuple[SpoolDefinition, SpoolDefinition
     return data, meta
 
 
-def in_tree(root: Path, msg_id: str) -> Path:
-    """Where LocalDisk keeps the file of ``msg_id`` under the spool directory ``root``."""
-    i = msg_id
-    return root / "data" / i[0:2] / i[2:4] / i[4:6] / i[6:8] / i[8:]
-
-
-async def enumerated(spool: LocalDiskSpool | SqliteSpool) -> dict[str, bytes]:
+async def enumerated(spool: Spool) -> dict[str, bytes]:
     return {msg_id: meta async for msg_id, meta in spool.enumerate()}
-
-
-@pytest.mark.parametrize("kind", ["LocalDisk", "SQLite"])
-async def test_quarantine_takes_a_record_out_of_the_spool(tmp_path: Path, kind: str) -> None:
-    spool = open_spool(*definitions(tmp_path, kind))
-    await spool.start()
-    good, bad, meta_only = (new_spool_id(NOW) for _ in range(3))
-    await spool.store_many([(good, b"good data", b"{}"), (bad, b"bad data", b'{"sender": 5}')])
-    await spool.store(meta_only, None, b"not json")  # a meta whose data is missing
-    await spool.quarantine(bad, "sender: expected an address string, got int 5")
-    await spool.quarantine(meta_only, "json: not a JSON text")
-    assert await enumerated(spool) == {good: b"{}"}
-    with pytest.raises(SpoolCorruptError):
-        await spool.load_data(bad)
-    assert await spool.load_data(good) == b"good data"
-    assert spool.stats.quarantines == 2
-    await spool.close()
-
-    # Still out after a restart; the good message is untouched.
-    spool = open_spool(*definitions(tmp_path, kind))
-    await spool.start()
-    assert await enumerated(spool) == {good: b"{}"}
-    await spool.close()
-
-    if isinstance(spool, LocalDiskSpool):
-        meta_q, data_q = tmp_path / "meta" / "quarantine", tmp_path / "data" / "quarantine"
-        assert (meta_q / bad).read_bytes() == b'{"sender": 5}'
-        assert (data_q / bad).read_bytes() == b"bad data"
-        assert "sender: expected an address string" in (meta_q / f"{bad}.reason").read_text()
-        assert (meta_q / meta_only).read_bytes() == b"not json"
-        assert not (data_q / meta_only).exists()
-        # Nothing left of them in the spool trees.
-        for tree in ("meta", "data"):
-            assert not in_tree(tmp_path / tree, bad).exists()
-            assert in_tree(tmp_path / tree, good).exists()
-    else:
-        with sqlite3.connect(tmp_path / "data" / DB_NAME) as db:
-            rows = db.execute(
-                "SELECT id, meta, data, reason, quarantined_at FROM quarantine ORDER BY reason"
-            ).fetchall()
-            spooled = db.execute("SELECT id FROM spool").fetchall()
-        db.close()
-        assert [r[:4] for r in rows] == [
-            (meta_only, b"not json", None, "json: not a JSON text"),
-            (bad, b'{"sender": 5}', b"bad data", "sender: expected an address string, got int 5"),
-        ]
-        assert all(r[4].endswith("Z") and r[4][:2] == "20" for r in rows)
-        assert spooled == [(good,)]
-
-
-@pytest.mark.parametrize("kind", ["LocalDisk", "SQLite"])
-async def test_a_second_quarantine_of_an_id_keeps_the_first(tmp_path: Path, kind: str) -> None:
-    spool = open_spool(*definitions(tmp_path, kind))
-    await spool.start()
-    msg_id = new_spool_id(NOW)
-    for n in (1, 2):
-        await spool.store(msg_id, b"data %d" % n, b"meta %d" % n)
-        await spool.quarantine(msg_id, f"reason {n}")
-    await spool.quarantine(msg_id, "nothing left to move")  # a no-op, not an error
-    assert await enumerated(spool) == {}
-    await spool.close()
-    if isinstance(spool, LocalDiskSpool):
-        meta_q = tmp_path / "meta" / "quarantine"
-        assert sorted(p.name for p in meta_q.iterdir()) == [
-            msg_id, f"{msg_id}.1", f"{msg_id}.1.reason", f"{msg_id}.reason"
-        ]  # fmt: skip
-        assert (meta_q / msg_id).read_bytes() == b"meta 1"
-        assert (meta_q / f"{msg_id}.1").read_bytes() == b"meta 2"
-        assert (tmp_path / "data" / "quarantine" / f"{msg_id}.1").read_bytes() == b"data 2"
-    else:
-        with sqlite3.connect(tmp_path / "data" / DB_NAME) as db:
-            rows = db.execute("SELECT meta, reason FROM quarantine ORDER BY rowid").fetchall()
-        db.close()
-        assert rows == [(b"meta 1", "reason 1"), (b"meta 2", "reason 2")]
-
-
-async def test_a_failed_quarantine_raises_and_leaves_the_record(tmp_path: Path) -> None:
-    spool = LocalDiskSpool(*definitions(tmp_path, "LocalDisk"))
-    await spool.start()
-    msg_id = new_spool_id(NOW)
-    await spool.store(msg_id, b"data", b"meta")
-    (tmp_path / "meta" / "quarantine").write_text("a file where the directory should be")
-    with pytest.raises(SpoolError):
-        await spool.quarantine(msg_id, "why")
-    assert await enumerated(spool) == {msg_id: b"meta"}
-    await spool.close()
 
 
 async def start_and_enumerate(spool: SqliteSpool) -> None:
@@ -302,7 +210,7 @@ def quarantined_count(reason: str) -> float:
     return value or 0.0
 
 
-@pytest.mark.parametrize("kind", ["LocalDisk", "SQLite"])
+@pytest.mark.parametrize("kind", ["LocalDisk", "SQLite", "RocksDB"])
 async def test_enumeration_quarantines_bad_records_and_queues_the_rest(
     tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture
 ) -> None:
