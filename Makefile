@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# The shipped policy listens on $KUMOQ_SMTP_LISTEN and $KUMOQ_HTTP_LISTEN (default 127.0.0.1:2025
+# and 127.0.0.1:8000), from the environment or the command line: make run KUMOQ_SMTP_LISTEN=[::1]:2525
 run: $(STAMP)
 	mkdir -p var
 	$(BIN)/kumoq serve --policy policy/init.lua

@@ -1,17 +1,27 @@
 -- kumoq's shipped policy: receive on 127.0.0.1:2025 (SMTP) and 127.0.0.1:8000 (HTTP:
 -- injection, liveness, metrics) and deliver every message into ./var/maildir, keeping the
--- spool and the logs under ./var as well.
+-- spool and the logs under ./var as well. The environment variables KUMOQ_SMTP_LISTEN
+-- and KUMOQ_HTTP_LISTEN ('host:port', '[::1]:port') move the listeners.
 -- It is KumoMTA's policy API: this file would run under kumod unchanged.
 local kumo = require 'kumo'
 
+-- The environment variable `name`, or `default` when it is unset or empty.
+local function env(name, default)
+  local value = os.getenv(name)
+  if value == nil or value == '' then
+    return default
+  end
+  return value
+end
+
 kumo.on('init', function()
   kumo.start_esmtp_listener {
-    listen = '127.0.0.1:2025',
+    listen = env('KUMOQ_SMTP_LISTEN', '127.0.0.1:2025'),
     hostname = 'localhost',
     relay_hosts = { '127.0.0.1', '::1' },
   }
   -- Peers on 127.0.0.1 and ::1 (trusted_hosts' default) need no credentials.
-  kumo.start_http_listener { listen = '127.0.0.1:8000' }
+  kumo.start_http_listener { listen = env('KUMOQ_HTTP_LISTEN', '127.0.0.1:8000') }
   -- SQLite (a kumoq extension; WAL, group commit) stores ~28x faster than KumoMTA's
   -- LocalDisk layout and makes SMTP->maildir ~2.2x faster end to end on our test machine
   -- (docs/benchmarks.md). Use kind = 'LocalDisk' for KumoMTA's on-disk layout.

@@ -1,9 +1,11 @@
 """``kumoq serve``, ``validate`` and ``tail``: the commands that run kumoq or read its files
 (the admin commands, which talk to a running kumoq over HTTP, are in the sibling modules).
+``validate`` is kumoq.validation: its findings go to stderr, one summary line to stdout (or
+the whole report as JSON with ``--json``); exit 1 when there is an error.
 
 Diagnostics go to stderr (``--diag-format text|json``); log records are the product's data and
-go to the files the policy configures, never to stderr. kumoq.daemon, kumoq.declarations
-and kumoq.logs.tail are imported only by the command that needs them, so the admin commands start
+go to the files the policy configures, never to stderr. kumoq.daemon, kumoq.validation and
+kumoq.logs.tail are imported only by the command that needs them, so the admin commands start
 fast.
 """
 
@@ -11,11 +13,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,15 +97,44 @@ def _serve(policy: Path) -> int:
     return 0
 
 
-def _validate(policy: Path) -> int:
-    from kumoq.declarations import load_policy
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send what the policy prints (Lua's ``print`` writes to file descriptor 1) to stderr,
+    so that stdout carries only the JSON report."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
-    _runtime, _events, decl = load_policy(policy)
-    print(
-        f"{policy}: OK ({len(decl.listeners)} SMTP listener(s), "
-        f"{len(decl.spools)} spool(s), {len(decl.logs)} log destination(s))"
-    )
-    return 0
+
+def _validate(policy: Path, queues: list[str], as_json: bool) -> int:
+    from kumoq.validation import validate_policy
+
+    if as_json:
+        with _stdout_to_stderr():
+            report = validate_policy(policy, queues)
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        report = validate_policy(policy, queues)
+        for finding in report.findings:
+            print(finding.as_text(), file=sys.stderr)
+        print(report.summary())
+    return 0 if report.ok else 1
+
+
+def _queue_name(text: str) -> str:
+    from kumoq.message import parse_queue_name
+
+    parts = parse_queue_name(text)
+    if not parts.domain or "@" in parts.domain or ":" in parts.domain:
+        raise argparse.ArgumentTypeError(
+            f"invalid queue name {text!r}: expected [campaign:][tenant@]domain[!routing_domain]"
+        )
+    return text
 
 
 def _tail(log_dir: Path, follow: bool) -> int:
@@ -118,7 +152,7 @@ def _run(args: argparse.Namespace) -> int:
                 return 1
             return _serve(args.policy)
         if args.command == "validate":
-            return _validate(args.policy)
+            return _validate(args.policy, args.queue, args.json)
         return _tail(args.log_dir, not args.no_follow)
     except KumoqError as exc:
         log.error("%s", exc)
@@ -129,8 +163,22 @@ def register(sub: Any) -> None:
     """Add ``serve``, ``validate`` and ``tail`` to the subcommands ``sub``."""
     serve = sub.add_parser("serve", help="run the MTA in the foreground")
     serve.add_argument("--policy", type=Path, required=True, help="the policy file (init.lua)")
-    validate = sub.add_parser("validate", help="load the policy and run init, then exit")
+    validate = sub.add_parser(
+        "validate",
+        help="load the policy, run init and the queue and egress events for sample queues, "
+        "check its paths and listeners; report every error",
+    )
     validate.add_argument("--policy", type=Path, required=True)
+    validate.add_argument(
+        "--queue",
+        action="append",
+        default=[],
+        type=_queue_name,
+        metavar="QUEUE",
+        help="a sample queue, campaign:tenant@domain[!routing_domain] (repeatable; default: "
+        "gmail.com, yahoo.com, outlook.com, hotmail.com, icloud.com, aol.com, example.com)",
+    )
+    validate.add_argument("--json", action="store_true", help="print the report as JSON")
     tail = sub.add_parser("tail", help="print log records as they are written")
     tail.add_argument("log_dir", type=Path)
     tail.add_argument("--no-follow", action="store_true", help="print what exists, then exit")
