@@ -1,6 +1,7 @@
 """The ``kumoq`` command line.
 
 Run kumoq and read its files: ``serve``, ``validate``, ``tail`` (kumoq.cli.daemon_commands).
+Test a policy end to end: ``sink`` and ``traffic-gen`` (kumoq.cli.testing_commands).
 Steer a running kumoq over its HTTP API, as KumoMTA's kcli does: ``queue-summary``
 (kumoq.cli.queue_summary); ``bounce``, ``suspend``, ``suspend-ready-q`` with their ``-list``
 and ``-cancel``, ``rebind``, ``inspect-sched-q``, ``inspect-message``
@@ -29,6 +30,7 @@ from kumoq.cli import (
     kumo_commands,
     message_commands,
     queue_summary,
+    testing_commands,
 )
 from kumoq.cli.client import (
     EXIT_SERVER,
@@ -71,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--diag-level", default="info", help="diagnostic log level")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     daemon_commands.register(sub)
+    testing_commands.register(sub)
     common = _admin_options(suppress=True)
     queue_summary.register(sub, common)
     kumo_commands.register(sub, common)
