@@ -10,32 +10,23 @@ hour, so whatever moves here was moved by an admin call.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from tests.e2e.admin_support import (
     AUTH,
     A,
-    SwitchSink,
     call,
     campaign_headers,
     delivered,
     ok,
     reception_ids,
     records_for,
-    running_sink,
     wait_for_record,
 )
 from tests.e2e.admin_support import admin_policy as make_policy
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def sink() -> Iterator[SwitchSink]:
-    with running_sink() as started:
-        yield started
 
 
 def test_bounce_applies_to_messages_arriving_after_the_call_until_cancelled(kumoq, sink):

@@ -11,28 +11,19 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 
 import pytest
 
+from tests.e2e.admin_support import admin_policy as make_policy
 from tests.e2e.admin_support import (
-    SwitchSink,
     campaign_headers,
     delivered,
     endpoint,
     reception_ids,
-    running_sink,
     wait_for_record,
 )
-from tests.e2e.admin_support import admin_policy as make_policy
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def sink() -> Iterator[SwitchSink]:
-    with running_sink() as started:
-        yield started
 
 
 def run(daemon, *argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -4,28 +4,18 @@ requeued then; a message's last response survives the restart too."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from tests.e2e.admin_support import (
     A,
-    SwitchSink,
     delivered,
     ok,
     reception_ids,
-    running_sink,
     wait_for_record,
 )
 from tests.e2e.admin_support import admin_policy as make_policy
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def sink() -> Iterator[SwitchSink]:
-    with running_sink() as started:
-        yield started
 
 
 @pytest.mark.parametrize("how", ["stop", "kill"])
