@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-integration lint fmt bench bench-deps bench-e2e torture clean docs
+.PHONY: setup run test test-integration lint fmt bench bench-deps browser-deps bench-e2e torture clean docs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -20,8 +20,28 @@ run: $(STAMP)
 	mkdir -p var
 	$(BIN)/kumoq serve --policy policy/init.lua
 
-test: $(STAMP)
+test: $(STAMP) browser-deps
 	$(BIN)/pytest
+
+# Headless Chromium renders kumoq harness's HTML report in tests/e2e/test_harness_browser.py.
+# Installed with apt-get (as root, or through passwordless sudo) when no Chrome or Chromium is
+# on PATH; where apt-get cannot run, say so and go on: the test is then skipped, unless
+# KUMOQ_REQUIRE_BROWSER is set (.ci/run sets it), which makes it fail.
+BROWSERS := chromium chromium-browser google-chrome google-chrome-stable
+browser-deps:
+	@for b in $(BROWSERS); do command -v $$b >/dev/null 2>&1 && exit 0; done; \
+	if [ "$$(id -u)" = 0 ]; then sudo=; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; \
+	else sudo=none; fi; \
+	if [ "$$sudo" = none ] || ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "make: no Chromium, and apt-get cannot run here: install chromium (or set" \
+	       "KUMOQ_CHROMIUM) to run the HTML report test" >&2; exit 0; fi; \
+	echo "make: installing chromium for the HTML report test (apt-get)"; \
+	for pkg in chromium chromium-browser; do \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q $$pkg >/dev/null 2>&1 && exit 0; \
+	  $$sudo apt-get update -q >/dev/null 2>&1 && \
+	    DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q $$pkg >/dev/null 2>&1 && exit 0; \
+	done; \
+	echo "make: apt-get could not install chromium; install it to run the HTML report test" >&2
 
 test-integration: $(STAMP)
 	$(BIN)/pytest -m integration
@@ -36,23 +56,37 @@ fmt: $(STAMP)
 	$(BIN)/ruff format kumoq tests bench
 	$(BIN)/ruff check --fix kumoq tests bench
 
-# smtp-source and smtp-sink (Postfix's test tools) drive the end-to-end benchmarks.
+# Postfix provides the load generator (smtp-source), the final destination (smtp-sink) and the
+# peer MTA the bench compares with. Preseeded 'No configuration': the system Postfix stays
+# unconfigured and stopped; the bench runs private instances of its own (bench/peers.py).
 bench-deps:
-	@test -x /usr/sbin/smtp-source || { \
-	  echo "make bench: installing postfix for smtp-source and smtp-sink (apt-get)"; \
+	@test -x /usr/sbin/smtp-source -a -x /usr/sbin/postfix || { \
+	  echo "make bench: installing postfix (smtp-source, smtp-sink, the peer MTA) with apt-get"; \
+	  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
 	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -q postfix >/dev/null 2>&1 || \
 	    { apt-get update -q >/dev/null && \
 	      DEBIAN_FRONTEND=noninteractive apt-get install -y -q postfix >/dev/null; }; } || { \
-	    echo "make bench: could not install postfix; install it (it provides smtp-source)" >&2; \
+	    echo "make bench: could not install postfix with apt-get; install it by hand" \
+	         "(it provides smtp-source and smtp-sink)" >&2; \
 	    exit 1; }; }
+	@command -v unshare >/dev/null || \
+	  echo "make bench: unshare (util-linux) is missing: the bench will run in the host's" \
+	       "network namespace"
 
+# The whole suite, as docs/benchmarks.md reports it: the timer structures and scheduled queues,
+# then relay, maildir and reception for every spool kind beside Postfix (and Haraka where npm
+# reaches its registry), as root inside a private network namespace, then the restart of a
+# spool of RESTART_N (1,000,000) messages with RocksDB. N, REPEAT, SPOOL... are read from the
+# environment (bench/run.py), e.g. make bench N=10000 REPEAT=5.
 bench: $(STAMP) bench-deps
 	$(BIN)/python -m bench.timeq
 	$(BIN)/python -m bench.scheduling
-	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.run --with-postfix --with-haraka
+	$(BIN)/python -m bench.restart --spool RocksDB
 
+# Only the SMTP cases beside the peers (no timer, scheduling or restart benchmarks).
 bench-e2e: $(STAMP) bench-deps
-	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.run --with-postfix --with-haraka
 
 # kill -9 under load for 20 rounds, a disk-full and a SIGTERM round, per spool kind; then count
 # acknowledged, delivered, duplicated and missing mail (docs/reliability.md). Root mounts a tmpfs.

@@ -6,6 +6,8 @@ re-queue every spooled message with its persisted schedule; then print
 ``initialization complete``. SIGTERM or SIGINT stops accepting, lets sessions and attempts in
 flight finish, flushes and closes the logs and releases the spool, every wait bounded and
 logged (``ShutdownBounds``, from ``KUMOQ_SHUTDOWN_*``; 60 s in all by default).
+Under ``kumoq harness`` (``KUMOQ_HARNESS_MX`` set) kumoq.harness_mode rewrites listeners and
+paths, answers DNS and reroutes SMTP deliveries to the harness's sink.
 
 This module may import anything below it; nothing imports it but the CLI.
 """
@@ -41,6 +43,7 @@ from kumoq.egress.maildir_dispatch import MaildirDispatch
 from kumoq.egress.smtp_dispatch import SmtpDispatch
 from kumoq.egress.sources import SourceSelector
 from kumoq.errors import ConfigError, KumoqError, SpoolRecordError
+from kumoq.harness_mode import HarnessMode, RerootedMaildir
 from kumoq.http import HttpListener, HttpServices, start_http_listener
 from kumoq.logs.logger import RecordLogger
 from kumoq.logs.writer import LocalLogWriter
@@ -107,6 +110,7 @@ class Daemon:
         self.config_epoch = 0
         self._live: _Live | None = None
         self._reload_wanted = asyncio.Event()
+        self._harness: HarnessMode | None = None  # KUMOQ_HARNESS_MX: run by `kumoq harness`
 
     def request_reload(self) -> None:
         """Reload the policy soon (SIGHUP, ``kumo.bump_config_epoch``); requests made while a
@@ -128,6 +132,8 @@ class Daemon:
                       self.policy_path, exc)  # fmt: skip
             return False
         decl.on_bump_config_epoch = self.request_reload
+        if self._harness is not None:
+            self._harness.apply(decl)
         changed = live.decl.restart_only_changes(decl)
         if changed:
             log.warning("reload: changes to %s take effect at the next restart",
@@ -156,6 +162,10 @@ class Daemon:
         bounds = shutdown_bounds(os.environ)
         runtime, events, decl = load_policy(self.policy_path)
         decl.on_bump_config_epoch = self.request_reload
+        harness = self._harness = HarnessMode.from_env(os.environ)
+        if harness is not None:  # docs/testing.md, "How the harness routes mail"
+            harness.apply(decl)
+            log.warning("%s", harness.describe())
         data_def, meta_def = decl.spool_pair()
 
         # The spool lock comes first: a second instance must fail before it touches anything
@@ -173,11 +183,13 @@ class Daemon:
         records = RecordLogger(list(zip(writers, decl.logs, strict=True)), nodeid, self.clock)
         maildir = MaildirDeliverer()
         resolver: Resolver = (
-            TestResolver.from_zone_texts(decl.test_zones)
+            harness.resolver(decl.test_zones)
+            if harness is not None
+            else TestResolver.from_zone_texts(decl.test_zones)
             if decl.test_zones
             else DnsPythonResolver()
         )
-        if decl.test_zones:
+        if decl.test_zones and harness is None:
             log.info("DNS answers come from the test resolver (configure_test_resolver)")
         mx = MxCache(resolver, nxdomain_bounces=True)  # issue 4: NXDOMAIN bounces
         runtime.waits.dns = mx  # kumo.dns.lookup_mx shares the delivery's MX cache
@@ -187,10 +199,14 @@ class Daemon:
         smtp = SmtpDispatch(
             policy=egress_policy, mx=mx, resolver=lambda: mx.resolver,
             clock=self.clock, hostname=hostname, sources=sources,
+            reroute=harness.reroute() if harness is not None else None,
         )  # fmt: skip
         lua = LuaDispatch(CurrentLuaConnections(events), clock=self.clock, sources=sources)
+        maildir_dispatch: Deliverer = MaildirDispatch(maildir)
+        if harness is not None:
+            maildir_dispatch = RerootedMaildir(maildir_dispatch, harness)
         deliverers: dict[type, Deliverer] = {
-            MaildirProtocol: MaildirDispatch(maildir),
+            MaildirProtocol: maildir_dispatch,
             SmtpProtocol: smtp,
             CustomLuaProtocol: lua,
         }

@@ -1,7 +1,8 @@
 """The ``kumoq`` command line.
 
 Run kumoq and read its files: ``serve``, ``validate``, ``tail`` (kumoq.cli.daemon_commands).
-Test a policy end to end: ``sink`` and ``traffic-gen`` (kumoq.cli.testing_commands).
+Test a policy end to end: ``sink``, ``traffic-gen`` and ``harness``
+(kumoq.cli.testing_commands).
 Steer a running kumoq over its HTTP API, as KumoMTA's kcli does: ``queue-summary``
 (kumoq.cli.queue_summary); ``bounce``, ``suspend``, ``suspend-ready-q`` with their ``-list``
 and ``-cancel``, ``rebind``, ``inspect-sched-q``, ``inspect-message``

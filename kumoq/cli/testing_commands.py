@@ -1,4 +1,4 @@
-"""``kumoq sink`` and ``kumoq traffic-gen``: the two ends of a policy test on one machine.
+"""``kumoq sink``, ``kumoq traffic-gen`` and ``kumoq harness``: testing a policy on one machine.
 
 ``sink`` runs the smart sink (kumoq.testing.sink) until SIGINT or SIGTERM, then prints its
 counts (``--json`` for JSON); ``--stats-file`` is rewritten with them every second while it
@@ -8,6 +8,11 @@ runs. ``traffic-gen`` sends mail into an MTA over SMTP or the HTTP injection API
 Exit status of ``traffic-gen``: 0 when messages were sent (whatever the answers); 1 when
 connections were made but no message got an answer; 2 a usage error; 3 nothing could be sent
 because the target could not be reached.
+
+``harness`` runs the policy file unmodified between the two (kumoq.testing.harness_run) and
+prints the report (``--json``, ``--report out.html``). Exit status: 0 every message reached a
+final disposition and every ``--expect`` held; 1 an expectation failed; 2 a usage error; 3 the
+daemon did not start or nothing could be sent; 4 the timeout passed first.
 
 kumoq.testing is imported only by the command that needs it, so the other commands start fast.
 """
@@ -178,8 +183,102 @@ def _traffic_gen(args: argparse.Namespace) -> int:
     return 0 if answered > 0 else EXIT_SERVER
 
 
+# --- kumoq harness -----------------------------------------------------------------------------
+def _expectation(text: str) -> Any:
+    from kumoq.testing.harness_stats import Expectation
+
+    try:
+        return Expectation.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _harness(args: argparse.Namespace) -> int:
+    from kumoq.testing.harness_report import format_text, write_html
+    from kumoq.testing.harness_run import HarnessError, HarnessOptions, run_harness
+
+    try:
+        options = HarnessOptions(
+            policy=args.policy, messages=args.messages,
+            domains=tuple(args.domain or [("example.com", 1)]), concurrency=args.concurrency,
+            per_connection=args.per_connection, size=args.size,
+            headers=tuple(args.header or ()), campaign=args.campaign, sender=args.sender,
+            local_part=args.local_part, rate=args.rate, http=args.http, timeout=args.timeout,
+            tempfail_percent=args.tempfail_percent, permfail_percent=args.permfail_percent,
+            sink_delay=args.sink_delay, seed=args.seed, expectations=tuple(args.expect or ()),
+            workdir=args.workdir, keep=args.keep,
+        )  # fmt: skip
+    except ValueError as exc:
+        print(f"kumoq harness: {exc}", file=sys.stderr)
+        return 2
+    try:
+        result = run_harness(options, progress=None if args.quiet else sys.stderr)
+    except HarnessError as exc:
+        print(f"kumoq harness: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    if args.report is not None:
+        write_html(result, args.report)
+    print(json.dumps(result.to_json(), indent=2) if args.json else format_text(result), flush=True)
+    for failed in result.failed_expectations:
+        print(f"kumoq harness: expectation {failed['expect']} failed: got {failed['actual']}",
+              file=sys.stderr)  # fmt: skip
+    if result.timed_out:
+        print(f"kumoq harness: {result.stats.unfinished} messages had no final disposition "
+              f"after {args.timeout:g} s", file=sys.stderr)  # fmt: skip
+    return result.exit_status
+
+
+def _register_harness(sub: Any) -> None:
+    run = sub.add_parser(
+        "harness",
+        help="run a policy file unmodified against a smart sink with generated traffic, and "
+             "report what it did",
+    )  # fmt: skip
+    run.add_argument("--policy", type=Path, required=True, help="the policy file, as it is")
+    run.add_argument("--messages", type=_positive, default=1000, help="messages (default 1000)")
+    run.add_argument("--domain", type=_weighted, action="append", metavar="DOMAIN[:WEIGHT]",
+                     help="a recipient domain, weighted; repeat (default example.com)")  # fmt: skip
+    run.add_argument("--concurrency", type=_positive, default=20,
+                     help="SMTP connections at once (default 20)")  # fmt: skip
+    run.add_argument("--per-connection", type=_positive, default=100, metavar="M",
+                     help="messages per SMTP connection (default 100)")  # fmt: skip
+    run.add_argument("--size", type=_size, default=2000, help="message size (default 2KB)")
+    run.add_argument("--header", type=_header, action="append", metavar="NAME:VALUE",
+                     help="add this header to every message; repeat")  # fmt: skip
+    run.add_argument("--campaign", help="set X-Campaign: NAME")
+    run.add_argument("--sender", default="harness@example.com", help="the envelope sender")
+    run.add_argument("--local-part", default="user", metavar="PREFIX",
+                     help="recipients are PREFIX<n>@DOMAIN; tempfail, permfail and 450- "
+                          "prefixes make the sink refuse them (default user)")  # fmt: skip
+    run.add_argument("--rate", type=_rate, metavar="N/s", help="pace the traffic")
+    run.add_argument("--http", action="store_true",
+                     help="inject over /api/inject/v1 instead of SMTP")  # fmt: skip
+    run.add_argument("--timeout", type=_seconds, default=120.0, metavar="SECONDS",
+                     help="longest wait, from the start of the traffic, for every message's "
+                          "final disposition (default 120)")  # fmt: skip
+    run.add_argument("--tempfail-percent", type=_percent, default=0.0, metavar="P",
+                     help="the sink tempfails (451) this share of recipients")  # fmt: skip
+    run.add_argument("--permfail-percent", type=_percent, default=0.0, metavar="P",
+                     help="the sink permfails (550) this share of recipients")  # fmt: skip
+    run.add_argument("--sink-delay", type=_seconds, default=0.0, metavar="SECONDS",
+                     help="the sink waits this long before answering DATA")  # fmt: skip
+    run.add_argument("--seed", type=int, help="seed the sink's random failures")
+    run.add_argument("--expect", type=_expectation, action="append", metavar="NAME=N",
+                     help="fail (exit 1) unless NAME=N holds: delivered, bounced, "
+                          "transient_failure, expired, received, delayed, unfinished, ... "
+                          "(also >=, <=, >, <, !=); repeat")  # fmt: skip
+    run.add_argument("--report", type=Path, metavar="FILE.html",
+                     help="also write the report as an HTML page with plots")  # fmt: skip
+    run.add_argument("--json", action="store_true", help="print the report as JSON")
+    run.add_argument("--workdir", type=Path, metavar="DIR",
+                     help="run in DIR and keep it (default: a temporary directory)")  # fmt: skip
+    run.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    run.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    run.set_defaults(local=_harness)
+
+
 def register(sub: Any) -> None:
-    """Add ``sink`` and ``traffic-gen`` to the subcommands ``sub``."""
+    """Add ``sink``, ``traffic-gen`` and ``harness`` to the subcommands ``sub``."""
     sink = sub.add_parser(
         "sink",
         help="an SMTP sink that stores mail and answers by recipient (tempfail, permfail, 450-)",
@@ -233,3 +332,4 @@ def register(sub: Any) -> None:
     gen.add_argument("--json", action="store_true", help="print the summary as JSON")
     gen.add_argument("--quiet", action="store_true", help="no progress on stderr")
     gen.set_defaults(local=_traffic_gen)
+    _register_harness(sub)

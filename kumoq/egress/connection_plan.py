@@ -6,6 +6,10 @@ the ``Resolver`` seam. A candidate on ``prohibited_hosts`` bounces the message (
 candidates on ``skip_hosts`` are left out, and a plan with no candidate left is a transient
 failure. ``connect`` tries the candidates in order and returns the first session that opens.
 
+``Reroute`` is ``kumoq harness``'s one change to the outbound path (docs/testing.md, "How the
+harness routes mail"): the plan is made as in production, then every connection goes to the
+smart sink's address and port instead of the planned one.
+
 Reference §1.7-1.9. Imports the SMTP client (``kumoq.delivery.smtp``) and the DNS seam; the
 choice of source, site and ready queue is made above, in ``kumoq.egress.smtp_dispatch``.
 """
@@ -14,7 +18,8 @@ from __future__ import annotations
 
 import ipaddress
 import random
-from dataclasses import dataclass
+import ssl
+from dataclasses import dataclass, replace
 
 from kumoq.delivery.smtp import ConnectFailure, SmtpClientSession
 from kumoq.dns.resolver import DnsStatus, Resolver
@@ -23,7 +28,7 @@ from kumoq.egress.ready_queue import ReadyQueue, transient
 from kumoq.logs.records import RecordType, Response
 from kumoq.scheduler.attempt import Attempt
 
-__all__ = ["Target", "connect", "plan_targets"]
+__all__ = ["Reroute", "Target", "connect", "plan_targets"]
 
 
 @dataclass(slots=True)
@@ -33,6 +38,24 @@ class Target:
     name: str
     addr: str
     port: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Reroute:
+    """Connect to ``addr:port`` (the harness's sink) instead of each planned target.
+
+    Everything before the connect is unchanged: the candidates come from ``mx_list`` or the MX
+    hosts, ``prohibited_hosts`` and ``skip_hosts`` apply to the planned addresses, and the
+    planned host name is the one used for TLS and written in the records. Replaced are the
+    address, the port (``remote_port``, ``smtp_port``, an ``mx_list`` port) and the source's
+    ``source_address`` (the operator's sending IPs are not on a test machine).
+    ``tls_context`` stands in for the verifying context of ``Opportunistic`` and ``Required``
+    (the sink's certificate is self-signed).
+    """
+
+    addr: str
+    port: int
+    tls_context: ssl.SSLContext | None = None
 
 
 def _candidate_names(
@@ -94,23 +117,34 @@ async def plan_targets(
 
 
 async def connect(
-    ready: ReadyQueue, resolver: Resolver, rng: random.Random, hostname: str
+    ready: ReadyQueue,
+    resolver: Resolver,
+    rng: random.Random,
+    hostname: str,
+    reroute: Reroute | None = None,
 ) -> SmtpClientSession | Attempt:
-    """A new session to the first candidate that answers, or the attempt saying none did."""
+    """A new session to the first candidate that answers, or the attempt saying none did;
+    with ``reroute``, every candidate's connection goes to the reroute's address."""
     plan = await plan_targets(ready, resolver, rng)
     if isinstance(plan, Attempt):
         return plan
     path = ready.path
     ehlo = path.ehlo_domain or ready.source.ehlo_domain or hostname
     errors: list[str] = []
+    source, tls_context = ready.source, None
+    if reroute is not None:
+        source, tls_context = replace(source, source_address=None), reroute.tls_context
     for target in plan:
-        port = ready.source.remote_port or target.port or path.smtp_port
+        addr, port = target.addr, ready.source.remote_port or target.port or path.smtp_port
+        if reroute is not None:
+            addr, port = reroute.addr, reroute.port
         result = await SmtpClientSession.connect(
-            target.name, target.addr, port, path=path, source=ready.source, ehlo_domain=ehlo
-        )
+            target.name, addr, port, path=path, source=source, ehlo_domain=ehlo,
+            tls_context=tls_context,
+        )  # fmt: skip
         if not isinstance(result, ConnectFailure):
             return result
-        errors.append(f"{target.name} {target.addr}:{port}: {result.reason}")
+        errors.append(f"{target.name} {addr}:{port}: {result.reason}")
     return ready.attempt(
         RecordType.TransientFailure,
         transient(

@@ -32,7 +32,7 @@ from kumoq.clock import Clock
 from kumoq.config.values import ThrottleSpec
 from kumoq.delivery.smtp import SmtpClientSession
 from kumoq.dns.resolver import Resolver
-from kumoq.egress.connection_plan import connect
+from kumoq.egress.connection_plan import Reroute, connect
 from kumoq.egress.ready import RequeueQueue, SleepInline, ideal_connection_count, throttle_decision
 from kumoq.egress.ready_queue import QueuedMessage, ReadyQueue, transient
 from kumoq.logs.records import RecordType
@@ -65,8 +65,10 @@ class Dispatchers:
         rng: random.Random,
         on_idle: Callable[[ReadyQueue], None] | None = None,
         rules: AdminRules | None = None,
+        reroute: Reroute | None = None,
     ) -> None:
         self._resolver = resolver
+        self._reroute = reroute  # kumoq harness: every connection goes to the sink
         self._rules = rules or AdminRules()
         self._on_idle = on_idle
         self._clock = clock
@@ -270,7 +272,7 @@ class Dispatchers:
 
     async def _connect(self, ready: ReadyQueue) -> SmtpClientSession | Attempt:
         try:
-            return await connect(ready, self._resolver(), self._rng, self._hostname)
+            return await connect(ready, self._resolver(), self._rng, self._hostname, self._reroute)
         except Exception as exc:  # a bug: fail this attempt, never strand it
             log.exception("ready queue %s: connecting failed unexpectedly", ready.name)
             return Attempt(

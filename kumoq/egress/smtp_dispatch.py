@@ -39,6 +39,7 @@ from kumoq.config.queue import QueueConfig, SmtpProtocol
 from kumoq.dns.mx_cache import MxCache, MxFailure
 from kumoq.dns.resolver import Resolver
 from kumoq.dns.site_name import MailExchanger
+from kumoq.egress.connection_plan import Reroute
 from kumoq.egress.dispatcher import CLOSE_WAIT_SECONDS, Dispatchers
 from kumoq.egress.names import mx_list_site_name, ready_queue_name
 from kumoq.egress.ready import expiry_deadline
@@ -88,6 +89,7 @@ class SmtpDispatch:
         sources: SourceSelector | None = None,
         reap_interval: float = READY_QUEUE_REAP_INTERVAL,
         rules: AdminRules | None = None,
+        reroute: Reroute | None = None,
     ) -> None:
         self._policy = policy
         self.rules = rules or AdminRules()
@@ -106,6 +108,7 @@ class SmtpDispatch:
             rng=self._rng,
             on_idle=self._idle,
             rules=self.rules,
+            reroute=reroute,  # kumoq harness only (connection_plan.Reroute)
         )
 
     @property

@@ -46,12 +46,15 @@ class KumoqDaemon:
     ``start()`` waits until the daemon prints ``initialization complete``; ``stop()`` sends
     SIGTERM and waits for the drain; ``kill()`` sends SIGKILL (for crash tests). The same object
     can be started again after a stop, on the same spool.
+
+    ``policy`` is the policy's text, written to ``workdir/init.lua``; a ``Path`` is run where
+    it is instead (``kumoq harness``: the operator's file, unmodified, with its own modules).
     """
 
     def __init__(
         self,
         workdir: Path,
-        policy: str,
+        policy: str | Path,
         *,
         env: dict[str, str] | None = None,
         log_dir: str = "var/log",
@@ -60,8 +63,12 @@ class KumoqDaemon:
     ) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.policy_path = self.workdir / "init.lua"
-        self.policy_path.write_text(policy)
+        self._in_place = isinstance(policy, Path)  # never written: it is the operator's file
+        if isinstance(policy, Path):
+            self.policy_path = policy.resolve()
+        else:
+            self.policy_path = self.workdir / "init.lua"
+            self.policy_path.write_text(policy)
         self.env = env or {}
         self.log_dir = self.workdir / log_dir
         self.maildir = self.workdir / maildir
@@ -145,6 +152,8 @@ class KumoqDaemon:
         if proc is None or proc.poll() is not None:
             raise RuntimeError("daemon is not running")
         if policy is not None:
+            if self._in_place:
+                raise RuntimeError(f"{self.policy_path} runs in place and is never rewritten")
             self.policy_path.write_text(policy)
         seen = len(self.stderr_lines)
         proc.send_signal(signal.SIGHUP)

@@ -18,6 +18,13 @@ Usage::
 ``smart_sink`` takes options by indirect parametrization::
 
     @pytest.mark.parametrize("smart_sink", [{"tempfail_percent": 10, "seed": 1}], indirect=True)
+
+``harness`` runs a policy file unmodified against a smart sink (kumoq.testing.harness_run) and
+fails the test, with the report, when an expectation fails or the timeout passes::
+
+    def test_relay_policy(harness):
+        result = harness("policy/init.lua", messages=200, expect=["delivered=200"])
+        assert result.stats.by_scheduled_queue["example.com"]["Delivery"] == 200
 """
 
 from __future__ import annotations
@@ -31,10 +38,11 @@ import pytest
 from kumoq.testing.harness import KumoqDaemon
 
 if TYPE_CHECKING:  # imported by the fixtures that use them: pytest starts faster without
+    from kumoq.testing.harness_run import HarnessResult
     from kumoq.testing.sink_thread import SinkThread
     from kumoq.testing.traffic import TrafficOptions, TrafficSummary
 
-__all__ = ["kumoq", "smart_sink", "traffic", "traffic_options"]
+__all__ = ["harness", "kumoq", "smart_sink", "traffic", "traffic_options"]
 
 
 @pytest.fixture
@@ -116,5 +124,63 @@ def traffic() -> Callable[..., TrafficSummary]:
 
     def run(target: Any = None, **options: Any) -> TrafficSummary:
         return run_traffic(traffic_options(target, **options))
+
+    return run
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Callable[..., HarnessResult]:
+    """``harness(policy, messages=100, expect=[...], check=True, **options) -> HarnessResult``.
+
+    ``policy`` is a policy file (a path) run as it is, or policy text (anything with a
+    newline), written to a file first. ``expect`` takes ``--expect`` strings
+    (``"delivered=200"``); ``domains``, ``headers`` and ``size`` are taken as ``traffic``
+    takes them; the other ``HarnessOptions`` fields (``timeout``, ``tempfail_percent``,
+    ``concurrency``, ``env``, ...) as they are. Each run gets a directory under ``tmp_path``.
+    With ``check`` (the default) the test fails, with the text report, unless every message
+    reached a final disposition and every expectation held."""
+    import humanfriendly
+
+    from kumoq.testing.harness_report import format_text
+    from kumoq.testing.harness_run import HarnessOptions, run_harness
+    from kumoq.testing.harness_stats import Expectation
+    from kumoq.testing.traffic_message import parse_header, parse_weighted
+
+    runs = 0
+
+    def run(
+        policy: str | Path,
+        *,
+        messages: int = 100,
+        expect: Iterable[str] = (),
+        check: bool = True,
+        **options: Any,
+    ) -> HarnessResult:
+        nonlocal runs
+        runs += 1
+        workdir = tmp_path / f"harness{runs}"
+        if isinstance(policy, str) and "\n" in policy:
+            workdir.mkdir(parents=True)
+            (workdir / "policy.lua").write_text(policy)
+            policy = workdir / "policy.lua"
+        if isinstance(options.get("size"), str):
+            options["size"] = int(humanfriendly.parse_size(options["size"]))
+        if "domains" in options:
+            options["domains"] = tuple(
+                parse_weighted(d) if isinstance(d, str) else d for d in options["domains"]
+            )
+        headers = options.get("headers")
+        if headers is not None:
+            pairs = headers.items() if isinstance(headers, Mapping) else map(parse_header, headers)
+            options["headers"] = tuple(pairs)
+        result = run_harness(
+            HarnessOptions(
+                policy=Path(policy), messages=messages, workdir=workdir,
+                expectations=tuple(Expectation.parse(e) for e in expect), **options,
+            )
+        )  # fmt: skip
+        if check and result.exit_status != 0:
+            pytest.fail(f"kumoq harness: exit status {result.exit_status}\n{format_text(result)}")
+        return result
 
     return run
