@@ -3,6 +3,7 @@
 Run kumoq and read its files: ``serve``, ``validate``, ``tail`` (kumoq.cli.daemon_commands).
 Test a policy end to end: ``sink``, ``traffic-gen`` and ``harness``
 (kumoq.cli.testing_commands).
+Forecast a campaign on virtual time: ``simulate`` (kumoq.cli.simulate_command).
 Steer a running kumoq over its HTTP API, as KumoMTA's kcli does: ``queue-summary``
 (kumoq.cli.queue_summary); ``bounce``, ``suspend``, ``suspend-ready-q`` with their ``-list``
 and ``-cancel``, ``rebind``, ``inspect-sched-q``, ``inspect-message``
@@ -31,6 +32,7 @@ from kumoq.cli import (
     kumo_commands,
     message_commands,
     queue_summary,
+    simulate_command,
     testing_commands,
 )
 from kumoq.cli.client import (
@@ -75,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     daemon_commands.register(sub)
     testing_commands.register(sub)
+    simulate_command.register(sub)
     common = _admin_options(suppress=True)
     queue_summary.register(sub, common)
     kumo_commands.register(sub, common)
