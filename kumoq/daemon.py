@@ -1,6 +1,7 @@
 """The composition root: load the policy, open spool and logs, start listeners, run, drain.
 
-Startup follows KumoMTA (reference §1.1): fire ``init``; open the log writers and the spool
+Startup follows KumoMTA (reference §1.1): fire ``init``, then ``validate_config`` (kumoq's
+addition: KumoMTA fires it only for ``kumod --validate``); open the log writers and the spool
 (taking its lock); start the listeners, which answer 421 until the spool has been enumerated;
 re-queue every spooled message with its persisted schedule; then print
 ``initialization complete``. SIGTERM or SIGINT stops accepting, lets sessions and attempts in
@@ -33,6 +34,7 @@ from kumoq.declarations import (
     Declarations,
     PolicyEgress,
     PolicyQueueConfigs,
+    PolicyRequeue,
     load_policy,
 )
 from kumoq.delivery.maildir import MaildirDeliverer
@@ -126,7 +128,7 @@ class Daemon:
             log.warning("reload: not running yet; ignored")
             return False
         try:
-            runtime, _events, decl = load_policy(self.policy_path)
+            runtime, _events, decl = load_policy(self.policy_path, serving=True)
         except KumoqError as exc:
             log.error("reload: the policy %s failed, the running policy stays: %s",
                       self.policy_path, exc)  # fmt: skip
@@ -160,7 +162,7 @@ class Daemon:
 
     async def run(self, stop: asyncio.Event) -> None:
         bounds = shutdown_bounds(os.environ)
-        runtime, events, decl = load_policy(self.policy_path)
+        runtime, events, decl = load_policy(self.policy_path, serving=True)  # + validate_config
         decl.on_bump_config_epoch = self.request_reload
         harness = self._harness = HarnessMode.from_env(os.environ)
         if harness is not None:  # docs/testing.md, "How the harness routes mail"
@@ -217,6 +219,7 @@ class Daemon:
             records=records,
             clock=self.clock,
             rules=smtp.rules,  # one set of admin rules for the scheduler and egress
+            requeue=PolicyRequeue(events),
         )
         progress = CampaignProgress()
         records.observers.append(progress.observe)
@@ -349,6 +352,7 @@ class Daemon:
         quarantine") with one log line and a count in ``spool_quarantined``; the others start
         normally. A spool that cannot be read at all raises SpoolError."""
         count = quarantined = dead = 0
+        enumerated = InsertContext(InsertReason.Enumerated)  # one for all: it is immutable
         async for spool_id, meta in spool.enumerate():
             try:
                 msg = _spooled_message(spool_id, meta)
@@ -362,7 +366,7 @@ class Daemon:
                 continue
             if progress is not None:
                 progress.note_enumerated(msg)
-            queues.insert(msg, InsertContext(InsertReason.Enumerated))
+            queues.insert(msg, enumerated)
             count += 1
             if count % ENUMERATION_PROGRESS_EVERY == 0:
                 log.info("spool enumeration: %d messages re-queued so far", count)

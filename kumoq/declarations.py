@@ -1,9 +1,12 @@
 """What the policy declares, and the policy seen through the seams the daemon wires.
 
 - ``load_policy`` loads the policy file and runs its ``init``, collecting ``Declarations``
-  (listeners, spools, logs, the test resolver) made by ``BUILDERS``.
-- ``PolicyEgress`` and ``PolicyQueueConfigs`` answer the egress and scheduler seams through
-  the policy's events (reference §2.1, §2.4).
+  (listeners, spools, logs, the test resolver) made by ``BUILDERS``. For the daemon (start and
+  reload) it then fires ``validate_config``: an error there, or a call of
+  ``kumo.validation_failed()``, fails the load with the policy's file and line. It logs a
+  warning for each handler kumoq never calls (kumoq.lua.events.unfired_handlers).
+- ``PolicyEgress``, ``PolicyQueueConfigs`` and ``PolicyRequeue`` answer the egress and
+  scheduler seams through the policy's events (reference §2.1, §2.4, §1.6).
 - ``PolicyEvents.swap`` (kumoq.lua.events) lets a reload replace the policy under all of them.
 
 L3: imports the Lua bridge and the config tables; imported by the daemon and the CLI.
@@ -12,6 +15,7 @@ L3: imports the Lua bridge and the config tables; imported by the daemon and the
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,12 +24,13 @@ from typing import Any
 from kumoq.config.egress import EgressPathConfig, EgressPool, EgressSource
 from kumoq.config.http import HttpListenerConfig
 from kumoq.config.listener import EsmtpListenerConfig
+from kumoq.config.listener_domain import ListenerDomain
 from kumoq.config.logs import LocalLogsConfig
 from kumoq.config.queue import QueueConfig
 from kumoq.config.spool import SpoolDefinition, check_spool_pair
 from kumoq.dns.resolver import TestResolver
-from kumoq.errors import ConfigError
-from kumoq.lua.events import PolicyEvents
+from kumoq.errors import ConfigError, PolicyError
+from kumoq.lua.events import PolicyEvents, unfired_handlers
 from kumoq.lua.runtime import PolicyRuntime
 from kumoq.message import Message, QueueNameParts
 
@@ -35,8 +40,11 @@ __all__ = [
     "Declarations",
     "PolicyEgress",
     "PolicyQueueConfigs",
+    "PolicyRequeue",
     "load_policy",
 ]
+
+log = logging.getLogger("kumoq.policy")
 
 
 @dataclass(slots=True)
@@ -50,11 +58,15 @@ class Declarations:
     test_zones: list[str] = field(default_factory=list)
     #: called by ``kumo.bump_config_epoch()`` (the daemon reloads the policy)
     on_bump_config_epoch: Callable[[], None] | None = None
+    #: where ``kumo.validation_failed()`` was called (``file:line``, or ``?``), in call order
+    validation_failures: list[str] = field(default_factory=list)
 
     def declare(self, kind: str, value: object) -> None:
         if kind == "bump_config_epoch":
             if self.on_bump_config_epoch is not None:
                 self.on_bump_config_epoch()
+        elif kind == "validation_failed":
+            self.validation_failures.append(value if isinstance(value, str) else "?")
         elif isinstance(value, EsmtpListenerConfig):
             self.listeners.append(value)
         elif isinstance(value, SpoolDefinition):
@@ -117,16 +129,34 @@ BUILDERS = {
     "make_egress_source": EgressSource.from_mapping,
     "make_egress_path": EgressPathConfig.from_mapping,
     "start_http_listener": HttpListenerConfig.from_mapping,
+    "make_listener_domain": ListenerDomain.from_mapping,
 }
 
 
-def load_policy(path: Path) -> tuple[PolicyRuntime, PolicyEvents, Declarations]:
-    """Load the policy file and run its ``init``; raises PolicyError naming file and line."""
+def load_policy(
+    path: Path, *, serving: bool = False
+) -> tuple[PolicyRuntime, PolicyEvents, Declarations]:
+    """Load the policy file and run its ``init``; raises PolicyError naming file and line.
+
+    ``serving`` (the daemon's start and reload): then fire ``validate_config`` too, and log
+    the handlers kumoq never calls. ``kumoq validate`` does both itself, into its report."""
     declarations = Declarations()
     runtime = PolicyRuntime(path, builders=BUILDERS, declare=declarations.declare)
     runtime.fire_init()
     declarations.spool_pair()
-    return runtime, PolicyEvents(runtime), declarations
+    events = PolicyEvents(runtime)
+    if serving:
+        for site, text in unfired_handlers(runtime.handler_names):
+            log.warning("%s: %s", site, text)
+        events.validate_config()
+        if declarations.validation_failures:
+            where = declarations.validation_failures[0]
+            raise PolicyError(
+                f"{where}: validate_config: the policy called kumo.validation_failed() to "
+                "report a failure (what it printed says why)",
+                location=where,
+            )
+    return runtime, events, declarations
 
 
 class PolicyEgress:
@@ -175,6 +205,27 @@ class PolicyQueueConfigs:
         return self._events.get_queue_config(
             parts.domain, parts.tenant, parts.campaign, parts.routing_domain
         )
+
+
+class PolicyRequeue:
+    """``RequeuePolicy`` (kumoq.scheduler.requeue) through the current policy's
+    ``requeue_message`` event."""
+
+    def __init__(self, events: PolicyEvents) -> None:
+        self._events = events
+
+    def has_handler(self) -> bool:
+        return self._events.has_handler("requeue_message")
+
+    def requeue_message(
+        self,
+        msg: Message,
+        response: str,
+        context: Sequence[str],
+        increment_attempts: bool,
+        delay: float | None,
+    ) -> None:
+        self._events.requeue_message(msg, response, context, increment_attempts, delay)
 
 
 class CurrentLuaConnections:

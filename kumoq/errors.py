@@ -89,11 +89,23 @@ class RejectError(PolicyError):
     ``disconnect`` is True when the connection must be dropped after the reply (a 421).
     """
 
+    #: ``kumo.disconnect(..., 'FollowWith421')`` with a code other than 421: the reply is
+    #: followed by ``421 <host> disconnecting due to previous error``, then the hang-up.
+    follow_with_421: bool = False
+
     def __init__(self, code: int, message: str, *, disconnect: bool = False) -> None:
         super().__init__(f"{code} {message}")
         self.code = code
         self.reply_text = message
         self.disconnect = disconnect or code == 421
+
+    @classmethod
+    def from_lua(cls, code: int, message: str, how: object) -> RejectError:
+        """The error for ``kumo.reject``/``kumo.disconnect``: ``how`` is ``If421``,
+        ``ForceDisconnect`` or ``FollowWith421`` (both of which disconnect)."""
+        exc = cls(code, message, disconnect=how != "If421")
+        exc.follow_with_421 = how == "FollowWith421" and code != 421
+        return exc
 
 
 class PolicyWouldBlock(KumoqError):

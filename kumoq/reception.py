@@ -1,10 +1,16 @@
 """Reception: what happens between an SMTP command and its reply (reference §1.2).
 
-``Reception`` implements the SMTP server's ``SmtpHandler`` seam. For each transaction it fires
-the policy's events, splits the transaction into one message per recipient, prepends the
-``Received:`` header, resolves each message's queue, stores every message durably in the spool,
-logs ``Reception`` records, inserts the messages into the queue manager, and only then answers
-``250 OK ids=...``.
+``Reception`` implements the SMTP server's ``SmtpHandler`` seam (and ``ListenerDomains``:
+``get_listener_domain`` for the relay decision). For each transaction, in KumoMTA's order, it
+fires ``smtp_server_data`` once on a message holding every recipient and the data as received,
+splits that message into one message per recipient (its recipients, data and meta as the
+policy left them; the envelope sender as received), prepends the ``Received:`` header, fires
+``smtp_server_message_received`` for each, resolves each message's queue, decides relaying
+again for each message by its first recipient (``smtp/relay.py``), stores every relayed
+message durably in the spool, logs ``Reception`` records (for every message, relayed or not),
+inserts the relayed messages into the queue manager, and only then answers ``250 OK ids=...``,
+or ``550 5.7.1 relaying not permitted`` when no message was relayed nor sent to the ``null``
+queue.
 
 The messages of a transaction share the body the client sent: each holds only its own
 ``Received:`` header, and the spool writes the two pieces without joining them
@@ -43,11 +49,13 @@ from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
 from kumoq.clock import Clock
+from kumoq.config.listener_domain import ListenerDomain
 from kumoq.errors import KumoqError, PolicyError, QueueNameError
 from kumoq.logs.records import RecordType, Response
 from kumoq.message import NULL_QUEUE, EnvelopeAddress, Message, new_spool_id, priority_of
 from kumoq.metrics import MESSAGES_RECEIVED_BY_PRIORITY
 from kumoq.scheduler.manager import QueueManager, RecordSink
+from kumoq.smtp.relay import SessionMeta
 from kumoq.smtp.replies import Reply
 from kumoq.smtp.server import ConnectionMeta
 from kumoq.spool.base import Spool
@@ -64,6 +72,10 @@ log = logging.getLogger("kumoq.reception")
 
 #: The reply to MAIL FROM while storage is below a free-space floor (Postfix's).
 INSUFFICIENT_STORAGE: Final = Reply(452, "4.3.1", "Insufficient system storage")
+#: The reply to DATA when no message of the transaction may be relayed (KumoMTA's).
+RELAYING_DENIED: Final = Reply(550, "5.7.1", "relaying not permitted")
+_NOT_RELAYED: Final = ""  # in place of a queue name: received, but neither spooled nor queued
+_NOT_QUEUED: Final = frozenset({NULL_QUEUE, _NOT_RELAYED})
 
 #: ``kumoq_messages_received_by_priority``'s series, bound once, by priority (0 to 3).
 _RECEIVED_BY_PRIORITY: Final = tuple(
@@ -93,6 +105,12 @@ class ReceptionEvents(Protocol):
     async def smtp_server_rcpt_to(
         self, recipient: EnvelopeAddress, conn_meta: dict[str, Any]
     ) -> None: ...
+
+    async def get_listener_domain(
+        self, domain: str, listener: str, conn_meta: dict[str, Any]
+    ) -> ListenerDomain | None: ...
+
+    async def smtp_server_data(self, msg: Message, conn_meta: dict[str, Any]) -> None: ...
 
     async def smtp_server_message_received(
         self, msg: Message, conn_meta: dict[str, Any]
@@ -167,6 +185,12 @@ class Reception:
         await self._events.smtp_server_rcpt_to(recipient, conn)
         return None
 
+    async def get_listener_domain(self, conn: ConnectionMeta, domain: str) -> ListenerDomain | None:
+        """``get_listener_domain(domain, listener, conn_meta)``; the listener is the local
+        ``ip:port`` the client connected to (``received_via``), as KumoMTA passes it."""
+        listener = str(conn.get("received_via", ""))
+        return await self._events.get_listener_domain(domain, listener, conn)
+
     async def auth_plain(self, conn: ConnectionMeta, authz: str, authc: str, password: str) -> bool:
         """``smtp_server_auth_plain(authz, authc, password, conn_meta)`` (AUTH PLAIN or LOGIN,
         after STARTTLS; fired through ``PolicyEvents.call``): ``true`` accepts, and the
@@ -191,31 +215,37 @@ class Reception:
         data: bytes,
     ) -> Reply:
         now = self._clock.now()
+        # The whole transaction first (never spooled): its data as received, no trace header.
+        whole = Message(
+            id=new_spool_id(now), sender=sender, recipients=list(recipients),
+            meta=dict(conn), data=b"", shared_body=data,
+        )  # fmt: skip
+        await self._events.smtp_server_data(whole, conn)
+        body = whole.data or b""  # the shared body itself when the policy left it alone
         messages: list[Message] = []
-        for rcpt in recipients:
+        for rcpt in whole.recipients:
             spool_id = new_spool_id(now)
             header = (
                 self._received_header(conn, spool_id, rcpt, now)
                 if self._received_header_enabled
                 else b""
             )
-            meta = dict(conn)
             # One body for the whole transaction: each message adds only its own header.
+            # The sender is the one received, as in KumoMTA, whatever the policy set.
             messages.append(
                 Message(
                     id=spool_id,
                     sender=sender,
                     recipients=[rcpt],
-                    meta=meta,
+                    meta=dict(whole.meta),
                     data=header,
-                    shared_body=data,
+                    shared_body=body,
                 )
             )
         for msg in messages:
             # A kumo.reject, or a cancellation, here ends the transaction: nothing is stored yet.
             await self._events.smtp_server_message_received(msg, conn)
 
-        spooled: list[Message] = []
         names: list[str] = []
         try:
             for msg in messages:
@@ -223,17 +253,21 @@ class Reception:
                 names.append(name)
                 if name != NULL_QUEUE:
                     await self._queues.resolve_waiting(name)
-                    spooled.append(msg)
-        except QueueNameError as exc:
-            return Reply(451, "4.3.0", f"{self._hostname} technical difficulties: {exc}")
-        except PolicyError as exc:
-            log.error("get_queue_config failed: %s", exc)
-            return Reply(451, "4.3.0", f"{self._hostname} technical difficulties: {exc}")
+        except (QueueNameError, PolicyError) as exc:  # logged; policy text never reaches the client
+            log.error("no queue for a received message: %s", exc)
+            return Reply(451, "4.3.0", f"{self._hostname} technical difficulties")
+        if isinstance(conn, SessionMeta):  # KumoMTA's rule: a message relays by its first rcpt
+            for index, msg in enumerate(messages):
+                relay = await conn.relay.disposition(msg.sender, msg.recipients[0])
+                if not relay.relay and names[index] != NULL_QUEUE:
+                    names[index] = _NOT_RELAYED  # logged as received, not spooled nor queued
+        spooled = [m for m, n in zip(messages, names, strict=True) if n not in _NOT_QUEUED]
 
         if spooled and not await self._spool_all(spooled):
             return Reply(451, "4.3.0", f"{self._hostname} spool error, try again later")
         # The commit point: from here on nothing awaits, so nothing can cancel the reply.
-        return self._accept(conn, messages, names)
+        reply = self._accept(conn, messages, names)
+        return reply if spooled or NULL_QUEUE in names else RELAYING_DENIED
 
     async def _spool_all(self, msgs: list[Message]) -> bool:
         """Store every message; False (after taking them all back out) when a store failed.
@@ -331,7 +365,7 @@ class Reception:
             except Exception:
                 log.exception("message %s: writing its Reception record failed", msg.id)
             _RECEIVED_BY_PRIORITY[priority_of(msg)].inc()
-            if name == NULL_QUEUE:
+            if name in _NOT_QUEUED:
                 continue
             try:
                 self._queues.insert(msg)

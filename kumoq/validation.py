@@ -4,7 +4,9 @@
 fires what the daemon would fire for mail to each sample queue: ``get_queue_config``, then for
 SMTP and custom Lua delivery ``get_egress_pool`` and ``get_egress_source`` for each of the
 pool's sources, and for SMTP ``get_egress_path_config(routing_domain, source, site_name)``; then
-``validate_config`` (KumoMTA fires it from ``kumod --validate``). It also checks that every spool
+``validate_config`` (KumoMTA fires it from ``kumod --validate``; each ``kumo.validation_failed()``
+is an error at its line). Each handler kumoq never calls is a warning
+(kumoq.lua.events.unfired_handlers). It also checks that every spool
 path, log directory and literal maildir path is writable or creatable, and that listener
 addresses are addresses of this host. It returns a ``Report`` holding every finding, never only
 the first: errors (the daemon would fail, or mail would fail) and warnings (worth a look).
@@ -54,7 +56,7 @@ from kumoq.dns.resolver import TestResolver
 from kumoq.dns.site_name import MailExchanger
 from kumoq.egress.names import mx_list_site_name
 from kumoq.errors import ConfigError, KumoqError, PolicyError, PolicyWouldBlock
-from kumoq.lua.events import PolicyEvents
+from kumoq.lua.events import PolicyEvents, unfired_handlers
 from kumoq.lua.runtime import PolicyRuntime
 from kumoq.message import parse_queue_name
 
@@ -76,7 +78,6 @@ DEFAULT_DOMAINS: Final = (
 _DNS_RERUNS: Final = 8  # a handler waiting for DNS runs again once its answer is at hand
 _UNKNOWN_KEY: Final = re.compile(r"unknown key '([^']+)'; allowed keys are: (.+)$")
 _LOCATION: Final = re.compile(r"^([^\n]+?):(\d+): ")
-_VALIDATION_FAILED: Final = "(field 'validation_failed')"
 
 
 @dataclass(slots=True, kw_only=True)
@@ -192,7 +193,9 @@ def validate_policy(path: Path, queues: Sequence[str] = ()) -> Report:
     try:
         for name in queues or DEFAULT_DOMAINS:
             validator.queue(name)
-        validator.validate_config()
+        validator.validate_config(decl.validation_failures)
+        for site, text in unfired_handlers(runtime.handler_names, validator.constructors):
+            report.add("warning", text, _in_policy_dir(path, site), None)
     finally:
         validator.close()
     _check_declarations(path, decl, report)
@@ -214,6 +217,7 @@ class _Validator:
         self._events = events
         self._egress = PolicyEgress(events)
         self._report = report
+        self.constructors: set[str] = set()  # custom_lua constructors the queues name
         self._runner: asyncio.Runner | None = None
         self._mx: MxCache | None = None
         if decl.test_zones:
@@ -266,7 +270,9 @@ class _Validator:
         if isinstance(protocol, MaildirProtocol):
             self._maildir(protocol.maildir_path, where)
             return
-        if not isinstance(protocol, SmtpProtocol | CustomLuaProtocol):
+        if isinstance(protocol, CustomLuaProtocol):
+            self.constructors.add(protocol.constructor)
+        elif not isinstance(protocol, SmtpProtocol):
             return
         routing = parts.routing_domain or parts.domain
         pool = self._pool(config.egress_pool or UNSPECIFIED, name)
@@ -333,11 +339,18 @@ class _Validator:
         if problem is not None:
             self._report.add("error", f"maildir_path {maildir_path!r}: {problem}", location, where)
 
-    def validate_config(self) -> None:
-        if not self._events.has_handler("validate_config"):
-            return
-        self._report.check("validate_config handler(s)", "validate_config")
-        self._fire("validate_config", "validate_config", self._events.call, "validate_config")
+    def validate_config(self, failures: list[str]) -> None:
+        """Fire ``validate_config``; each ``kumo.validation_failed()`` call (at a ``failures``
+        location, also those made earlier, in ``init``) is an error there."""
+        if self._events.has_handler("validate_config"):
+            self._report.check("validate_config handler(s)", "validate_config")
+            self._fire("validate_config", "validate_config", self._events.validate_config)
+        for where in failures:
+            text = (
+                "validate_config: the policy called kumo.validation_failed() to report a "
+                "failure (what it printed says why)"
+            )
+            self._report.add("error", text, _in_policy_dir(self._path, where), "validate_config")
 
 
 async def _awaited(awaitable: Awaitable[None]) -> None:
@@ -353,11 +366,6 @@ def _record(
     m = _LOCATION.match(message)
     if m is not None and location == f"{m.group(1)}:{m.group(2)}":
         message = message[m.end() :]
-    if _VALIDATION_FAILED in message and event == "validate_config":
-        message = (
-            "validate_config: the policy called kumo.validation_failed() to report a failure "
-            "(kumoq does not define that function, so the handler stopped there)"
-        )
     hint = _UNKNOWN_KEY.search(message)
     if hint is not None:
         close = difflib.get_close_matches(hint.group(1), hint.group(2).split(", "), n=1)

@@ -218,7 +218,9 @@ class EgressPool:
 class SuspendWhen:
     """``suspend_when_unplumbed`` / ``suspend_when_proxy_unhealthy`` (LATER).
 
-    ``trigger`` is ``"Immediate"`` or a rate ``"N/period"`` of failures.
+    ``trigger`` is ``"Immediate"`` (the default) or, as KumoMTA writes it,
+    ``{ Threshold = "N/period" }`` (a bare ``"N/period"`` is accepted too): N failures within
+    the rolling period. ``duration`` is required, as in KumoMTA.
     """
 
     trigger: str | ThrottleSpec = "Immediate"
@@ -229,9 +231,17 @@ class SuspendWhen:
         def trigger(key: str, value: Any) -> str | ThrottleSpec:
             if value == "Immediate":
                 return "Immediate"
+            if isinstance(value, Mapping):
+                if list(value) != ["Threshold"]:
+                    raise ConfigError(
+                        f"{table}.{key}: expected 'Immediate' or {{ Threshold = 'N/period' }}, "
+                        f"got {dict(value)!r}"
+                    )
+                return ThrottleSpec.parse(f"{table}.{key}.Threshold", value["Threshold"])
             return ThrottleSpec.parse(key, value)
 
-        return build(cls, table, mapping, {"trigger": trigger, "duration": parse_duration})
+        parsers = {"trigger": trigger, "duration": parse_duration}
+        return build(cls, table, mapping, parsers, required=("duration",))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

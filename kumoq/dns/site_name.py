@@ -28,6 +28,7 @@ __all__ = [
     "NULL_MX_TEXT",
     "MailExchanger",
     "factor_names",
+    "fully_qualified",
     "normalize_host",
 ]
 
@@ -50,6 +51,19 @@ def normalize_host(name: str) -> str:
         # name:port; the trailing dot, if any, sits before the colon.
         return f"{host.rstrip('.')}:{port}" if host.endswith(".") else name
     return name[:-1] if name.endswith(".") and name != "." else name
+
+
+def fully_qualified(name: str) -> str:
+    """``name`` as KumoMTA hands host names to the policy: with the root's trailing dot
+    (``mx.example.com`` -> ``mx.example.com.``, ``a.b.net:25`` -> ``a.b.net.:25``). The null
+    MX ``.``, an IP address and a name that has its dot already are returned as they are.
+    O(len(name))."""
+    host, sep, port = name.rpartition(":")
+    if sep and port.isdigit() and host and "]" not in port and ":" not in host:
+        return f"{fully_qualified(host)}:{port}"
+    if not name or name.endswith(".") or ":" in name or name.replace(".", "").isdigit():
+        return name
+    return name + "."
 
 
 def factor_names(hosts: Iterable[str]) -> str:
@@ -179,17 +193,20 @@ class MailExchanger:
         )
 
     def to_plain(self) -> dict[str, object]:
-        """A plain dict for the Lua bridge: ``site_name``, ``hosts``, ``by_pref``, flags.
+        """KumoMTA's ``MailExchanger`` as plain data for ``kumo.dns.lookup_mx``: ``domain_name``,
+        ``hosts`` and ``by_pref`` fully qualified, with the trailing dot (so KumoMTA's rollup
+        patterns such as ``'%.google%.com%.$'`` match); ``site_name`` without; the flags.
 
         ``by_pref`` keys are ints and values lists, so the bridge can build Lua tables directly.
+        A domain literal keeps its forms (``[192.0.2.1]``, ``192.0.2.1``).
         """
+        fq = (lambda name: name) if self.is_domain_literal else fully_qualified
         return {
-            "domain_name": self.domain,
+            "domain_name": fq(self.domain),
             "site_name": self.site_name,
-            "hosts": list(self.hosts),
-            "by_pref": {pref: list(hosts) for pref, hosts in self.by_pref.items()},
-            "is_secure": self.is_secure,
-            "is_null_mx": self.is_null_mx,
+            "hosts": [fq(h) for h in self.hosts],
+            "by_pref": {pref: [fq(h) for h in hosts] for pref, hosts in self.by_pref.items()},
             "is_domain_literal": self.is_domain_literal,
+            "is_secure": self.is_secure,
             "is_mx": not (self.is_implicit_mx or self.is_domain_literal),
         }

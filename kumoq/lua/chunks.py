@@ -6,11 +6,12 @@ same wherever kumoq is installed. The files ship as package data (``[tool.setupt
 package-data]`` in pyproject.toml); a missing one fails the import of kumoq.lua.
 
 In load order (kumoq.lua.runtime): ``SANDBOX`` (takes ``python``, ``debug`` and C modules away
-from the policy), ``MESSAGE`` (the Message, EnvelopeAddress and conn_meta objects), ``CORE``
-(``kumo.on``, dispatch, error locations, the event coroutines), ``KUMO`` (the ``kumo``
-module), ``BUDGET`` (the time budget's count hook; last, so that the chunks before it keep
-the raw ``setmetatable`` and coroutine functions). Each file's header comment says what it is
-given and what it sets.
+from the policy), ``MESSAGE`` (the Message, EnvelopeAddress and conn_meta objects; it loads
+``MIME``, the MimePart, HeaderMap and AddressHeader objects), ``CORE`` (``kumo.on``, dispatch,
+error locations, the event coroutines), ``KUMO`` (the ``kumo`` module; it loads ``KUMO_CACHE``,
+``KUMO_DATA``, ``KUMO_TIME`` and ``KUMO_PROCESS``, KumoMTA's utility modules), ``BUDGET`` (the time
+budget's count hook; last, so that the chunks before it keep the raw ``setmetatable`` and
+coroutine functions). Each file's header comment says what it is given and what it sets.
 
 L2: imports only the standard library; must not import lupa or any other kumoq module.
 """
@@ -21,7 +22,20 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Final
 
-__all__ = ["ALL", "BUDGET", "CORE", "KUMO", "MESSAGE", "SANDBOX", "Chunk"]
+__all__ = [
+    "ALL",
+    "BUDGET",
+    "CORE",
+    "KUMO",
+    "KUMO_CACHE",
+    "KUMO_DATA",
+    "KUMO_PROCESS",
+    "KUMO_TIME",
+    "MESSAGE",
+    "MIME",
+    "SANDBOX",
+    "Chunk",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +54,24 @@ def _read(filename: str, chunkname: str) -> Chunk:
 
 SANDBOX: Final = _read("sandbox.lua", "=kumoq/sandbox")
 MESSAGE: Final = _read("message.lua", "=kumoq/message")
+MIME: Final = _read("mime.lua", "=kumoq/mime")  # loaded by message.lua
 CORE: Final = _read("core.lua", "=kumoq/core")
 KUMO: Final = _read("kumo.lua", "=kumoq/kumo")
+# loaded by kumo.lua, in this order (kumoq.lua.kumo_extras hands them over)
+KUMO_CACHE: Final = _read("kumo_cache.lua", "=kumoq/kumo_cache")
+KUMO_DATA: Final = _read("kumo_data.lua", "=kumoq/kumo_data")
+KUMO_TIME: Final = _read("kumo_time.lua", "=kumoq/kumo_time")
+KUMO_PROCESS: Final = _read("kumo_process.lua", "=kumoq/kumo_process")
 BUDGET: Final = _read("budget.lua", "=kumoq/budget")
-ALL: Final = (SANDBOX, MESSAGE, CORE, KUMO, BUDGET)
+ALL: Final = (
+    SANDBOX,
+    MESSAGE,
+    MIME,
+    CORE,
+    KUMO,
+    KUMO_CACHE,
+    KUMO_DATA,
+    KUMO_TIME,
+    KUMO_PROCESS,
+    BUDGET,
+)

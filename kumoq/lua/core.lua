@@ -1,8 +1,9 @@
--- kumoq/core: events. kumo.on, dispatch (the first non-nil result wins for
--- the multi-handler events), error capture with the policy's file:line,
--- custom_lua connections, and the coroutine every call into the policy runs
--- in. Arguments: M (kumoq's private table, already holding what sandbox.lua
--- and message.lua put there) and the set of multi-handler event names.
+-- kumoq/core: events. kumo.on, dispatch (for the multi-handler events, the
+-- first handler that returns something wins), error capture with the
+-- policy's file:line, custom_lua connections, and the coroutine every call
+-- into the policy runs in. Arguments: M (kumoq's private table, already
+-- holding what sandbox.lua and message.lua put there) and the set of
+-- multi-handler event names.
 --
 -- Loaded by kumoq.lua.runtime as the chunk '=kumoq/core'. Formatted with
 -- stylua and KumoMTA's stylua.toml.
@@ -10,11 +11,14 @@
 local M, multi = ...
 local REJECT, OPAQUE, getinfo, raw_load, wrap =
   M.REJECT, M.OPAQUE, M.getinfo, M.load, M.wrap
-local type, error, tostring, getmetatable, xpcall, pairs =
-  type, error, tostring, getmetatable, xpcall, pairs
+local type, error, tostring, getmetatable, xpcall, pairs, select =
+  type, error, tostring, getmetatable, xpcall, pairs, select
 local byte, find, format = string.byte, string.find, string.format
 
 local handlers = {}
+-- where each event's first handler was registered ("file:line"), for the
+-- load-time report of handlers kumoq never calls (kumoq.lua.events)
+local sites = {}
 local phase = 'load'
 function M.set_phase(p)
   phase = p
@@ -45,6 +49,7 @@ function M.on(name, fn)
   local list = handlers[name]
   if list == nil then
     handlers[name] = { fn }
+    sites[name] = M.where(2) or '?'
     return
   end
   if not multi[name] then
@@ -62,17 +67,24 @@ function M.on(name, fn)
   list[#list + 1] = fn
 end
 
+-- { [event name] = "file:line" of its first kumo.on }
 function M.handler_names()
-  local out, n = {}, 0
+  local out = {}
   for k in pairs(handlers) do
-    n = n + 1
-    out[n] = k
+    out[k] = sites[k]
   end
   return out
 end
 
 -- the handler running, for M.defined_at: a memory error has no location
 local current
+
+-- whether a handler returned anything at all: for a multi-handler event, one
+-- that returns nothing lets the next run; a return of any value, nil
+-- included, ends the dispatch (as KumoMTA's CallbackSignature::call)
+local function returned_any(...)
+  return select('#', ...) > 0, (...)
+end
 
 local function fire(name, ...)
   local list = handlers[name]
@@ -86,8 +98,8 @@ local function fire(name, ...)
   end
   for i = 1, n do
     current = list[i]
-    local r = current(...)
-    if r ~= nil then
+    local returned, r = returned_any(current(...))
+    if returned then
       return r
     end
   end
@@ -143,6 +155,9 @@ local function finish(ok, r, ...)
     local h = OPAQUE[r]
     if h ~= nil then
       return 2, h
+    end
+    if type(r) == 'table' and M.plain ~= nil then
+      r = M.plain(r) -- a memoized view or domain map reads as {} from Python otherwise
     end
     return 1, r, ...
   end

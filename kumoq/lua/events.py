@@ -13,20 +13,110 @@ The SMTP reception events are coroutines: a handler that waits for DNS
 Errors: ``kumo.reject``/``kumo.disconnect`` raise RejectError (code, reply_text, disconnect);
 any other failure raises PolicyError whose ``location`` is the policy's ``file:line``.
 
-L2: imports kumoq.lua.runtime, kumoq.lua.message, kumoq.message, kumoq.config.queue, errors.
+The events kumoq fires are named in ``FIRED_EVENTS``; ``NOT_FIRED_YET`` names KumoMTA's other
+events. ``unfired_handlers`` tells, at load, which of a policy's handlers kumoq never calls.
+
+L2: imports kumoq.lua.runtime, kumoq.lua.message, kumoq.message, kumoq.config (queue,
+listener_domain), errors.
 """
 
 from __future__ import annotations
 
-from typing import Any, final
+import difflib
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any, Final, final
 
+from kumoq.config.listener_domain import ListenerDomain
 from kumoq.config.queue import QueueConfig
-from kumoq.errors import PolicyError
+from kumoq.errors import PolicyError, RejectError
+from kumoq.lua.budget import LuaBudgetError
 from kumoq.lua.message import ConnMeta
 from kumoq.lua.runtime import PolicyRuntime
 from kumoq.message import EnvelopeAddress, Message
 
-__all__ = ["PolicyEvents"]
+__all__ = ["FIRED_EVENTS", "NOT_FIRED_YET", "PolicyEvents", "unfired_handlers"]
+
+#: The events kumoq fires (docs/reference/events/index.md). A custom_lua constructor, named by
+#: its queue config, is fired too.
+FIRED_EVENTS: Final = frozenset(
+    {
+        "pre_init",
+        "init",
+        "validate_config",
+        "smtp_server_ehlo",
+        "smtp_server_auth_plain",
+        "smtp_server_mail_from",
+        "smtp_server_rcpt_to",
+        "get_listener_domain",
+        "smtp_server_data",
+        "smtp_server_message_received",
+        "http_message_generated",
+        "http_server_validate_auth_basic",
+        "get_queue_config",
+        "get_egress_pool",
+        "get_egress_source",
+        "get_egress_path_config",
+        "requeue_message",
+        "rebind_message",
+    }
+)
+
+_KUMOD: Final = "KumoMTA fires it, kumoq does not yet"
+#: KumoMTA's other events (its docs/reference/events/ and kumod's sources), and why kumoq
+#: never calls a handler for them.
+NOT_FIRED_YET: Final = {
+    "smtp_server_connection_accepted": _KUMOD,
+    "smtp_server_split_transaction": _KUMOD,
+    "smtp_server_rewrite_response": _KUMOD,
+    "smtp_server_get_dynamic_parameters": _KUMOD,
+    "smtp_server_message_deferred_inject": _KUMOD,
+    "smtp_client_rewrite_delivery_status": _KUMOD,
+    "spool_message_enumerated": _KUMOD,
+    "throttle_insert_ready_queue": _KUMOD,
+    "should_enqueue_log_record": _KUMOD,
+    "shutdown_logging": _KUMOD,
+    "get_acl_definition": _KUMOD,
+    "http_server_validate_auth_bearer": _KUMOD,
+    "xfer_message_received": _KUMOD,
+    "main": "KumoMTA fires it for `kumod --script`, which kumoq does not have",
+    "tsa_init": "it belongs to KumoMTA's tsa-daemon, which kumoq does not include",
+    "tsa_load_shaping_data": "it belongs to KumoMTA's tsa-daemon, which kumoq does not include",
+    "proxy_init": "it belongs to KumoMTA's kumo-proxy, which kumoq does not include",
+    "proxy_server_auth_rfc1929": "it belongs to KumoMTA's kumo-proxy, which kumoq does not include",
+}
+
+
+def unfired_handlers(
+    handlers: Mapping[str, str], constructors: Collection[str] = ()
+) -> list[tuple[str, str]]:
+    """``(file:line, text)`` for each handler in ``handlers`` (event name -> where its
+    ``kumo.on`` is) that kumoq never calls, in file order.
+
+    A name in ``constructors`` (custom_lua constructors the caller knows of), or with a dot
+    (KumoMTA's convention for them, ``make.webhook``), is taken for a constructor and not
+    reported: a queue may name it at any time."""
+    found = []
+    known = sorted(FIRED_EVENTS | NOT_FIRED_YET.keys())
+    for name, site in handlers.items():
+        if name in FIRED_EVENTS or name in constructors or "." in name:
+            continue
+        why = NOT_FIRED_YET.get(name)
+        if why is not None:
+            text = f"kumo.on('{name}'): not yet supported: {why}; the handler is never called"
+        else:
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            text = (
+                f"kumo.on('{name}'): unknown event{hint}: neither KumoMTA nor kumoq fires it; "
+                "the handler is called only if a queue names it as its custom_lua constructor"
+            )
+        found.append((site, text))
+    return sorted(found, key=lambda item: _site_key(item[0]))
+
+
+def _site_key(site: str) -> tuple[str, int]:
+    file, _, line = site.rpartition(":")
+    return (file, int(line)) if line.isdigit() else (site, 0)
 
 
 @final
@@ -137,15 +227,86 @@ class PolicyEvents:
 
     async def smtp_server_message_received(self, msg: Message, conn_meta: dict[str, Any]) -> None:
         """Run the handler on ``msg``; its meta, data and envelope changes land in ``msg``."""
+        await self._message_event("smtp_server_message_received", msg, conn_meta)
+
+    async def smtp_server_data(self, msg: Message, conn_meta: dict[str, Any]) -> None:
+        """Run the handler on the transaction's one message (every recipient); its changes
+        land in ``msg``."""
+        await self._message_event("smtp_server_data", msg, conn_meta)
+
+    async def _message_event(self, name: str, msg: Message, conn_meta: dict[str, Any]) -> None:
         rt = self._rt
-        if "smtp_server_message_received" not in rt.handler_names:
+        if name not in rt.handler_names:
             return
         hm = rt.bind_message(msg)
         hc = rt.bind_conn(conn_meta)
         try:
-            await rt.invoke_async("smtp_server_message_received", "mc", hm, hc)
+            await rt.invoke_async(name, "mc", hm, hc)
         finally:
             rt.unbind(hm, hc)
+
+    async def get_listener_domain(
+        self, domain: str, listener: str, conn_meta: dict[str, Any]
+    ) -> ListenerDomain | None:
+        """The handler's ``kumo.make_listener_domain{...}``, or None (no handler, or nil).
+
+        As in KumoMTA, ``kumo.reject`` is no reply here: it fails the event like any other
+        error (PolicyError)."""
+        rt = self._rt
+        if "get_listener_domain" not in rt.handler_names:
+            return None
+        hc = rt.bind_conn(conn_meta)
+        try:
+            result = await rt.invoke_async(
+                "get_listener_domain", "vvc", rt.to_lua(domain), rt.to_lua(listener), hc
+            )
+        except LuaBudgetError:
+            raise  # a 451, as over-budget calls in the other SMTP events
+        except RejectError as exc:
+            raise PolicyError(
+                f"get_listener_domain: kumo.reject({exc.code}, {exc.reply_text!r}) is an error "
+                "in this event, not a reply",
+                location=exc.location,
+            ) from None
+        finally:
+            rt.unbind(hc)
+        if result is None or isinstance(result, ListenerDomain):
+            return result
+        raise PolicyError(
+            "get_listener_domain: the handler must return kumo.make_listener_domain{...} or "
+            f"nil, got {result!r}"
+        )
+
+    def requeue_message(
+        self,
+        msg: Message,
+        response: str,
+        context: Sequence[str],
+        increment_attempts: bool,
+        delay: float | None,
+    ) -> None:
+        """``requeue_message(msg, smtp_response, insert_context, increment_attempts, delay)``;
+        ``delay`` in seconds or nil. Changes land in ``msg``. RejectError for ``kumo.reject``
+        (a bounce), PolicyError for any other failure (a Lua budget overrun included)."""
+        rt = self._rt
+        if "requeue_message" not in rt.handler_names:
+            return
+        hm = rt.bind_message(msg)
+        to_lua = rt.to_lua
+        try:
+            rt.invoke(
+                "requeue_message", "mvvvv",
+                hm, to_lua(response), to_lua(list(context)), increment_attempts, delay,
+            )  # fmt: skip
+        except LuaBudgetError as exc:  # a RejectError, but no kumo.reject: not a bounce
+            raise PolicyError(str(exc), location=exc.location) from None
+        finally:
+            rt.unbind(hm)
+
+    def validate_config(self) -> None:
+        """Run every ``validate_config`` handler (they call ``kumo.validation_failed()``)."""
+        if "validate_config" in self._rt.handler_names:
+            self._rt.invoke("validate_config", "")
 
     # -- queues ------------------------------------------------------------------------------
 
@@ -156,7 +317,8 @@ class PolicyEvents:
         campaign: str | None,
         routing_domain: str | None,
     ) -> QueueConfig | None:
-        """The first non-nil handler result; None when no handler or all returned nil.
+        """The first handler result (a handler that returns nothing passes to the next);
+        None when there is no handler, none returned anything, or the result was nil.
 
         A plain table (KumoMTA accepts one too) is built with the ``make_queue_config`` builder.
         """

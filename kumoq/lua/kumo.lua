@@ -1,7 +1,12 @@
 -- kumoq/kumo: the kumo module the policy sees (kumo.on, reject, disconnect,
--- json_*, log_*, the declarations, make_* and kumo.dns). Arguments: py (the
--- Python functions of kumoq.lua.kumo_api.python_api) and M (kumoq's private
--- table); sets the global kumo and package.loaded.kumo.
+-- log_*, the declarations, make_* and kumo.dns), then KumoMTA's utility
+-- modules from the chunks it loads last (kumo_cache, kumo_data, kumo_time,
+-- kumo_process: memoize, domain_map, serde, json_*, string, regex, time,
+-- spawn_task...). Arguments: py (the Python functions of
+-- kumoq.lua.kumo_api.python_api) and M (kumoq's private table); sets the
+-- global kumo and package.loaded.kumo (and package.loaded['kumo.serde'] and
+-- the like). Reading a field kumo or one of its modules does not have is an
+-- error ("kumo.foo is not available in kumoq"), at the policy's line.
 --
 -- Loaded by kumoq.lua.runtime as the chunk '=kumoq/kumo', last. Formatted
 -- with stylua and KumoMTA's stylua.toml.
@@ -53,9 +58,14 @@ function kumo.disconnect(code, message, how)
   if how == nil then
     how = 'ForceDisconnect'
   end
-  if how ~= 'ForceDisconnect' and how ~= 'If421' then
+  if
+    how ~= 'ForceDisconnect'
+    and how ~= 'If421'
+    and how ~= 'FollowWith421'
+  then
     error(
-      "disconnect: how must be 'ForceDisconnect' or 'If421', got "
+      "disconnect: expected one of 'If421', 'FollowWith421' or "
+        .. "'ForceDisconnect', but got "
         .. tostring(how),
       2
     )
@@ -63,34 +73,7 @@ function kumo.disconnect(code, message, how)
   raise_reject('disconnect', code, message, how)
 end
 
-local py_json_encode, py_json_parse = py.kumo_json_encode, py.kumo_json_parse
-local function encoder(pretty)
-  return function(value)
-    if type(value) == 'string' and utf8len(value) == nil then
-      error('json_encode: string is not valid UTF-8', 2)
-    end
-    local s, e = py_json_encode(value, pretty)
-    if s == ERR then
-      error(e, 2)
-    end
-    return s
-  end
-end
-kumo.json_encode = encoder(false)
-kumo.json_encode_pretty = encoder(true)
-function kumo.json_parse(s)
-  if type(s) ~= 'string' then
-    error('json_parse: expected a string, got ' .. type(s), 2)
-  end
-  if utf8len(s) == nil then
-    error('json_parse: input is not valid UTF-8', 2)
-  end
-  local v, e = py_json_parse(s)
-  if v == ERR then
-    error(e, 2)
-  end
-  return v
-end
+-- kumo.json_encode, json_encode_pretty and json_parse: see kumo_data.lua.
 
 local py_log = py.kumo_log
 local function logger(level)
@@ -154,7 +137,7 @@ end
 local function declaration(kind)
   return c_callable(kind, function(params)
     check_table(kind, params)
-    local r, e = py_declare(kind, params)
+    local r, e = py_declare(kind, M.plain(params))
     if r == ERR then
       error(e, 0)
     end
@@ -189,7 +172,7 @@ local function maker(kind)
       M.dead = {}
       py_release(unpack(dead))
     end
-    local h, e = py_make(kind, params)
+    local h, e = py_make(kind, M.plain(params))
     if h == ERR then
       error(e, 0)
     end
@@ -207,6 +190,17 @@ end
 local py_bump = py.kumo_bump_config_epoch
 kumo.bump_config_epoch = function()
   local r, e = py_bump()
+  if r == ERR then
+    error(e, 2)
+  end
+end
+
+-- kumo.validation_failed(): mark the policy as failing validation (KumoMTA's
+-- validate_config helpers call it after printing what is wrong); the handler
+-- goes on. kumoq remembers where it was called and reports that file:line.
+local py_validation_failed = py.kumo_validation_failed
+kumo.validation_failed = function()
+  local r, e = py_validation_failed(M.where(2))
   if r == ERR then
     error(e, 2)
   end
@@ -257,6 +251,32 @@ end
 for _, kind in ipairs(M.makers) do
   kumo[kind] = maker(kind)
 end
+
+-- KumoMTA's utility modules, each a chunk of its own (kumoq.lua.chunks).
+for _, name in ipairs { 'cache', 'data', 'time', 'process' } do
+  local src, chunkname = py.kumo_chunk(name)
+  if src == ERR then
+    error(chunkname, 0)
+  end
+  M.load(src, chunkname, 't')(py, M, kumo)
+end
+
+-- Strict modules: a field kumoq does not have is an error at the line that
+-- reads it, not a nil that fails later (or never).
+local function strict(t, prefix)
+  return setmetatable(t, {
+    __index = function(_, k)
+      error(prefix .. tostring(k) .. ' is not available in kumoq', 2)
+    end,
+  })
+end
+for name, sub in pairs(kumo) do
+  if type(sub) == 'table' and getmetatable(sub) == nil then
+    strict(sub, 'kumo.' .. name .. '.')
+    package.loaded['kumo.' .. name] = sub
+  end
+end
+strict(kumo, 'kumo.')
 
 M.kumo = kumo
 _G.kumo = kumo

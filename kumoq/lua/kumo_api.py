@@ -4,19 +4,25 @@ Defined in Lua (``kumo.lua`` beside this module, loaded by the runtime as the ch
 ``=kumoq/kumo``) on top of a few Python functions (``python_api``):
 
 - ``kumo.on`` (from the runtime), ``kumo.reject(code, msg)`` and
-  ``kumo.disconnect(code, msg[, 'ForceDisconnect'|'If421'])``, which raise a Lua error whose
-  value is a private reject table (never matched by text), turned into RejectError;
-- ``kumo.json_encode``, ``kumo.json_encode_pretty``, ``kumo.json_parse`` (keys sorted, as
-  serde_json's default map does; JSON ``null`` becomes nil);
+  ``kumo.disconnect(code, msg[, 'ForceDisconnect'|'FollowWith421'|'If421'])``, which raise a
+  Lua error whose value is a private reject table (never matched by text), turned into
+  RejectError (``RejectError.from_lua``);
+- KumoMTA's utility modules (``kumo.serde`` and the legacy ``kumo.json_*``/``kumo.toml_*``,
+  ``kumo.string``, ``kumo.regex``, ``kumo.time``, ``kumo.memoize``, ``kumo.domain_map``,
+  ``kumo.spawn_task`` ...): chunks that ``kumo.lua`` loads last, on the functions of
+  kumoq.lua.kumo_extras, which ``python_api`` includes; after them ``kumo`` and its
+  submodules are strict: reading a field kumoq does not have is an error naming it;
 - ``kumo.log_debug/log_info/log_warn/log_error(...)``: arguments ``tostring``-ed and joined
   with spaces, to the Python logger ``kumoq.policy``;
 - declarations ``start_esmtp_listener``, ``start_http_listener``, ``define_spool``,
   ``configure_local_logs`` (only inside ``init``), collected by the runtime;
-- ``make_queue_config``, ``make_egress_pool``, ``make_egress_source``, ``make_egress_path``:
-  return an opaque Lua table that carries a handle to the built (frozen) Python object, so an
-  event returning it hands Python the original object. The handle is released when Lua
-  garbage-collects the table (the finalizer only queues the handle in Lua; the next ``make_*``
-  call releases the queued handles, so no Python code runs inside a Lua finalizer);
+- ``make_queue_config``, ``make_egress_pool``, ``make_egress_source``, ``make_egress_path``,
+  ``make_listener_domain``: return an opaque Lua table that carries a handle to the built
+  (frozen) Python object, so an event returning it hands Python the original object. The
+  handle is released when Lua garbage-collects the table (the finalizer only queues the handle
+  in Lua; the next ``make_*`` call releases the queued handles, so no Python code runs inside a
+  Lua finalizer);
+- ``kumo.validation_failed()``: the caller's ``file:line`` goes to the declare callback;
 - ``kumo.dns.configure_test_resolver`` (a declaration) and ``kumo.dns.lookup_mx`` (which
   waits, see kumoq.lua.waits).
 
@@ -25,17 +31,19 @@ classes. A builder's ConfigError becomes a Lua error raised at the policy's call
 ``KumoApiRuntime`` is what ``python_api`` uses of the runtime; the runtime's ``PolicyRuntime``
 has it (structurally, checked by mypy where the runtime calls ``python_api``).
 
-L2: imports only the standard library and kumoq.lua.message; must not import the runtime
+L2: imports the standard library, kumoq.lua.message and kumoq.lua.kumo_extras; must not import
+the runtime
 module (``runtime.py`` here), not even under TYPE_CHECKING: it imports this one.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Protocol
 
+from kumoq.lua import kumo_extras
+from kumoq.lua.kumo_extras import ExtrasRuntime
 from kumoq.lua.message import LuaApiError
 
 __all__ = ["DECLARATIONS", "MAKERS", "Declarations", "KumoApiRuntime", "python_api"]
@@ -49,7 +57,13 @@ DECLARATIONS: Final = (
     "configure_local_logs",
     "configure_test_resolver",
 )
-MAKERS: Final = ("make_queue_config", "make_egress_pool", "make_egress_source", "make_egress_path")
+MAKERS: Final = (
+    "make_queue_config",
+    "make_egress_pool",
+    "make_egress_source",
+    "make_egress_path",
+    "make_listener_domain",
+)
 
 
 class Declarations(Protocol):
@@ -58,7 +72,7 @@ class Declarations(Protocol):
     def add(self, kind: str, value: object) -> None: ...
 
 
-class KumoApiRuntime(Protocol):
+class KumoApiRuntime(ExtrasRuntime, Protocol):
     """What the ``kumo`` module's Python functions need of the policy runtime."""
 
     @property
@@ -88,18 +102,6 @@ class KumoApiRuntime(Protocol):
 def python_api(rt: KumoApiRuntime) -> dict[str, Callable[..., Any]]:
     """The Python functions behind the ``kumo`` module."""
     from_lua = rt.from_lua
-    to_lua = rt.to_lua
-
-    def json_encode(value: object, pretty: bool) -> str:
-        data = from_lua(value)
-        if pretty:
-            return json.dumps(data, ensure_ascii=False, sort_keys=True, indent=2, allow_nan=False)
-        return json.dumps(
-            data, ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False
-        )
-
-    def json_parse(text: str) -> Any:
-        return to_lua(json.loads(text))
 
     def log(level: int, text: str) -> None:
         policy_log.log(level, "%s", text)
@@ -130,6 +132,13 @@ def python_api(rt: KumoApiRuntime) -> dict[str, Callable[..., Any]]:
         if callback is not None:
             callback("bump_config_epoch", None)
 
+    def validation_failed(where: str | None) -> None:
+        """``kumo.validation_failed()``: handed to the declare callback with the caller's
+        ``file:line`` (kumoq.declarations keeps it; ``validate`` and the start report it)."""
+        callback = rt.declare_callback
+        if callback is not None:
+            callback("validation_failed", where)
+
     def make(kind: str, params: object) -> int:
         return rt.new_opaque(kind, build(kind, params))
 
@@ -137,12 +146,11 @@ def python_api(rt: KumoApiRuntime) -> dict[str, Callable[..., Any]]:
         for h in handles:
             rt.opaque.pop(h, None)
 
-    return {
-        "kumo_json_encode": rt.guard("json_encode", json_encode),
-        "kumo_json_parse": rt.guard("json_parse", json_parse),
+    return kumo_extras.python_api(rt) | {
         "kumo_log": rt.guard("log", log),
         "kumo_declare": rt.guard(None, declare),
         "kumo_bump_config_epoch": rt.guard("bump_config_epoch", bump_config_epoch),
+        "kumo_validation_failed": rt.guard("validation_failed", validation_failed),
         "kumo_make": rt.guard(None, make),
         "kumo_release": rt.guard("release", release),
     }

@@ -1,7 +1,8 @@
 -- kumoq/message: the Lua Message, EnvelopeAddress and conn_meta objects.
 -- Arguments: py (the Python functions of kumoq.lua.message.python_api, each
 -- taking a handle first) and M (kumoq's private table); sets M.wrap and
--- M.new_address.
+-- M.new_address. Loads kumoq/mime (mime.lua) last, for msg:parse_mime() and
+-- the address headers.
 --
 -- A Message or conn_meta object is an empty table with a metatable; its
 -- handle is kept in a private weak table, so the policy can neither read nor
@@ -12,8 +13,8 @@
 
 local py, M = ...
 local ERR = M.ERR
-local setmetatable, type, error, select, tostring =
-  setmetatable, type, error, select, tostring
+local setmetatable, type, error, select, tostring, pairs =
+  setmetatable, type, error, select, tostring, pairs
 local byte, gsub, char = string.byte, string.gsub, string.char
 local utf8len, utf8char, unpack = utf8.len, utf8.char, table.unpack
 
@@ -128,6 +129,9 @@ local function method2(name)
     if type(b) == 'string' and utf8len(b) == nil then
       bad_utf8(name)
     end
+    if type(b) == 'table' and M.plain ~= nil then
+      b = M.plain(b) -- set_meta of a memoized view or domain map: copy it plain
+    end
     local r, e = f(h, a, b)
     if r == ERR then
       error(e, 2)
@@ -181,6 +185,58 @@ for _, name in ipairs { 'set_meta', 'import_scheduling_header' } do
 end
 for _, name in ipairs { 'append_header', 'prepend_header' } do
   method3(name)
+end
+
+-- The content methods (kumoq.lua.message_content). Table arguments are
+-- copied plain first (M.plain, set by kumo.lua: a memoized view or a domain
+-- map reads as an empty table from Python otherwise).
+local function methodn(name, n)
+  local f = py[name]
+  MSG[name] = function(self, ...)
+    local h = MH[self]
+    if h == nil then
+      not_object(name, 'Message')
+    end
+    local args = { ... }
+    for i = 1, n do
+      local v = args[i]
+      if type(v) == 'string' and utf8len(v) == nil then
+        bad_utf8(name)
+      elseif type(v) == 'table' and M.plain ~= nil then
+        args[i] = M.plain(v)
+      end
+    end
+    local r, e = f(h, unpack(args, 1, n))
+    if r == ERR then
+      error(e, 2)
+    end
+    return r
+  end
+end
+for name, n in pairs {
+  parse_rfc3464 = 0,
+  save = 0,
+  shrink = 0,
+  shrink_data = 0,
+  import_headers = 1,
+  append_text_plain = 1,
+  append_text_html = 1,
+  set_force_sync = 1,
+  add_authentication_results = 2,
+  check_fix_conformance = 3,
+} do
+  methodn(name, n)
+end
+-- DKIM and ARC belong to the DKIM work (docs/deviations.md).
+for _, name in ipairs { 'dkim_verify', 'arc_verify', 'arc_seal' } do
+  MSG[name] = function()
+    error(
+      'msg:'
+        .. name
+        .. ' is not available in kumoq yet (see docs/deviations.md)',
+      2
+    )
+  end
 end
 
 local LATIN1 = {}
@@ -372,3 +428,7 @@ local function wrap(shape, i, ...)
 end
 M.wrap = wrap
 M.new_address = new_address
+
+-- msg:parse_mime(), its objects and the address headers: kumoq/mime.
+local mime_source, mime_name = py.mime_chunk()
+M.load(mime_source, mime_name, 't')(py, M, MSG, MH)

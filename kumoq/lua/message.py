@@ -17,9 +17,14 @@ kumoq.scheduler.scheduling and are re-exported here.
 ``MessageApiRuntime`` is what ``python_api`` uses of the runtime; the runtime's ``PolicyRuntime``
 has it (structurally, checked by mypy where the runtime calls ``python_api``).
 
-L2: imports kumoq.headers, kumoq.message, kumoq.clock and kumoq.scheduler.scheduling; must not
-import the runtime module (``runtime.py`` here), not even under TYPE_CHECKING: it imports
-this one.
+The content methods (``from_header``, ``check_fix_conformance``, ``append_text_plain``...) are
+kumoq.lua.message_content's, and ``parse_mime``'s objects kumoq.lua.message_mime's; their
+functions are merged into ``python_api``'s table. ``message.lua`` loads ``mime.lua`` (the
+chunk ``=kumoq/mime``, handed over by ``mime_chunk``) for the Lua side of both.
+
+L2: imports kumoq.headers, kumoq.message, kumoq.clock, kumoq.scheduler.scheduling and the
+sibling modules chunks, message_content and message_mime; must not import the runtime module
+(``runtime.py`` here), not even under TYPE_CHECKING: it imports this one.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from typing import Any, Protocol
 
 from kumoq import headers
 from kumoq.clock import Clock
+from kumoq.lua import chunks, message_content, message_mime
 from kumoq.message import EnvelopeAddress, Message
 from kumoq.scheduler.scheduling import (
     adjust_for_schedule,
@@ -263,8 +269,16 @@ def python_api(rt: MessageApiRuntime) -> dict[str, Callable[..., Any]]:
         "set_due": set_due,
         "conn_get_meta": conn_get_meta,
         "conn_set_meta": conn_set_meta,
+        **message_content.python_api(rt),
     }
-    return {name: rt.guard(name.removeprefix("conn_"), fn) for name, fn in functions.items()}
+    guarded = {name: rt.guard(name.removeprefix("conn_"), fn) for name, fn in functions.items()}
+    # The MIME objects' functions: mime.lua names the method in their errors.
+    mime: dict[str, Callable[..., Any]] = {
+        **message_mime.python_api(rt),
+        "mime_accessors": lambda: tuple(message_mime.ACCESSORS),
+        "mime_chunk": lambda: (chunks.MIME.source, chunks.MIME.chunkname),
+    }
+    return guarded | {name: rt.guard(None, fn) for name, fn in mime.items()}
 
 
 def _clean(value: str) -> str:

@@ -214,7 +214,7 @@ class PolicyRuntime:
         self._run = M.run
         self._continue = M.resume_event
         self.waits = Waits(self.to_lua, self.clock.now)
-        self.handler_names: frozenset[str] = frozenset()
+        self.handler_names: Mapping[str, str] = {}  # event -> "file:line" of its kumo.on
         self._load()
 
     # -- loading and init -------------------------------------------------------------------
@@ -228,7 +228,7 @@ class PolicyRuntime:
         self._result(name, self._call(name, self._M.load_policy, src, self.path.name))
         if not self._room(HEADROOM):  # handler_names() returns a table
             raise self._budget_error(f"loading {self.path.name}", "memory", None, ran=False)
-        self.handler_names = frozenset(self._M.handler_names().values())
+        self.handler_names = dict(self._M.handler_names().items())
         self._set_phase("init")
         self.phase = "loaded"
 
@@ -409,7 +409,7 @@ class PolicyRuntime:
 
     @staticmethod
     def _raise_reject(code: int, text: object, how: object) -> NoReturn:
-        raise RejectError(code, str(text), disconnect=how == "ForceDisconnect")
+        raise RejectError.from_lua(code, str(text), how)
 
     @staticmethod
     def _policy_error(msg: str) -> PolicyError:

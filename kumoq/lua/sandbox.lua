@@ -7,6 +7,14 @@
 -- chunks only, and require finds modules in the policy's directory first,
 -- naming their chunks relative to it (as error locations show them).
 --
+-- Where require looks, in order (package.path): the policy's directory;
+-- each entry of the KUMOQ_LUA_PATH environment variable (';'-separated: a
+-- directory, or a Lua template holding '?'); where KumoMTA installs its
+-- helpers and keeps its policy (/opt/kumomta/share, then
+-- /opt/kumomta/etc/policy, as kumod prefixes them); then Lua's default path.
+-- Each directory D gives D/?.lua and D/?/init.lua, so
+-- require 'policy-extras.queue' finds D/policy-extras/queue.lua.
+--
 -- Loaded by kumoq.lua.runtime as the chunk '=kumoq/sandbox'. Formatted with
 -- stylua and KumoMTA's stylua.toml.
 
@@ -44,7 +52,23 @@ dofile = function(filename)
 end
 
 local prefix = policy_dir .. '/'
-package.path = prefix .. '?.lua;' .. prefix .. '?/init.lua;' .. package.path
+local search = { prefix .. '?.lua', prefix .. '?/init.lua' }
+local function add_dir(dir)
+  dir = dir:gsub('/+$', '')
+  search[#search + 1] = dir .. '/?.lua'
+  search[#search + 1] = dir .. '/?/init.lua'
+end
+for entry in (os.getenv 'KUMOQ_LUA_PATH' or ''):gmatch '[^;]+' do
+  entry = entry:match '^%s*(.-)%s*$'
+  if entry:find('?', 1, true) then
+    search[#search + 1] = entry
+  elseif entry ~= '' then
+    add_dir(entry)
+  end
+end
+add_dir '/opt/kumomta/share'
+add_dir '/opt/kumomta/etc/policy'
+package.path = table.concat(search, ';') .. ';' .. package.path
 local searchpath, open = package.searchpath, io.open
 
 local function lua_searcher(name)

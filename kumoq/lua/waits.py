@@ -1,4 +1,4 @@
-"""What a policy may wait for: ``kumo.dns.lookup_mx`` (reference §2.11).
+"""What a policy may wait for: ``kumo.dns.lookup_mx`` (reference §2.11) and ``kumo.time.sleep``.
 
 Every event handler runs inside a Lua coroutine (``M.run`` in kumoq/lua/core.lua). A kumo
 function that must wait for something, such as a DNS answer, yields ``(PENDING, op, arg)`` to
@@ -17,11 +17,17 @@ that coroutine's runner; the runtime answers and resumes the handler where it st
 ``Waits`` owns the Python side: the ops, the answers as Lua-ready data, and the DNS seam
 (``PolicyDns``), which the daemon attaches once ``init`` has configured DNS.
 
-L2: imports kumoq.dns (results only) and kumoq.errors; no asyncio beyond awaiting the seam.
+``sleep`` (``kumo.time.sleep``, ``kumo.sleep``) is awaited with ``asyncio.sleep``; an event
+kumoq calls synchronously cannot sleep (running it again would sleep again), so there the
+call fails with an error the policy may ``pcall``.
+
+L2: imports kumoq.dns (results only) and kumoq.errors; no asyncio beyond awaiting the seam and
+``asyncio.sleep``.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, Protocol, final
 
@@ -43,16 +49,9 @@ class PolicyDns(Protocol):
 
 
 def mx_to_data(mx: MailExchanger) -> dict[str, Any]:
-    """``kumo.dns.lookup_mx``'s result: KumoMTA's MailExchanger fields."""
-    return {
-        "domain_name": mx.domain,
-        "hosts": list(mx.hosts),
-        "site_name": mx.site_name,
-        "by_pref": {pref: list(hosts) for pref, hosts in mx.by_pref.items()},
-        "is_domain_literal": mx.is_domain_literal,
-        "is_secure": mx.is_secure,
-        "is_mx": not (mx.is_implicit_mx or mx.is_domain_literal),
-    }
+    """``kumo.dns.lookup_mx``'s result: KumoMTA's MailExchanger fields, host names with the
+    trailing dot (``MailExchanger.to_plain``)."""
+    return mx.to_plain()
 
 
 @final
@@ -70,6 +69,11 @@ class Waits:
 
     def immediate(self, op: str, arg: object) -> tuple[bool, Any]:
         """The answer now, as ``(ok, value-or-error-text)``; raises PolicyWouldBlock."""
+        if op == "sleep":
+            return False, (
+                "kumo.time.sleep: cannot sleep in this event: kumoq calls it synchronously "
+                "(sleep in an SMTP event, a custom delivery or a spawned task)"
+            )
         domain = self._domain(op, arg)
         if isinstance(domain, tuple):
             return domain
@@ -89,6 +93,9 @@ class Waits:
 
     async def awaited(self, op: str, arg: object) -> tuple[bool, Any]:
         """The answer, waiting for DNS when it is not cached, as ``(ok, value-or-error)``."""
+        if op == "sleep":
+            await asyncio.sleep(arg if isinstance(arg, int | float) else 0)
+            return True, None
         domain = self._domain(op, arg)
         if isinstance(domain, tuple):
             return domain

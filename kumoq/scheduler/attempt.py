@@ -22,6 +22,7 @@ __all__ = [
     "QueueConfigSource",
     "QueueReapListener",
     "RecordSink",
+    "unavailable",
 ]
 
 POLICY_WAIT_RERUNS: Final = 8
@@ -45,6 +46,13 @@ class Attempt:
     #: scheduled queue after this many seconds, attempts not incremented, for ``reason``
     requeue_delay: float | None = None
     reason: InsertReason | None = None
+
+
+def unavailable(kind: str) -> Attempt:
+    """The transient failure of a queue whose protocol (``Smtp``, ``Maildir``...) this
+    build cannot deliver by."""
+    text = f"KumoMTA internal: {kind} delivery is not available in this kumoq build"
+    return Attempt(RecordType.TransientFailure, Response(451, (4, 3, 0), text, None))
 
 
 class Deliverer(Protocol):

@@ -13,12 +13,16 @@
   a dead letter (kumoq.scheduler.disposition); transient failure: backoff with jitter (§3.1),
   expiry by ``max_age`` or ``set_scheduling{expires}`` (§3.2), and the new ``num_attempts``,
   ``due`` and ``last_response`` persisted before waiting.
+- Before a requeue after a transient failure or a throttle (not a full ready queue), the
+  policy's ``requeue_message`` may move the message to another queue (one more attempt, due
+  now) or bounce it (kumoq.scheduler.requeue).
 - A queue empty for ``reap_interval`` is dropped with its maintainer and all kept under its
   name; deliverers that keep state per queue (``QueueReapListener``) are told.
 - Each message carries ``state``: why it waits now (the admin API's inspect-message).
 
 Seams (owned here, implemented above): ``QueueConfigSource``, ``RecordSink``, the ``Spool``,
-and ``Deliverer`` (in ``kumoq.scheduler.attempt``, so that dispatchers need not import this).
+``Deliverer`` (in ``kumoq.scheduler.attempt``, so that dispatchers need not import this) and
+``RequeuePolicy`` (``kumoq.scheduler.requeue``).
 """
 
 from __future__ import annotations
@@ -37,16 +41,17 @@ from kumoq.message import NULL_QUEUE, Message
 from kumoq.metrics import note_delayed
 from kumoq.scheduler.admin_rules import AdminRules
 from kumoq.scheduler.attempt import (  # QueueConfigSource, RecordSink: re-exported
-    Attempt,
     Deliverer,
     QueueConfigSource,
     QueueReapListener,
     RecordSink,
+    unavailable,
 )
 from kumoq.scheduler.context import InsertContext, InsertReason
 from kumoq.scheduler.dead_letters import DeadLetters
 from kumoq.scheduler.disposition import Dispositions
 from kumoq.scheduler.registry import FAILED_RESOLVE_TTL, QueueRegistry
+from kumoq.scheduler.requeue import RequeuePolicy, ask_policy
 from kumoq.scheduler.retry import (
     expiry_after_increment,
     expiry_without_increment,
@@ -82,8 +87,10 @@ class QueueManager(QueueRegistry):
         rng: random.Random | None = None,
         rules: AdminRules | None = None,
         dead_letters: DeadLetters | None = None,
+        requeue: RequeuePolicy | None = None,
     ) -> None:
         super().__init__(configs, clock)
+        self._requeue = requeue
         self._deliverers = deliverers
         self._spool = spool
         self._records = records
@@ -237,7 +244,7 @@ class QueueManager(QueueRegistry):
             msg.last_response = response.one_line()
             self.dispositions.log(RecordType.TransientFailure, msg, response, {"site": queue.name})
             queue.in_flight += 1
-            self._spawn(self._suspended(queue, msg))
+            self._spawn(self._suspended(queue, msg, response))
             return
         rate = queue.config.max_message_rate
         if rate is not None:
@@ -249,7 +256,11 @@ class QueueManager(QueueRegistry):
                 reason = InsertReason.MessageRateThrottle
                 note_delayed(reason.value, queue.name)
                 pace = rate.period / rate.limit
-                self._requeue_without_increment(queue, msg, delay, context.add(reason), pace=pace)
+                text = f"KumoMTA internal: {queue.name} throttled message rate, delay={delay:g}s"
+                response = Response(451, (4, 4, 4), text, None)
+                self._requeue_without_increment(
+                    queue, msg, delay, context.add(reason), pace=pace, response=response
+                )
                 return
         queue.in_flight += 1
         queue.idle_since = None
@@ -257,9 +268,9 @@ class QueueManager(QueueRegistry):
         self._in_flight[msg.id] = msg
         self._spawn(self._attempt(msg, queue))
 
-    async def _suspended(self, queue: ScheduledQueue, msg: Message) -> None:
+    async def _suspended(self, queue: ScheduledQueue, msg: Message, response: Response) -> None:
         try:
-            await self._requeue_with_increment(queue, msg)
+            await self._requeue_with_increment(queue, msg, response)
         finally:
             queue.in_flight -= 1
 
@@ -283,17 +294,7 @@ class QueueManager(QueueRegistry):
             return
         deliverer = self._deliverers.get(type(protocol))
         if deliverer is None:
-            kind = type(protocol).__name__.removesuffix("Protocol")
-            attempt = Attempt(
-                RecordType.TransientFailure,
-                Response(
-                    code=451,
-                    enhanced_code=(4, 3, 0),
-                    content=f"KumoMTA internal: {kind} delivery is not available in this "
-                    "kumoq build",
-                    command=None,
-                ),
-            )
+            attempt = unavailable(type(protocol).__name__.removesuffix("Protocol"))
         else:
             if msg.data is None:
                 try:
@@ -313,8 +314,13 @@ class QueueManager(QueueRegistry):
             reason = attempt.reason or InsertReason.ReadyQueueWasFull
             note_delayed(reason.value, queue.name)
             delay = attempt.requeue_delay or 0.0
+            # KumoMTA asks requeue_message after a throttle, not for a full ready queue.
+            asks = reason is not InsertReason.ReadyQueueWasFull
             if not self._closing:
-                self._requeue_without_increment(queue, msg, delay, InsertContext(reason))
+                self._requeue_without_increment(
+                    queue, msg, delay, InsertContext(reason),
+                    response=attempt.response if asks else None,
+                )  # fmt: skip
             return
         fields = {
             "site": attempt.site,
@@ -326,7 +332,7 @@ class QueueManager(QueueRegistry):
         if attempt.disposition is RecordType.TransientFailure:
             self.dispositions.log(attempt.disposition, msg, attempt.response, fields)
             msg.last_response = attempt.response.one_line()
-            await self._requeue_with_increment(queue, msg)
+            await self._requeue_with_increment(queue, msg, attempt.response)
         else:
             await self.dispositions.finish(
                 msg, queue.name, queue.config, attempt.disposition, attempt.response, fields
@@ -334,8 +340,17 @@ class QueueManager(QueueRegistry):
 
     # -- retries and expiry ------------------------------------------------------------------
 
-    async def _requeue_with_increment(self, queue: ScheduledQueue, msg: Message) -> None:
-        """Back off after a transient failure (§3.1), or expire (§3.2); persist the schedule."""
+    async def _requeue_with_increment(
+        self, queue: ScheduledQueue, msg: Message, response: Response
+    ) -> None:
+        """Back off after a transient failure (§3.1), or expire (§3.2); persist the schedule.
+        ``requeue_message`` first: it may take the message elsewhere."""
+        context = InsertContext(
+            InsertReason.FailedToInsertIntoReadyQueue, InsertReason.LoggedTransientFailure
+        )
+        logged = InsertContext(InsertReason.LoggedTransientFailure)  # as KumoMTA asks
+        if self._policy_took(queue, msg, response, logged, increment=True, delay=None):
+            return
         config = queue.config
         now = self._clock.now()
         delay, attempts = next_attempt(
@@ -357,9 +372,6 @@ class QueueManager(QueueRegistry):
             log.error("message %s: cannot persist its schedule: %s", msg.id, exc)
         if self._closing:
             return
-        context = InsertContext(
-            InsertReason.FailedToInsertIntoReadyQueue, InsertReason.LoggedTransientFailure
-        )
         self.insert(msg, context)
 
     def _requeue_without_increment(
@@ -370,10 +382,16 @@ class QueueManager(QueueRegistry):
         context: InsertContext,
         *,
         pace: float | None = None,
+        response: Response | None = None,
     ) -> None:
         """Throttled or held: back into the queue after ``delay``, attempts unchanged; not
         persisted (a restart makes it due at its persisted, earlier, time). ``pace``: held by
-        the queue's rate, one message per ``pace`` seconds (``ScheduledQueue.pace``)."""
+        the queue's rate, one message per ``pace`` seconds (``ScheduledQueue.pace``). With a
+        ``response``, ``requeue_message`` is asked first."""
+        if response is not None and self._policy_took(
+            queue, msg, response, context, increment=False, delay=delay
+        ):
+            return
         now = self._clock.now()
         wanted = now + delay if pace is None else queue.pace(now + delay, pace)
         due = next_allowed(wanted, msg.schedule)
@@ -385,6 +403,61 @@ class QueueManager(QueueRegistry):
                 return
         # Moved into a scheduling window: it waits in the queue, not in the pacing line.
         self._insert_delayed(queue, msg, due, context, pace=pace if due == wanted else None)
+
+    def _policy_took(
+        self,
+        queue: ScheduledQueue,
+        msg: Message,
+        response: Response,
+        context: InsertContext,
+        *,
+        increment: bool,
+        delay: float | None,
+    ) -> bool:
+        """Fire ``requeue_message``; True when it took the message out of ``queue``: bounced
+        (``kumo.reject``) or moved (inserted with ``context`` into its new queue)."""
+        if self._requeue is None:
+            return False
+        outcome = ask_policy(
+            self._requeue, msg, queue.name, response, context,
+            increment_attempts=increment, delay=delay,
+        )  # fmt: skip
+        if outcome.bounce is not None:
+            finish = self.dispositions.finish(
+                msg, queue.name, queue.config, RecordType.Bounce, outcome.bounce, {}
+            )
+            self._spawn(finish)
+            return True
+        if outcome.moved_to is not None:
+            self._spawn(self._moved(msg, outcome.moved_to, context))
+            return True
+        if outcome.error is not None:
+            log.error("message %s: %s", msg.id, outcome.error)
+        return False
+
+    async def _moved(self, msg: Message, name: str, context: InsertContext) -> None:
+        """``requeue_message`` changed the queue (KumoMTA's rules): one more attempt, due now
+        within its ``set_scheduling`` window, expired if that is past the new queue's
+        ``max_age``; persisted, then inserted into ``name``."""
+        msg.num_attempts += 1
+        now = self._clock.now()
+        msg.due = None if msg.schedule is None else next_allowed(now, msg.schedule)
+        if msg.due is not None and msg.due > now:
+            msg.data = None  # it waits for its window: the body goes back to the spool
+        with contextlib.suppress(KumoqError):  # resolved again by insert, which handles it
+            queue = self.resolve(name)
+            if expires_of(msg.schedule) is None:
+                due = now if msg.due is None else msg.due
+                expired = expiry_without_increment(msg.created, due, queue.config.max_age)
+                if expired is not None:
+                    await self.dispositions.expire(msg, name, queue.config, expired)
+                    return
+        try:
+            await self._spool.store(msg.id, None, json.dumps(msg.to_spool_meta()).encode())
+        except KumoqError as exc:
+            log.error("message %s: cannot persist its new queue %s: %s", msg.id, name, exc)
+        if not self._closing:
+            self.insert(msg, context)
 
     # -- reaping -----------------------------------------------------------------------------
 

@@ -11,14 +11,16 @@ and the replies waiting to be written, and drives the handler calls:
   (``smtp/eager.py``). ``data`` always runs in a task, bounded by ``data_processing_timeout``.
 - an outcome becomes the reply (``_complete``): the handler's Reply, ``kumo.reject``'s, or
   ``421 4.3.0 <host> technical difficulties`` for any other exception. At RCPT the relay check
-  follows the handler: a peer in ``relay_hosts``, or one that authenticated, may relay; others
-  get ``550 5.7.1``. An AUTH the handler refuses gets ``535 5.7.8`` and counts against the
-  client IP in ``Admission`` (``auth_failed``).
+  (``smtp/relay.py``) comes before the handler, as in KumoMTA: a peer in ``relay_hosts``, one
+  that authenticated, or one the listener domains let through may relay; the others get
+  ``550 5.7.1`` and the handler is not called. An AUTH the handler refuses gets ``535 5.7.8``
+  and counts against the client IP in ``Admission`` (``auth_failed``).
 
 Every 4xx/5xx reply is reported to ``SmtpHandler.rejected`` (Rejection records).
 
-Imports: asyncio, kumoq.smtp.session/replies/handler/eager/admission, kumoq.config.listener,
-kumoq.errors. Must not import kumoq.smtp.connection or kumoq.smtp.server.
+Imports: asyncio, kumoq.smtp.session/replies/handler/relay/eager/admission,
+kumoq.config.listener, kumoq.message, kumoq.errors. Must not import kumoq.smtp.connection or
+kumoq.smtp.server.
 """
 
 from __future__ import annotations
@@ -32,10 +34,12 @@ from typing import Any, Protocol, TypeVar
 
 from kumoq.config.listener import EsmtpListenerConfig
 from kumoq.errors import RejectError
+from kumoq.message import EnvelopeAddress
 from kumoq.smtp import replies as R
 from kumoq.smtp.admission import Admission, ClientLimits
 from kumoq.smtp.eager import bounded, drive_suspended
-from kumoq.smtp.handler import ConnectionMeta, SmtpHandler
+from kumoq.smtp.handler import ListenerDomains, SmtpHandler
+from kumoq.smtp.relay import RelayCheck, SessionMeta
 from kumoq.smtp.replies import Reply
 from kumoq.smtp.session import Auth, Ehlo, MailFrom, MessageData, RcptTo, ServerSession
 
@@ -88,7 +92,10 @@ class HandlerCalls(ABC):
     def __init__(self, listener: CallOwner) -> None:
         self._listener = listener
         self._session = ServerSession(listener.config, tls=listener.tls_context is not None)
-        self._conn: ConnectionMeta = {}
+        self._conn = conn = SessionMeta()
+        handler = listener.handler
+        domains = handler if isinstance(handler, ListenerDomains) else None
+        conn.relay = RelayCheck(conn, self._relay_trusted, domains)
         self._out: list[bytes] = []
         self._busy = False  # a handler call is in progress in ``task``
         self._peer = ""
@@ -132,6 +139,19 @@ class HandlerCalls(ABC):
             event,
             self._peer,
         )
+
+    def _relay_trusted(self) -> bool:
+        """The peer may relay anywhere: in ``relay_hosts``, or authenticated (kumoq's rule)."""
+        return self._relay_ok or self._session.authenticated
+
+    async def _rcpt_to(self, recipient: EnvelopeAddress) -> Reply | None:
+        """The relay check, then (when it passes) the handler's ``rcpt_to``."""
+        sender = self._session.sender
+        assert sender is not None  # the session yields RcptTo only after MAIL FROM
+        conn = self._conn
+        if not (await conn.relay.disposition(sender, recipient)).accept_rcpt_to:
+            return R.relaying_denied(self._peer)
+        return await self._listener.handler.rcpt_to(conn, recipient)
 
     async def _run_data(self, event: MessageData) -> None:
         await self._settle(
@@ -185,10 +205,6 @@ class HandlerCalls(ABC):
                 self._answer(R.AUTH_INVALID)
         elif result is not None and result.code >= 400:
             self._answer(result)
-        elif cls is RcptTo and not (self._relay_ok or session.authenticated):
-            # After the handler, as KumoMTA's reference flow does; a positive Reply from the
-            # handler does not bypass it.
-            self._answer(R.relaying_denied(self._peer))
         elif result is None:
             self._out.append(session.accept())
         else:
@@ -202,6 +218,10 @@ class HandlerCalls(ABC):
     def _reject(self, exc: RejectError) -> bool:
         """Answer ``kumo.reject``; False when the connection must be dropped."""
         self._answer(Reply.from_text(exc.code, exc.reply_text))
+        if exc.follow_with_421 and not self._session.closed:  # as KumoMTA: not a rejection
+            self._out.append(
+                self._session.send(R.disconnecting_after_error(self._listener.config.hostname))
+            )
         if exc.disconnect or self._session.closed:
             self._close()
             return False

@@ -309,7 +309,7 @@ class SmtpConnection(HandlerCalls, asyncio.Protocol):
             cls = type(event)
             if cls is RcptTo:
                 assert isinstance(event, RcptTo)
-                if not self._step(handler.rcpt_to(conn, event.recipient), event):
+                if not self._step(self._rcpt_to(event.recipient), event):
                     return
             elif cls is MailFrom:
                 assert isinstance(event, MailFrom)

@@ -42,6 +42,7 @@ __all__ = [
     "Rset",
     "StartTls",
     "State",
+    "accept_reply",
 ]
 
 
@@ -224,3 +225,16 @@ DEFAULT_ACCEPT: Final[dict[type, Reply]] = {
     StartTls: R.READY_TO_START_TLS,
     Auth: R.AUTH_OK,
 }
+
+
+def accept_reply(event: Event) -> bytes:
+    """The positive answer to a pending event other than ``Ehlo``, on the wire: MAIL and RCPT
+    name the address (``250 2.1.0 OK <a@example.com>``, as KumoMTA), the rest are constant."""
+    cls = type(event)
+    if cls is MailFrom:
+        assert isinstance(event, MailFrom)
+        return R.address_ok(True, event.sender.email)
+    if cls is RcptTo:
+        assert isinstance(event, RcptTo)
+        return R.address_ok(False, event.recipient.email)
+    return DEFAULT_ACCEPT[cls].to_bytes()

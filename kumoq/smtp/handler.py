@@ -2,20 +2,23 @@
 
 This module owns the contract only: what the listener asks of whoever decides (the daemon's
 ``reception`` implements it) and the connection metadata both sides share. No behaviour lives
-here.
+here. A handler that also knows listener domains (``ListenerDomains``) takes part in the relay
+decision (``smtp/relay.py``); one that does not leaves it to ``relay_hosts``.
 
-Imports: kumoq.message and kumoq.smtp.replies only. Must not import kumoq.smtp.server or
-kumoq.smtp.connection (they import this module), the daemon, the spool, the queues or lupa.
+Imports: kumoq.message, kumoq.config.listener_domain and kumoq.smtp.replies only. Must not
+import kumoq.smtp.server or kumoq.smtp.connection (they import this module), the daemon, the
+spool, the queues or lupa.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol, TypeAlias
+from typing import Any, Protocol, TypeAlias, runtime_checkable
 
+from kumoq.config.listener_domain import ListenerDomain
 from kumoq.message import EnvelopeAddress
 from kumoq.smtp.replies import Reply
 
-__all__ = ["ConnectionMeta", "SmtpHandler"]
+__all__ = ["ConnectionMeta", "ListenerDomains", "SmtpHandler"]
 
 ConnectionMeta: TypeAlias = dict[str, Any]
 """Connection metadata shared with the handler: ``received_from`` (peer ip), ``received_via``
@@ -23,7 +26,8 @@ ConnectionMeta: TypeAlias = dict[str, Any]
 hex), the listener's ``meta`` entries, and ``ehlo_domain`` once EHLO/HELO succeeded (dropped
 again at STARTTLS). After a TLS handshake: ``tls_protocol_version``, ``tls_cipher`` and, for a
 verified client certificate, ``tls_peer_subject_name``. After AUTH: what ``auth_plain`` put
-there (``authz_id``, ``authn_id``)."""
+there (``authz_id``, ``authn_id``). The server's own dict is a ``kumoq.smtp.relay.SessionMeta``,
+whose ``relay`` attribute (not an entry) decides relaying again at DATA."""
 
 
 class SmtpHandler(Protocol):
@@ -61,9 +65,10 @@ class SmtpHandler(Protocol):
         ...
 
     async def rcpt_to(self, conn: ConnectionMeta, recipient: EnvelopeAddress) -> Reply | None:
-        """``None`` accepts so far; the server then checks ``relay_hosts`` and answers
-        ``550 5.7.1 relaying not permitted for <peer>`` when the peer may not relay (it is
-        not in ``relay_hosts`` and did not authenticate)."""
+        """``None`` accepts. Called only once the relay check passed, as KumoMTA orders them:
+        a recipient the peer may not relay to (``relay_hosts``, AUTH, and the listener
+        domains of ``ListenerDomains``) is answered ``550 5.7.1 relaying not permitted for
+        <peer>`` without this call."""
         ...
 
     async def data(
@@ -81,4 +86,16 @@ class SmtpHandler(Protocol):
     def rejected(self, conn: ConnectionMeta, command: str, reply: Reply) -> None:
         """Called for every 4xx/5xx reply the server sends (for Rejection log records).
         KumoMTA does not log its ``421 4.3.2`` replies (shutdown, spool startup, idle)."""
+        ...
+
+
+@runtime_checkable
+class ListenerDomains(Protocol):
+    """A handler that knows listener domains (KumoMTA's ``get_listener_domain`` event); the
+    server checks for it once per connection."""
+
+    async def get_listener_domain(self, conn: ConnectionMeta, domain: str) -> ListenerDomain | None:
+        """The listener domain of ``domain`` at this connection's listener, or None. An
+        exception answers ``421 4.3.0 <host> technical difficulties``, as any handler
+        failure does; asked at most once per domain and connection (``smtp/relay.py``)."""
         ...

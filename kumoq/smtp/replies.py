@@ -1,9 +1,12 @@
 """SMTP replies: the ``Reply`` value and the named replies kumoq's server sends.
 
 Texts follow KumoMTA's ``smtp_server.rs`` where it has one (``Send body; end with CRLF.CRLF``,
-``So long, and thanks for all the fish!``, ``<host> idle too long``...). Every 2xx/4xx/5xx reply
-except the greeting and the EHLO/HELO answer carries an RFC 3463 enhanced status code, since
-ENHANCEDSTATUSCODES is advertised (RFC 2034). Replies that name the host are built by functions.
+``So long, and thanks for all the fish!``, ``<host> idle too long``, ``Hello <domain>!``,
+``OK <address>`` for MAIL and RCPT, ``Command unimplemented`` for a verb kumoq does not
+know...). Every 2xx/4xx/5xx reply except the greeting and the EHLO/HELO answer carries an
+RFC 3463 enhanced status code, since ENHANCEDSTATUSCODES is advertised (RFC 2034), where
+KumoMTA sends some without one (docs/deviations.md). Replies that name the host or an address
+are built by functions.
 
 Pure: imports nothing from kumoq; no IO.
 """
@@ -36,6 +39,7 @@ __all__ = [
     "BARE_LF",
     "BDAT_DISCARDED",
     "CLOSING",
+    "COMMAND_UNIMPLEMENTED",
     "DATA_PROCESSING_TIMEOUT",
     "HELP",
     "INSUFFICIENT_STORAGE",
@@ -57,12 +61,15 @@ __all__ = [
     "TOO_MANY_RECIPIENTS_ON_CONNECTION",
     "VRFY_CANNOT",
     "Reply",
+    "address_ok",
     "auth_challenge",
     "bdat_unframed",
     "cached_reply",
+    "command_error",
     "command_too_slow",
     "connection_limit_reached",
     "data_too_slow",
+    "disconnecting_after_error",
     "ehlo_reply",
     "greeting",
     "host_reply",
@@ -161,7 +168,7 @@ class Reply:
 
 # --- positive replies ------------------------------------------------------------------------
 OK: Final = Reply(250, "2.0.0", "OK")
-MAIL_OK: Final = Reply(250, "2.1.0", "OK")
+MAIL_OK: Final = Reply(250, "2.1.0", "OK")  # without the address: see address_ok
 RCPT_OK: Final = Reply(250, "2.1.5", "OK")
 RESET_OK: Final = Reply(250, "2.0.0", "Reset state")
 NOOP_OK: Final = Reply(250, "2.0.0", "the goggles do nothing")
@@ -198,7 +205,8 @@ INSUFFICIENT_STORAGE: Final = Reply(
 
 # --- STARTTLS (RFC 3207) and AUTH (RFC 4954; texts from its section 6) -----------------------
 READY_TO_START_TLS: Final = Reply(220, "2.0.0", "Ready to start TLS")
-STARTTLS_UNAVAILABLE: Final = Reply(502, "5.5.1", "Command unimplemented")  # no TLS configured
+COMMAND_UNIMPLEMENTED: Final = Reply(502, "5.5.1", "Command unimplemented")
+STARTTLS_UNAVAILABLE: Final = COMMAND_UNIMPLEMENTED  # no TLS configured
 TLS_ALREADY_ACTIVE: Final = Reply(503, "5.5.1", "TLS already active")
 STARTTLS_IN_TRANSACTION: Final = Reply(
     503, "5.5.1", "STARTTLS not permitted during a mail transaction"
@@ -233,10 +241,30 @@ def cached_reply(code: int, enhanced: str, text: str) -> Reply:
 
 @lru_cache(maxsize=1024)
 def ehlo_reply(hostname: str, domain: str, extended: bool, extensions: tuple[str, ...]) -> Reply:
-    """The EHLO answer (``<hostname> Aloha <domain>`` and the keywords) or the HELO one."""
+    """The EHLO answer (``<hostname> Aloha <domain>`` and the keywords) or the HELO one
+    (``Hello <domain>!``), as KumoMTA words them."""
     if not extended:
-        return Reply(250, None, f"{hostname} Hello {domain}")
+        return Reply(250, None, f"Hello {domain}!")
     return Reply(250, None, "\n".join((f"{hostname} Aloha {domain}", *extensions)))
+
+
+def address_ok(mail: bool, address: str) -> bytes:
+    """KumoMTA's positive MAIL (``250 2.1.0 OK <address>``) or RCPT (``2.1.5``) answer, on
+    the wire (built at each command: the address varies). ``<>`` for the null sender."""
+    return b"".join(
+        (b"250 2.1.0 OK <" if mail else b"250 2.1.5 OK <", address.encode("utf-8"), b">\r\n")
+    )
+
+
+_UNKNOWN_COMMAND: Final = (500, "5.5.2")
+
+
+def command_error(hint: tuple[int, str], text: str) -> Reply:
+    """The reply to a command line the parser refused with ``hint`` and ``text``. A verb it does
+    not know gets KumoMTA's ``502 5.5.1 Command unimplemented``."""
+    if hint == _UNKNOWN_COMMAND:
+        return COMMAND_UNIMPLEMENTED
+    return cached_reply(hint[0], hint[1], text)
 
 
 @lru_cache(maxsize=256)
@@ -295,6 +323,12 @@ def bdat_unframed(hostname: str) -> Reply:
 
 def technical_difficulties(hostname: str) -> Reply:
     return Reply(421, "4.3.0", f"{hostname} technical difficulties")
+
+
+def disconnecting_after_error(hostname: str) -> Reply:
+    """The 421 that follows a ``kumo.disconnect(code, text, 'FollowWith421')`` reply (KumoMTA
+    sends it without an enhanced code; kumoq adds 4.3.0, as ENHANCEDSTATUSCODES asks)."""
+    return Reply(421, "4.3.0", f"{hostname} disconnecting due to previous error")
 
 
 def too_many_recipients_on_connection_close(hostname: str) -> Reply:

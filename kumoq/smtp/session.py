@@ -51,7 +51,6 @@ from kumoq.smtp import replies as R
 from kumoq.smtp.auth import Security, redact
 from kumoq.smtp.content import CommandReader, ContentReader
 from kumoq.smtp.events import (
-    DEFAULT_ACCEPT,
     NEED_DATA,
     ON_ACCEPT,
     ON_REJECT,
@@ -72,9 +71,10 @@ from kumoq.smtp.events import (
     Rset,
     StartTls,
     State,
+    accept_reply,
 )
 from kumoq.smtp.parser import parse_command
-from kumoq.smtp.replies import Reply, cached_reply, ehlo_reply, host_reply
+from kumoq.smtp.replies import Reply, ehlo_reply, host_reply
 
 __all__ = [
     "NEED_DATA",
@@ -149,8 +149,8 @@ class ServerSession:
         self._content = ContentReader(
             self._max_size, config.line_length_hard_limit, self._line_endings
         )
-        size = f"SIZE {self._max_size}"
-        base = ("PIPELINING", "8BITMIME", size, "ENHANCEDSTATUSCODES", "SMTPUTF8")
+        # KumoMTA's keywords and order; no SIZE (a SIZE= parameter is still checked)
+        base = ("PIPELINING", "ENHANCEDSTATUSCODES", "8BITMIME", "SMTPUTF8")
         self._sec = Security(tls, base)
         self._buf = bytearray()
         self._eof = False
@@ -292,8 +292,7 @@ class ServerSession:
         try:
             cmd = parse_command(line, smtputf8=self._smtputf8)
         except RemoteProtocolError as exc:
-            code, enhanced = exc.reply_hint
-            return self._refuse(cached_reply(code, enhanced, str(exc)))
+            return self._refuse(R.command_error(exc.reply_hint, str(exc)))
         verb = cmd.verb
         bad = SEQUENCE_ERROR_OF.get((state, verb))
         if bad is not None:
@@ -414,13 +413,13 @@ class ServerSession:
         if cls is Ehlo:
             assert isinstance(event, Ehlo)
             keywords = self._sec.extensions if extensions is None else tuple(extensions)
-            reply = ehlo_reply(self._hostname, event.domain, event.extended, keywords)
+            wire = ehlo_reply(self._hostname, event.domain, event.extended, keywords).to_bytes()
         else:
-            reply = DEFAULT_ACCEPT[cls]
+            wire = accept_reply(event)  # the texts are events.py's
         self._pending = None
         self._apply(event)
         self._state = ON_ACCEPT[cls]
-        return reply.to_bytes()
+        return wire
 
     def send(self, reply: Reply) -> bytes:
         """Answer the pending event with ``reply`` (2xx, or 354 for DataStart, accepts it) and

@@ -151,3 +151,35 @@ def test_bench_policies_load_with_their_shared_init(tmp_path, name):
     )
     assert result.returncode == 0, result.stderr
     assert "OK (1 SMTP listener(s), 2 spool(s), 1 log destination(s))" in result.stdout
+
+
+def test_requeue_by_error_example_rebinds_caps_and_varies_the_retry(kumoq, smart_sink):
+    """examples/requeue-by-error.lua against the smart sink, with its waits made short:
+    greylisting moves the message to the 'greylisted' tenant's queue at once, a full mailbox
+    counts double, and every message gives up after MAX_ATTEMPTS with a Bounce."""
+    text = (ROOT / "examples" / "requeue-by-error.lua").read_text()
+    for old, new in [
+        ("MAX_ATTEMPTS = 6", "MAX_ATTEMPTS = 3"),
+        ("RETRY = '10 minutes'", "RETRY = '1s'"),
+        ("GREYLIST_RETRY = '2 minutes'", "GREYLIST_RETRY = '1s'"),
+    ]:
+        assert old in text
+        text = text.replace(old, new)
+    env = {"KUMOQ_SMTP_LISTEN": "127.0.0.1:0", "KUMOQ_RELAY_HOST": smart_sink.target}
+    daemon = kumoq(text, env=env)
+    daemon.send("s@example.com", ["450-greylisted@example.com"])
+    daemon.send("s@example.com", ["452-mailbox-full@example.com"])
+    daemon.send("s@example.com", ["250-fine@example.com"])
+    (delivery,) = daemon.wait_for_records("Delivery", 1, timeout=20)
+    assert delivery["recipient"] == "250-fine@example.com"
+    bounces = {r["recipient"]: r for r in daemon.wait_for_records("Bounce", 2, timeout=30)}
+    grey, full = bounces["450-greylisted@example.com"], bounces["452-mailbox-full@example.com"]
+    assert grey["response"]["content"] == (
+        "5.4.7 gave up after 3 attempts; last reply: 450 4.0.0 you said 450-greylisted"
+    )
+    assert full["response"]["code"] == 550
+    failures = daemon.records("TransientFailure")
+    grey_queues = [r["queue"] for r in failures if r["recipient"].startswith("450")]
+    assert grey_queues == ["example.com", "greylisted@example.com", "greylisted@example.com"]
+    full_attempts = [r["num_attempts"] for r in failures if r["recipient"].startswith("452")]
+    assert full_attempts == [0, 2]  # two failures, counted as three attempts

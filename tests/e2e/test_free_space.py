@@ -29,6 +29,7 @@ import pytest
 
 from kumoq.clock import SystemClock
 from kumoq.config.listener import EsmtpListenerConfig
+from kumoq.config.listener_domain import ListenerDomain
 from kumoq.config.logs import LocalLogsConfig
 from kumoq.config.queue import MaildirProtocol, QueueConfig
 from kumoq.config.spool import SpoolDefinition
@@ -136,6 +137,14 @@ class Events:
     async def smtp_server_rcpt_to(
         self, recipient: EnvelopeAddress, conn_meta: dict[str, Any]
     ) -> None:
+        return None
+
+    async def get_listener_domain(
+        self, domain: str, listener: str, conn_meta: dict[str, Any]
+    ) -> ListenerDomain | None:
+        return None
+
+    async def smtp_server_data(self, msg: Message, conn_meta: dict[str, Any]) -> None:
         return None
 
     async def smtp_server_message_received(self, msg: Message, conn_meta: dict[str, Any]) -> None:

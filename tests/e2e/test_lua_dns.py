@@ -62,7 +62,7 @@ def test_queue_config_and_rcpt_checks_use_the_mx_records(kumoq):
         "b@googlemail.test": "gmail-smtp-in.l.google.com",
         "c@plain.test": "plain.test",
     }
-    primary = daemon.workdir / "var/maildir/gmail-smtp-in.l.google.com/new"
+    primary = daemon.workdir / "var/maildir/gmail-smtp-in.l.google.com./new"
     assert len(list(primary.iterdir())) == 2  # both domains' first MX host
     assert len(list((daemon.workdir / "var/maildir/implicit/new").iterdir())) == 1
 
@@ -85,5 +85,5 @@ def test_spooled_messages_resolve_their_queue_after_a_restart(kumoq):
     daemon.start()
     (delivery,) = daemon.wait_for_records("Delivery", 1, timeout=20)
     assert delivery["recipient"] == "held@gmail.test"
-    primary = daemon.workdir / "var/maildir/gmail-smtp-in.l.google.com/new"
+    primary = daemon.workdir / "var/maildir/gmail-smtp-in.l.google.com./new"
     assert len(list(primary.iterdir())) == 1

@@ -246,7 +246,7 @@ def test_the_test_resolver_answers_dns_and_gives_the_site_name(tmp_path):
     policy = INIT.replace("kumo.configure_local_logs", zone + "  kumo.configure_local_logs")
     result = validate(tmp_path, policy + LOOKS_UP_MX, "--queue", "example.com")
     assert_error_at(result, policy + LOOKS_UP_MX, "error('site")
-    assert "site (mx1|mx2).example.net hosts mx1.example.net,mx2.example.net" in result.stderr
+    assert "site (mx1|mx2).example.net hosts mx1.example.net.,mx2.example.net." in result.stderr
 
 
 def test_validate_config_is_fired(tmp_path):

@@ -121,7 +121,7 @@ async def test_the_futures_values_are_the_replies(start: Start, handler: GatedHa
     (await handler.next_wait("rcpt_to")).set_result(Reply(250, "2.1.5", "gated ok"))
     assert await client == [
         "250-mx.test Aloha x\n250-PIPELINING\n250 X-GATED",
-        "250 2.1.0 OK",
+        "250 2.1.0 OK <s@example.com>",
         "250 2.1.5 gated ok",
         "250 2.0.0 the goggles do nothing",
         "221 2.0.0 So long, and thanks for all the fish!",
@@ -133,8 +133,8 @@ async def test_the_futures_values_are_the_replies(start: Start, handler: GatedHa
 EXPECTED_UNTIL = {"ehlo": 0, "mail_from": 1, "rcpt_to": 2}
 ANSWERS = [
     "250-mx.test Aloha x",
-    "250 2.1.0 OK",
-    "250 2.1.5 OK",
+    "250 2.1.0 OK <s@example.com>",
+    "250 2.1.5 OK <a@example.com>",
     "250 2.0.0 the goggles do nothing",
     "221 2.0.0 So long, and thanks for all the fish!",
 ]
@@ -274,7 +274,7 @@ def test_suspending_handlers_on_uvloop() -> None:
         replies, cancelled, stuck = runner.run(main())
     assert replies == [
         "250-mx Aloha x",
-        "250 2.1.0 OK",
+        "250 2.1.0 OK <s@example.com>",
         "450 4.2.1 busy",
         "250 2.0.0 the goggles do nothing",
         "221 2.0.0 So long, and thanks for all the fish!",

@@ -252,7 +252,7 @@ async def test_a_command_pipelined_behind_starttls_is_not_run(
     _, ready, rcpt, mail, _ = await raw(listener.address[1], script)
     assert ready == "220 2.0.0 Ready to start TLS"
     assert rcpt == "503 5.5.1 MAIL FROM must be issued first"
-    assert mail == "250 2.1.0 OK"
+    assert mail == "250 2.1.0 OK <s@example.com>"
     assert [c[0] for c in handler.calls] == ["ehlo", "mail_from"]  # the evil MAIL never ran
     assert str(handler.calls[1][1]) == "s@example.com"
     # RFC 3207: the EHLO from before STARTTLS is forgotten, and the TLS details are recorded.

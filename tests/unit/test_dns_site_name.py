@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from kumoq.dns.site_name import MailExchanger, factor_names, normalize_host
+from kumoq.dns.site_name import MailExchanger, factor_names, fully_qualified, normalize_host
 
 GMAIL = [
     (5, "gmail-smtp-in.l.google.com."),
@@ -160,14 +160,36 @@ def test_exchanger_is_frozen_and_hashable() -> None:
 
 
 def test_to_plain_for_lua() -> None:
-    mx = MailExchanger.from_records("example.com", [(20, "b.example.com."), (10, "a.example.com.")])
+    """KumoMTA's MailExchanger: host names with the trailing dot, the site name without."""
+    mx = MailExchanger.from_records("example.com", [(20, "b.example.com."), (10, "a.example.com")])
     assert mx.to_plain() == {
-        "domain_name": "example.com",
+        "domain_name": "example.com.",
         "site_name": "(a|b).example.com",
-        "hosts": ["a.example.com", "b.example.com"],
-        "by_pref": {10: ["a.example.com"], 20: ["b.example.com"]},
+        "hosts": ["a.example.com.", "b.example.com."],
+        "by_pref": {10: ["a.example.com."], 20: ["b.example.com."]},
         "is_secure": False,
-        "is_null_mx": False,
         "is_domain_literal": False,
         "is_mx": True,
     }
+
+
+def test_to_plain_of_a_literal_and_of_a_null_mx() -> None:
+    literal = MailExchanger.from_records("[192.0.2.1]", []).to_plain()
+    assert (literal["domain_name"], literal["hosts"]) == ("[192.0.2.1]", ["192.0.2.1"])
+    null = MailExchanger.from_records("example.com", [(0, ".")]).to_plain()
+    assert (null["domain_name"], null["hosts"], null["site_name"]) == ("example.com.", ["."], "")
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("mx.example.com", "mx.example.com."),
+        ("mx.example.com.", "mx.example.com."),
+        ("a.b.net:2525", "a.b.net.:2525"),
+        (".", "."),
+        ("192.0.2.1", "192.0.2.1"),
+        ("2001:db8::1", "2001:db8::1"),
+    ],
+)
+def test_fully_qualified(name: str, expected: str) -> None:
+    assert fully_qualified(name) == expected

@@ -132,6 +132,19 @@ def test_source_later_keys_stored():
     )
 
 
+def test_suspend_when_threshold_form() -> None:
+    """KumoMTA's documented form: ``trigger = { Threshold = '3/1m' }``."""
+    src = EgressSource.from_mapping(
+        {
+            "name": "s",
+            "suspend_when_unplumbed": {"trigger": {"Threshold": "3/1m"}, "duration": "5m"},
+            "suspend_when_proxy_unhealthy": {"duration": "10m"},
+        }
+    )
+    assert src.suspend_when_unplumbed == SuspendWhen(trigger=ThrottleSpec(3, 60), duration=300.0)
+    assert src.suspend_when_proxy_unhealthy == SuspendWhen(trigger="Immediate", duration=600.0)
+
+
 @pytest.mark.parametrize(
     ("mapping", "match"),
     [
@@ -145,7 +158,19 @@ def test_source_later_keys_stored():
         ({"name": "s", "socks5_proxy_source_address": "nope"}, "invalid IP address 'nope'"),
         ({"name": "s", "socks5_proxy_password": {"file": "x"}}, "unknown key 'file'"),
         ({"name": "s", "socks5_proxy_password": 3}, "expected a path or"),
-        ({"name": "s", "suspend_when_unplumbed": {"trigger": "often"}}, "invalid rate 'often'"),
+        (
+            {"name": "s", "suspend_when_unplumbed": {"trigger": "often", "duration": "1m"}},
+            "invalid rate 'often'",
+        ),
+        ({"name": "s", "suspend_when_unplumbed": {"trigger": "Immediate"}}, "required key 'dur"),
+        (
+            {"name": "s", "suspend_when_unplumbed": {"trigger": {"Limit": "3/1m"}, "duration": 1}},
+            r"expected 'Immediate' or \{ Threshold",
+        ),
+        (
+            {"name": "s", "suspend_when_unplumbed": {"trigger": {"Threshold": "x"}, "duration": 1}},
+            "invalid rate 'x'",
+        ),
         ({"name": "s", "suspend_when_unplumbed": {"when": 1}}, "allowed keys are: duration"),
     ],
 )
@@ -404,3 +429,20 @@ def test_ehlo_domain_must_be_one_hostname(bad):
     assert EgressSource.from_mapping({"name": "s", "ehlo_domain": " mx.example "}).ehlo_domain == (
         "mx.example"
     )
+
+
+def test_suspend_when_threshold_from_lua(tmp_path) -> None:
+    """The form KumoMTA documents, written in a policy and built by make_egress_source."""
+    from kumoq.lua.runtime import PolicyRuntime
+
+    path = tmp_path / "init.lua"
+    path.write_text(
+        "kumo.on('get_egress_source', function(name)\n"
+        "  return kumo.make_egress_source { name = name, source_address = '10.0.0.1',\n"
+        "    suspend_when_unplumbed = { trigger = { Threshold = '3/1m' }, duration = '5m' } }\n"
+        "end)\n"
+    )
+    rt = PolicyRuntime(path, builders={"make_egress_source": EgressSource.from_mapping})
+    kind, src = rt.invoke_made("get_egress_source", "v", "ip-1")
+    assert kind == "make_egress_source"
+    assert src.suspend_when_unplumbed == SuspendWhen(trigger=ThrottleSpec(3, 60), duration=300.0)

@@ -219,7 +219,7 @@ async def test_time_spent_waiting_for_dns_does_not_count(tmp_path: Path) -> None
     events.runtime.waits.dns = SlowDns(BUDGET * 0.6)  # 1.8 budgets of waiting in all
     meta: dict[str, Any] = {}
     await events.smtp_server_rcpt_to(EnvelopeAddress.parse("a@slow.test"), meta)
-    assert meta["mx"] == "mx.slow.test mx.slow.test mx.slow.test"
+    assert meta["mx"] == "mx.slow.test. mx.slow.test. mx.slow.test."
 
 
 # -- memory ---------------------------------------------------------------------------------

@@ -50,8 +50,13 @@ def test_chunks_are_loaded_in_order() -> None:
     assert [c.chunkname for c in chunks.ALL] == [
         "=kumoq/sandbox",
         "=kumoq/message",
+        "=kumoq/mime",
         "=kumoq/core",
         "=kumoq/kumo",
+        "=kumoq/kumo_cache",
+        "=kumoq/kumo_data",
+        "=kumoq/kumo_time",
+        "=kumoq/kumo_process",
         "=kumoq/budget",
     ]
 

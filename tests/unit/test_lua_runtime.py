@@ -271,16 +271,18 @@ def test_reject_is_detected_by_value_not_by_text(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("call", "code", "disconnect"),
+    ("call", "code", "disconnect", "follow"),
     [
-        ("kumo.reject(550, 'no')", 550, False),
-        ("kumo.reject(421.0, 'no')", 421, True),
-        ("kumo.disconnect(550, 'no')", 550, True),
-        ("kumo.disconnect(451, 'no', 'If421')", 451, False),
-        ("kumo.disconnect(421, 'no', 'If421')", 421, True),
+        ("kumo.reject(550, 'no')", 550, False, False),
+        ("kumo.reject(421.0, 'no')", 421, True, False),
+        ("kumo.disconnect(550, 'no')", 550, True, False),
+        ("kumo.disconnect(451, 'no', 'If421')", 451, False, False),
+        ("kumo.disconnect(421, 'no', 'If421')", 421, True, False),
+        ("kumo.disconnect(451, 'no', 'FollowWith421')", 451, True, True),
+        ("kumo.disconnect(421, 'no', 'FollowWith421')", 421, True, False),
     ],
 )
-def test_reject_and_disconnect(tmp_path, call, code, disconnect):
+def test_reject_and_disconnect(tmp_path, call, code, disconnect, follow):
     rt = load(tmp_path, f"kumo.on('ev', function() {call} end)")
     with pytest.raises(RejectError) as info:
         PolicyEvents(rt).call("ev")
@@ -289,6 +291,7 @@ def test_reject_and_disconnect(tmp_path, call, code, disconnect):
         "no",
         disconnect,
     )
+    assert info.value.follow_with_421 is follow
 
 
 @pytest.mark.parametrize(

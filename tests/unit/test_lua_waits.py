@@ -80,18 +80,18 @@ async def rcpt(ev: PolicyEvents, address: str) -> dict[str, Any]:
 async def test_an_async_event_waits_for_the_answer(tmp_path: Path) -> None:
     rt, resolver = load(tmp_path)
     conn = await rcpt(PolicyEvents(rt), "user@gmail.test")
-    assert conn["mx"] == {
-        "domain_name": "gmail.test",
+    assert conn["mx"] == {  # host names carry the trailing dot, as in KumoMTA
+        "domain_name": "gmail.test.",
         "hosts": [
-            "gmail-smtp-in.l.google.com",
-            "alt1.gmail-smtp-in.l.google.com",
-            "alt2.gmail-smtp-in.l.google.com",
+            "gmail-smtp-in.l.google.com.",
+            "alt1.gmail-smtp-in.l.google.com.",
+            "alt2.gmail-smtp-in.l.google.com.",
         ],
         "site_name": "(alt1|alt2)?.gmail-smtp-in.l.google.com",
         "by_pref": {
-            "5": ["gmail-smtp-in.l.google.com"],
-            "10": ["alt1.gmail-smtp-in.l.google.com"],
-            "20": ["alt2.gmail-smtp-in.l.google.com"],
+            "5": ["gmail-smtp-in.l.google.com."],
+            "10": ["alt1.gmail-smtp-in.l.google.com."],
+            "20": ["alt2.gmail-smtp-in.l.google.com."],
         },
         "is_domain_literal": False,
         "is_secure": False,
@@ -106,7 +106,7 @@ async def test_implicit_and_null_mx_are_answers_nxdomain_is_an_error(tmp_path: P
     rt, _ = load(tmp_path)
     ev = PolicyEvents(rt)
     implicit = (await rcpt(ev, "u@plain.test"))["mx"]
-    assert implicit["hosts"] == ["plain.test"]
+    assert implicit["hosts"] == ["plain.test."]
     assert implicit["is_mx"] is False
     assert (await rcpt(ev, "u@nullmx.test"))["mx"]["hosts"] == ["."]
     with pytest.raises(PolicyError) as info:
@@ -177,9 +177,9 @@ async def test_by_pref_is_keyed_by_integer_preference(tmp_path: Path) -> None:
     rt, _ = load(tmp_path)
     assert await rt.invoke_async("preferences", "v", "gmail.test") == [
         "integer",
-        "alt2.gmail-smtp-in.l.google.com",
-        "10=alt1.gmail-smtp-in.l.google.com 20=alt2.gmail-smtp-in.l.google.com "
-        "5=gmail-smtp-in.l.google.com",
+        "alt2.gmail-smtp-in.l.google.com.",
+        "10=alt1.gmail-smtp-in.l.google.com. 20=alt2.gmail-smtp-in.l.google.com. "
+        "5=gmail-smtp-in.l.google.com.",
     ]
 
 

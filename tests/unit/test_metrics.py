@@ -241,6 +241,9 @@ class _Records:
 class _PriorityFromRecipient:
     """The policy sets the ``priority`` meta from the recipient's local part, if a digit."""
 
+    async def smtp_server_data(self, msg: Message, conn_meta: dict[str, Any]) -> None:
+        pass
+
     async def smtp_server_message_received(self, msg: Message, conn_meta: dict[str, Any]) -> None:
         user = msg.recipients[0].local_part
         if user.isdigit():

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from kumoq.clock import FakeClock
+from kumoq.config.listener_domain import ListenerDomain
 from kumoq.config.queue import QueueConfig, SmtpProtocol
 from kumoq.errors import SpoolError
 from kumoq.logs.records import RecordType, Response
@@ -139,6 +140,14 @@ class Events:
     async def smtp_server_rcpt_to(
         self, recipient: EnvelopeAddress, conn_meta: dict[str, Any]
     ) -> None:
+        return None
+
+    async def get_listener_domain(
+        self, domain: str, listener: str, conn_meta: dict[str, Any]
+    ) -> ListenerDomain | None:
+        return None
+
+    async def smtp_server_data(self, msg: Message, conn_meta: dict[str, Any]) -> None:
         return None
 
     async def smtp_server_message_received(self, msg: Message, conn_meta: dict[str, Any]) -> None:

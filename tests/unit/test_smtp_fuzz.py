@@ -139,4 +139,4 @@ def test_message_content(body: bytes, cuts: list[int]) -> None:
         assert split == whole
         check_well_formed(whole)
         assert not in_data
-        assert whole.startswith(b"250 2.1.0 OK\r\n250 2.1.5 OK\r\n354 ")
+        assert whole.startswith(b"250 2.1.0 OK <a@b.c>\r\n250 2.1.5 OK <r@b.c>\r\n354 ")

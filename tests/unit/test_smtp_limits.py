@@ -36,7 +36,7 @@ TOO_MANY_ERRORS = "421 4.7.0 mx.test too many errors"
 def test_error_limit_closes_after_twenty_errors() -> None:
     peer = Peer()
     lines = peer.send(BAD * 100_000)
-    assert lines == ["500 5.5.2 Syntax error: command unrecognized"] * 20 + [TOO_MANY_ERRORS]
+    assert lines == ["502 5.5.1 Command unimplemented"] * 20 + [TOO_MANY_ERRORS]
     assert peer.session.closed
     assert peer.session.buffered == 0  # what followed is dropped, not kept
     assert peer.send(b"NOOP\r\n") == []
@@ -44,7 +44,7 @@ def test_error_limit_closes_after_twenty_errors() -> None:
 
 def test_the_421_comes_at_once_not_at_the_next_command() -> None:
     peer = Peer(max_errors_per_connection=3)
-    assert peer.codes(BAD * 3) == ["500 5.5.2"] * 3 + ["421 4.7.0"]
+    assert peer.codes(BAD * 3) == ["502 5.5.1"] * 3 + ["421 4.7.0"]
 
 
 def test_every_refusal_counts_the_handlers_too() -> None:
@@ -62,12 +62,12 @@ def test_every_refusal_counts_the_handlers_too() -> None:
 
 def test_an_accepted_message_resets_the_count() -> None:
     peer = Peer(max_errors_per_connection=3)
-    assert peer.codes(BAD * 2) == ["500 5.5.2"] * 2
+    assert peer.codes(BAD * 2) == ["502 5.5.1"] * 2
     assert peer.session.errors == 2
     peer.send(transaction(b"hi\r\n.\r\n"))
     assert len(peer.messages()) == 1
     assert peer.session.errors == 0
-    assert peer.codes(BAD * 2) == ["500 5.5.2"] * 2
+    assert peer.codes(BAD * 2) == ["502 5.5.1"] * 2
     assert not peer.session.closed
 
 

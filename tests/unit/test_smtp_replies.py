@@ -50,3 +50,22 @@ def test_named_replies() -> None:
         b"550 5.7.1 relaying not permitted for 10.0.0.1:1234\r\n"
     )
     assert R.TOO_MANY_RECIPIENTS.to_bytes() == b"452 4.5.3 too many recipients\r\n"
+
+
+# --- KumoMTA's texts -----------------------------------------------------------------------------
+def test_kumomta_texts() -> None:
+    assert R.address_ok(True, "s@example.com") == b"250 2.1.0 OK <s@example.com>\r\n"
+    assert R.address_ok(True, "") == b"250 2.1.0 OK <>\r\n"
+    assert R.address_ok(False, "rü@example.com") == "250 2.1.5 OK <rü@example.com>\r\n".encode()
+    assert str(R.ehlo_reply("mx", "client", False, ())) == "250 Hello client!"
+    assert str(R.ehlo_reply("mx", "client", True, ("PIPELINING",))) == (
+        "250-mx Aloha client\r\n250 PIPELINING"
+    )
+    assert str(R.command_error((500, "5.5.2"), "x")) == "502 5.5.1 Command unimplemented"
+    assert str(R.command_error((501, "5.5.4"), "bad")) == "501 5.5.4 bad"
+    assert str(R.disconnecting_after_error("mx")) == (
+        "421 4.3.0 mx disconnecting due to previous error"
+    )
+    assert str(R.RESET_OK) == "250 2.0.0 Reset state"
+    assert str(R.NOOP_OK) == "250 2.0.0 the goggles do nothing"
+    assert str(R.CLOSING) == "221 2.0.0 So long, and thanks for all the fish!"
