@@ -47,14 +47,14 @@ test-integration: $(STAMP)
 	$(BIN)/pytest -m integration
 
 lint: $(STAMP)
-	$(BIN)/ruff check kumoq tests bench
-	$(BIN)/ruff format --check kumoq tests bench
-	$(BIN)/mypy kumoq tests bench
+	$(BIN)/ruff check kumoq tests bench tools
+	$(BIN)/ruff format --check kumoq tests bench tools
+	$(BIN)/mypy kumoq tests bench tools
 	$(BIN)/lint-imports
 
 fmt: $(STAMP)
-	$(BIN)/ruff format kumoq tests bench
-	$(BIN)/ruff check --fix kumoq tests bench
+	$(BIN)/ruff format kumoq tests bench tools
+	$(BIN)/ruff check --fix kumoq tests bench tools
 
 # Postfix provides the load generator (smtp-source), the final destination (smtp-sink) and the
 # peer MTA the bench compares with. Preseeded 'No configuration': the system Postfix stays

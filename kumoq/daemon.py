@@ -182,7 +182,12 @@ class Daemon:
         except BaseException:
             await spool.close()
             raise
-        records = RecordLogger(list(zip(writers, decl.logs, strict=True)), nodeid, self.clock)
+        records = RecordLogger(
+            list(zip(writers, decl.logs, strict=True)),
+            nodeid,
+            self.clock,
+            classifier=decl.bounce_classifier,
+        )
         maildir = MaildirDeliverer()
         resolver: Resolver = (
             harness.resolver(decl.test_zones)

@@ -30,6 +30,7 @@ from kumoq.config.queue import QueueConfig
 from kumoq.config.spool import SpoolDefinition, check_spool_pair
 from kumoq.dns.resolver import TestResolver
 from kumoq.errors import ConfigError, PolicyError
+from kumoq.logs.classify import BounceClassifier, ClassifierParams, build_classifier
 from kumoq.lua.events import PolicyEvents, unfired_handlers
 from kumoq.lua.runtime import PolicyRuntime
 from kumoq.message import Message, QueueNameParts
@@ -56,6 +57,8 @@ class Declarations:
     logs: list[LocalLogsConfig] = field(default_factory=list)
     http_listeners: list[HttpListenerConfig] = field(default_factory=list)
     test_zones: list[str] = field(default_factory=list)
+    #: ``kumo.configure_bounce_classifier``'s compiled rules (the first call; a second fails)
+    bounce_classifier: BounceClassifier | None = None
     #: called by ``kumo.bump_config_epoch()`` (the daemon reloads the policy)
     on_bump_config_epoch: Callable[[], None] | None = None
     #: where ``kumo.validation_failed()`` was called (``file:line``, or ``?``), in call order
@@ -79,6 +82,10 @@ class Declarations:
             self.http_listeners.append(value)
         elif isinstance(value, _TestZones):
             self.test_zones.extend(value.texts)
+        elif isinstance(value, BounceClassifier):
+            if self.bounce_classifier is not None:
+                raise ConfigError("configure_bounce_classifier: classifier already initialized")
+            self.bounce_classifier = value
 
     def restart_only_changes(self, new: Declarations) -> list[str]:
         """What ``new`` (a reloaded policy's ``init``) changes that only a restart applies."""
@@ -88,6 +95,10 @@ class Declarations:
             "local logs": (self.logs, new.logs),
             "HTTP listeners": (self.http_listeners, new.http_listeners),
             "the test resolver": (self.test_zones, new.test_zones),
+            "the bounce classifier": (
+                _params(self.bounce_classifier),
+                _params(new.bounce_classifier),
+            ),
         }
         return [what for what, (old, now) in pairs.items() if old != now]
 
@@ -119,7 +130,22 @@ def _test_resolver(mapping: Any) -> _TestZones:
     return _TestZones(tuple(zones))
 
 
+def _params(classifier: BounceClassifier | None) -> object:
+    """What a reload compares: the call's parameters and the rules files' texts."""
+    return None if classifier is None else (classifier.params, classifier.sources)
+
+
+def _bounce_classifier(mapping: Any) -> BounceClassifier:
+    """``kumo.configure_bounce_classifier``: the rules files read and compiled now, so a bad
+    file or regex fails ``init`` at the calling line, naming the file and the rule."""
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"configure_bounce_classifier: expected a table, got {mapping!r}")
+    params = ClassifierParams.from_mapping(mapping)
+    return build_classifier(params, read=lambda name: Path(name).read_text(encoding="utf-8"))
+
+
 BUILDERS = {
+    "configure_bounce_classifier": _bounce_classifier,
     "configure_test_resolver": _test_resolver,
     "start_esmtp_listener": EsmtpListenerConfig.from_mapping,
     "define_spool": SpoolDefinition.from_mapping,

@@ -300,6 +300,13 @@ class Message:
             return (own,)
         return (own, shared) if own else (shared,)
 
+    def prepend_data(self, field: bytes) -> None:
+        """Put ``field`` (a whole header field) before the data; a shared body stays shared.
+        O(len(prefix)). Raises ValueError when the data are not loaded."""
+        if self._own is None:
+            raise ValueError("the message data is not loaded")
+        self._own = field + self._own
+
     def header_data(self) -> bytes | None:
         """Bytes that start with the whole header block, for ``kumoq.headers``' read
         functions; None when not loaded. A shared message gives its prefix and the shared

@@ -13,6 +13,11 @@ One or two dict updates per record. A final record (``Delivery``, ``Bounce``, ``
 the message was received (``msg.created``), on a series bound once per disposition. A
 ``Rejection`` counts in KumoMTA's ``smtp_server_rejections``, as ``total`` and as the listener's
 address (``received_via``).
+
+With a bounce classifier (``kumo.configure_bounce_classifier``, kumoq.logs.classify), the
+classifiable records (``Bounce``, ``TransientFailure``, ``Expiration``, ``AdminBounce``,
+``Rejection``...) get its class in ``bounce_classification``, once per record for all logs;
+without one, the field stays ``Uncategorized`` and the only cost is one ``is None`` test.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any
 
 from kumoq.clock import Clock
 from kumoq.config.logs import LocalLogsConfig
+from kumoq.logs.classify import CLASSIFIABLE, UNCATEGORIZED, BounceClassifier
 from kumoq.logs.records import FieldSelection, RecordType, Response, build_record
 from kumoq.logs.writer import LocalLogWriter
 from kumoq.message import Message
@@ -77,7 +83,11 @@ class RecordLogger:
     """Fans records out to every ``configure_local_logs`` destination."""
 
     def __init__(
-        self, logs: list[tuple[LocalLogWriter, LocalLogsConfig]], nodeid: str, clock: Clock
+        self,
+        logs: list[tuple[LocalLogWriter, LocalLogsConfig]],
+        nodeid: str,
+        clock: Clock,
+        classifier: BounceClassifier | None = None,
     ) -> None:
         self._logs = [
             (writer, config, FieldSelection(meta=config.meta, headers=config.headers))
@@ -85,6 +95,8 @@ class RecordLogger:
         ]
         self._nodeid = nodeid
         self._clock = clock
+        #: ``kumo.configure_bounce_classifier``'s rules, if the policy configured them
+        self.classifier = classifier
         #: called with every message record's type, message and response text (campaign
         #: progress); the list is empty unless the daemon adds one
         self.observers: list[Callable[[RecordType, Message, str], None]] = []
@@ -99,6 +111,9 @@ class RecordLogger:
             latency.observe(max(0.0, now - msg.created))
         if not self._logs:
             return
+        classifier = self.classifier
+        if classifier is not None and type in CLASSIFIABLE:
+            fields["bounce_classification"] = classifier.classify(response)
         for writer, config, selection in self._logs:
             if config.per_record and not config.record_enabled(type.value):
                 continue
@@ -127,6 +142,8 @@ class RecordLogger:
             "name": str(conn_meta.get("ehlo_domain", "")),
             "addr": str(conn_meta.get("received_from", "")),
         }
+        classifier = self.classifier
+        classification = UNCATEGORIZED if classifier is None else classifier.classify(response)
         for writer, config, selection in self._logs:
             if config.per_record and not config.record_enabled(RecordType.Rejection.value):
                 continue
@@ -144,5 +161,6 @@ class RecordLogger:
                     peer_address=peer,
                     reception_protocol="ESMTP",
                     session_id=conn_meta.get("session_id"),
+                    bounce_classification=classification,
                 )
             )

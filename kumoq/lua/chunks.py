@@ -9,9 +9,10 @@ In load order (kumoq.lua.runtime): ``SANDBOX`` (takes ``python``, ``debug`` and 
 from the policy), ``MESSAGE`` (the Message, EnvelopeAddress and conn_meta objects; it loads
 ``MIME``, the MimePart, HeaderMap and AddressHeader objects), ``CORE`` (``kumo.on``, dispatch,
 error locations, the event coroutines), ``KUMO`` (the ``kumo`` module; it loads ``KUMO_CACHE``,
-``KUMO_DATA``, ``KUMO_TIME`` and ``KUMO_PROCESS``, KumoMTA's utility modules), ``BUDGET`` (the time
-budget's count hook; last, so that the chunks before it keep the raw ``setmetatable`` and
-coroutine functions). Each file's header comment says what it is given and what it sets.
+``KUMO_DATA``, ``KUMO_TIME``, ``KUMO_PROCESS`` and ``KUMO_SHAPING``, KumoMTA's utility
+modules), ``BUDGET`` (the time budget's count hook; last, so that the chunks before it keep
+the raw ``setmetatable`` and coroutine functions). Each file's header comment says what it is
+given and what it sets.
 
 L2: imports only the standard library; must not import lupa or any other kumoq module.
 """
@@ -30,6 +31,7 @@ __all__ = [
     "KUMO_CACHE",
     "KUMO_DATA",
     "KUMO_PROCESS",
+    "KUMO_SHAPING",
     "KUMO_TIME",
     "MESSAGE",
     "MIME",
@@ -62,6 +64,7 @@ KUMO_CACHE: Final = _read("kumo_cache.lua", "=kumoq/kumo_cache")
 KUMO_DATA: Final = _read("kumo_data.lua", "=kumoq/kumo_data")
 KUMO_TIME: Final = _read("kumo_time.lua", "=kumoq/kumo_time")
 KUMO_PROCESS: Final = _read("kumo_process.lua", "=kumoq/kumo_process")
+KUMO_SHAPING: Final = _read("kumo_shaping.lua", "=kumoq/kumo_shaping")
 BUDGET: Final = _read("budget.lua", "=kumoq/budget")
 ALL: Final = (
     SANDBOX,
@@ -73,5 +76,6 @@ ALL: Final = (
     KUMO_DATA,
     KUMO_TIME,
     KUMO_PROCESS,
+    KUMO_SHAPING,
     BUDGET,
 )

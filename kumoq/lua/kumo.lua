@@ -1,8 +1,8 @@
 -- kumoq/kumo: the kumo module the policy sees (kumo.on, reject, disconnect,
 -- log_*, the declarations, make_* and kumo.dns), then KumoMTA's utility
 -- modules from the chunks it loads last (kumo_cache, kumo_data, kumo_time,
--- kumo_process: memoize, domain_map, serde, json_*, string, regex, time,
--- spawn_task...). Arguments: py (the Python functions of
+-- kumo_process, kumo_shaping: memoize, domain_map, serde, json_*, string,
+-- regex, time, spawn_task, shaping...). Arguments: py (the Python functions of
 -- kumoq.lua.kumo_api.python_api) and M (kumoq's private table); sets the
 -- global kumo and package.loaded.kumo (and package.loaded['kumo.serde'] and
 -- the like). Reading a field kumo or one of its modules does not have is an
@@ -252,8 +252,15 @@ for _, kind in ipairs(M.makers) do
   kumo[kind] = maker(kind)
 end
 
+-- kumo.dkim.rsa_sha256_signer{...} and kumo.dkim.ed25519_signer{...}: opaque
+-- signers for msg:dkim_sign (message.lua; kumoq.lua.dkim_api builds them).
+kumo.dkim = {}
+for _, kind in ipairs { 'rsa_sha256_signer', 'ed25519_signer' } do
+  kumo.dkim[kind] = maker(kind)
+end
+
 -- KumoMTA's utility modules, each a chunk of its own (kumoq.lua.chunks).
-for _, name in ipairs { 'cache', 'data', 'time', 'process' } do
+for _, name in ipairs { 'cache', 'data', 'time', 'process', 'shaping' } do
   local src, chunkname = py.kumo_chunk(name)
   if src == ERR then
     error(chunkname, 0)

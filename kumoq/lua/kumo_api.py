@@ -15,7 +15,8 @@ Defined in Lua (``kumo.lua`` beside this module, loaded by the runtime as the ch
 - ``kumo.log_debug/log_info/log_warn/log_error(...)``: arguments ``tostring``-ed and joined
   with spaces, to the Python logger ``kumoq.policy``;
 - declarations ``start_esmtp_listener``, ``start_http_listener``, ``define_spool``,
-  ``configure_local_logs`` (only inside ``init``), collected by the runtime;
+  ``configure_local_logs``, ``configure_bounce_classifier`` (only inside ``init``), collected
+  by the runtime;
 - ``make_queue_config``, ``make_egress_pool``, ``make_egress_source``, ``make_egress_path``,
   ``make_listener_domain``: return an opaque Lua table that carries a handle to the built
   (frozen) Python object, so an event returning it hands Python the original object. The
@@ -26,12 +27,14 @@ Defined in Lua (``kumo.lua`` beside this module, loaded by the runtime as the ch
 - ``kumo.dns.configure_test_resolver`` (a declaration) and ``kumo.dns.lookup_mx`` (which
   waits, see kumoq.lua.waits).
 
-Builders come from the runtime's injected ``builders`` mapping; this module imports no config
-classes. A builder's ConfigError becomes a Lua error raised at the policy's calling line.
+Builders come from the runtime's injected ``builders`` mapping, else from kumoq.lua.dkim_api's
+``BUILDERS`` (the ``kumo.dkim.*_signer`` makers ``kumo.lua`` defines); this module imports no
+config classes. A builder's ConfigError becomes a Lua error raised at the policy's calling line.
 ``KumoApiRuntime`` is what ``python_api`` uses of the runtime; the runtime's ``PolicyRuntime``
 has it (structurally, checked by mypy where the runtime calls ``python_api``).
 
-L2: imports the standard library, kumoq.lua.message and kumoq.lua.kumo_extras; must not import
+L2: imports the standard library, kumoq.message, kumoq.lua.message, kumoq.lua.kumo_extras and
+kumoq.lua.dkim_api (whose ``dkim_sign`` it includes); must not import
 the runtime
 module (``runtime.py`` here), not even under TYPE_CHECKING: it imports this one.
 """
@@ -42,9 +45,11 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Protocol
 
-from kumoq.lua import kumo_extras
+from kumoq.lua import dkim_api, kumo_extras, shaping_api
 from kumoq.lua.kumo_extras import ExtrasRuntime
 from kumoq.lua.message import LuaApiError
+from kumoq.lua.waits import Waits
+from kumoq.message import Message
 
 __all__ = ["DECLARATIONS", "MAKERS", "Declarations", "KumoApiRuntime", "python_api"]
 
@@ -56,6 +61,7 @@ DECLARATIONS: Final = (
     "define_spool",
     "configure_local_logs",
     "configure_test_resolver",
+    "configure_bounce_classifier",
 )
 MAKERS: Final = (
     "make_queue_config",
@@ -76,6 +82,9 @@ class KumoApiRuntime(ExtrasRuntime, Protocol):
     """What the ``kumo`` module's Python functions need of the policy runtime."""
 
     @property
+    def waits(self) -> Waits: ...
+
+    @property
     def phase(self) -> str: ...
 
     @property
@@ -91,6 +100,8 @@ class KumoApiRuntime(ExtrasRuntime, Protocol):
     def opaque(self) -> dict[int, tuple[str, object]]: ...
 
     def new_opaque(self, kind: str, value: object) -> int: ...
+
+    def message(self, h: int) -> Message: ...
 
     def from_lua(self, value: Any, *, config: bool = ...) -> Any: ...
 
@@ -115,7 +126,7 @@ def python_api(rt: KumoApiRuntime) -> dict[str, Callable[..., Any]]:
 
     def build(kind: str, params: object) -> object:
         mapping = from_lua(params, config=True)
-        builder = rt.builders.get(kind)
+        builder = rt.builders.get(kind) or dkim_api.BUILDERS.get(kind)
         return prefixed(kind, builder, mapping) if builder is not None else mapping
 
     def declare(kind: str, params: object) -> None:
@@ -146,11 +157,16 @@ def python_api(rt: KumoApiRuntime) -> dict[str, Callable[..., Any]]:
         for h in handles:
             rt.opaque.pop(h, None)
 
-    return kumo_extras.python_api(rt) | {
-        "kumo_log": rt.guard("log", log),
-        "kumo_declare": rt.guard(None, declare),
-        "kumo_bump_config_epoch": rt.guard("bump_config_epoch", bump_config_epoch),
-        "kumo_validation_failed": rt.guard("validation_failed", validation_failed),
-        "kumo_make": rt.guard(None, make),
-        "kumo_release": rt.guard("release", release),
-    }
+    return (
+        kumo_extras.python_api(rt)
+        | shaping_api.python_api(rt)
+        | dkim_api.python_api(rt)
+        | {
+            "kumo_log": rt.guard("log", log),
+            "kumo_declare": rt.guard(None, declare),
+            "kumo_bump_config_epoch": rt.guard("bump_config_epoch", bump_config_epoch),
+            "kumo_validation_failed": rt.guard("validation_failed", validation_failed),
+            "kumo_make": rt.guard(None, make),
+            "kumo_release": rt.guard("release", release),
+        }
+    )

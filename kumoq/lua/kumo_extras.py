@@ -41,6 +41,7 @@ EXTENSION_CHUNKS: Final = {
     "data": chunks.KUMO_DATA,
     "time": chunks.KUMO_TIME,
     "process": chunks.KUMO_PROCESS,
+    "shaping": chunks.KUMO_SHAPING,
 }
 """The chunks ``kumo.lua`` loads, by the name it asks for."""
 

@@ -227,7 +227,20 @@ for name, n in pairs {
 } do
   methodn(name, n)
 end
--- DKIM and ARC belong to the DKIM work (docs/deviations.md).
+-- msg:dkim_sign(signer): the signer is an opaque kumo.dkim.* object, passed
+-- to Python by its handle (kumoq.lua.dkim_api).
+local py_dkim_sign = py.dkim_sign
+function MSG:dkim_sign(signer)
+  local h = MH[self]
+  if h == nil then
+    not_object('dkim_sign', 'Message')
+  end
+  local r, e = py_dkim_sign(h, M.OPAQUE[signer] or false)
+  if r == ERR then
+    error(e, 2)
+  end
+end
+-- Verifying and ARC are not done yet (docs/deviations.md).
 for _, name in ipairs { 'dkim_verify', 'arc_verify', 'arc_seal' } do
   MSG[name] = function()
     error(

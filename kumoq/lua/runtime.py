@@ -26,9 +26,8 @@ the count hook of ``budget.lua``, and the Lua state under lupa's ``max_memory``;
 the call raises LuaBudgetError (a 451 RejectError) naming the event and ``file:line``.
 
 Error locations: chunks are named relative to the policy's directory (``init.lua``,
-``lib/util.lua``), because Lua truncates long chunk names in messages to 60 characters;
-kumoq's own chunks are named ``kumoq/sandbox``, ``kumoq/message``, ``kumoq/core``,
-``kumoq/kumo`` and ``kumoq/budget``.
+``lib/util.lua``), as Lua truncates chunk names in messages to 60 characters; kumoq's own chunks are
+``kumoq/sandbox``, ``kumoq/message``, ``kumoq/core``, ``kumoq/kumo`` and ``kumoq/budget``.
 
 ``PolicyRuntime`` satisfies the Protocols that kumoq.lua.kumo_api (``KumoApiRuntime``) and
 kumoq.lua.message (``MessageApiRuntime``) declare for what their ``python_api`` uses, so those
@@ -127,6 +126,7 @@ _DECLARATION_LISTS: Final = {
     "define_spool": "spools",
     "configure_local_logs": "local_logs",
     "configure_test_resolver": "test_resolvers",
+    "configure_bounce_classifier": "local_logs",  # a logging setting, as in KumoMTA
 }
 
 

@@ -57,6 +57,7 @@ def test_chunks_are_loaded_in_order() -> None:
         "=kumoq/kumo_data",
         "=kumoq/kumo_time",
         "=kumoq/kumo_process",
+        "=kumoq/kumo_shaping",
         "=kumoq/budget",
     ]
 
