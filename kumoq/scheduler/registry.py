@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Coroutine, Iterator
 from typing import Any, Final
 
@@ -30,7 +31,7 @@ log = logging.getLogger("kumoq.queue")
 FAILED_RESOLVE_TTL: Final = 60.0
 
 
-class QueueRegistry:
+class QueueRegistry(ABC):
     """Scheduled queues by name; the queue manager's base."""
 
     def __init__(self, configs: QueueConfigSource, clock: Clock) -> None:
@@ -42,11 +43,13 @@ class QueueRegistry:
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
 
+    @abstractmethod
     def _promote(self, queue: ScheduledQueue, batch: list[Message]) -> None:
-        raise NotImplementedError  # the queue manager's
+        """Take the due messages a queue's maintainer hands over (the queue manager)."""
 
+    @abstractmethod
     def _maybe_idle(self, queue: ScheduledQueue) -> None:
-        raise NotImplementedError  # the queue manager's
+        """Note that ``queue`` may have become idle (the queue manager)."""
 
     # -- queues ------------------------------------------------------------------------------
 
