@@ -120,6 +120,9 @@ async def stored(rig: Rig, rcpt: str = "user@example.com") -> Message:
         sender=EnvelopeAddress.parse("sender@example.com"),
         recipients=[EnvelopeAddress.parse(rcpt)],
         data=b"Subject: hi\r\n\r\nhello\r\n",
+        # not from the id: new_spool_id never goes back in time, so after a test on the real
+        # clock the id's time would be now, not the fake clock's
+        created=rig.clock.now(),
     )
     await rig.spool.store(msg.id, msg.data, json.dumps(msg.to_spool_meta()).encode())
     return msg
