@@ -229,11 +229,11 @@ from kumoq.spool import open_spool
 root = sys.argv[1]
 
 def fill():
-    with open(f"{root}/filler", "wb") as f:
+    # unbuffered: nothing is left to flush when the file closes on a full disk
+    with open(f"{root}/filler", "wb", buffering=0) as f:
         try:
             while True:
                 f.write(b"\0" * (1 << 20))
-                f.flush()
         except OSError:
             pass
 
