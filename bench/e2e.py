@@ -1,12 +1,13 @@
 """One end-to-end benchmark run of kumoq, driven by Postfix's ``smtp-source``.
 
 Owns: starting ``python -m kumoq serve`` under a bench policy (``bench/policies/*.lua``) in a
-scratch directory, running ``smtp-source`` against it with the same flags as the peers' scripts
-(``/work/shared/peers/lib/common.sh``), and measuring one run: inject time, end-to-end time
-(until N files are in ``maildir/new``, or for the relay policy until the ``smtp-sink`` it
-starts has counted N, as the peers count), the daemon's CPU (utime+stime from ``/proc/<pid>/stat``,
-all its threads), smtp-source's CPU (``wait4`` rusage) and the busy share of all CPUs
-(``/proc/stat``). Every wait is bounded; the daemon is stopped with SIGTERM.
+scratch directory, running ``smtp-source`` against it (the same command line for every MTA,
+``start_source``), and measuring one run: inject time, end-to-end time (until N files are in
+``maildir/new``, or for the relay policy until the ``smtp-sink`` it starts has counted N), the
+daemon's CPU (utime+stime from ``/proc/<pid>/stat``, all its threads), smtp-source's CPU
+(``wait4`` rusage) and the busy share of all CPUs (``/proc/stat``). Every wait is bounded;
+the daemon is stopped with SIGTERM. The peer MTAs (bench.peers) use the same load, sink and
+measurements.
 
 Imports only the standard library and ``kumoq.logs.tail`` (to count log records after a run);
 nothing in ``kumoq`` imports this.
@@ -28,25 +29,38 @@ from bench.kumoq_process import KumoqProcess
 from kumoq.logs.tail import read_all_records
 
 __all__ = [
+    "CLK_TCK",
+    "FROM",
+    "HOST",
     "POLICIES",
     "SMTP_SINK",
     "SMTP_SOURCE",
+    "TO",
     "KumoqProcess",
     "Load",
     "RunResult",
+    "Sink",
+    "SourceResult",
+    "busy_pct",
+    "count_files",
+    "free_port",
     "proc_cpu_seconds",
     "run_kumoq_case",
+    "start_source",
+    "sys_cpu",
+    "wait_count",
     "wait_for_quiet",
+    "wait_source",
 ]
 
 SMTP_SOURCE = "/usr/sbin/smtp-source"
 SMTP_SINK = "/usr/sbin/smtp-sink"
 POLICIES = Path(__file__).resolve().parent / "policies"
 HOST = "127.0.0.1"
-# The peers' defaults (lib/common.sh FROM/TO).
+# The envelope of every message smtp-source sends.
 FROM = "from@example.com"
 TO = "to@example.net"
-POLL = 0.1  # the peers' counter polling interval (s)
+POLL = 0.1  # counter polling interval (s): the resolution of the end-to-end time
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NCPU = os.cpu_count() or 1
 
@@ -58,7 +72,7 @@ class Load:
     n: int = 5000
     conc: int = 20
     size: int = 2048
-    timeout: float = 600.0  # bound on inject + delivery, like the peers' TIMEOUT
+    timeout: float = 600.0  # bound on inject + delivery
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,15 +140,15 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def _sys_cpu() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs, as the peers' ``sys_cpu`` computes them."""
+def sys_cpu() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs (user, nice, system, irq, softirq and steal are busy)."""
     with open("/proc/stat") as f:
         v = [int(x) for x in f.readline().split()[1:]]
     busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7]
     return busy, busy + v[3] + v[4]
 
 
-def _busy_pct(a: tuple[int, int], b: tuple[int, int]) -> float:
+def busy_pct(a: tuple[int, int], b: tuple[int, int]) -> float:
     total = b[1] - a[1]
     return 100.0 * (b[0] - a[0]) / total if total > 0 else float("nan")
 
@@ -146,9 +160,9 @@ def wait_for_quiet(max_busy_pct: float = 15.0, timeout: float = 120.0) -> float:
     """
     deadline = time.monotonic() + timeout
     while True:
-        a = _sys_cpu()
+        a = sys_cpu()
         time.sleep(1.0)
-        busy = _busy_pct(a, _sys_cpu())
+        busy = busy_pct(a, sys_cpu())
         if busy <= max_busy_pct or time.monotonic() > deadline:
             return busy
 
@@ -159,7 +173,7 @@ def wait_for_quiet(max_busy_pct: float = 15.0, timeout: float = 120.0) -> float:
 # -- the final destination of relay runs ----------------------------------------------------
 
 
-def _free_port() -> int:
+def free_port() -> int:
     import socket
 
     with socket.socket() as s:
@@ -168,11 +182,11 @@ def _free_port() -> int:
 
 
 class Sink:
-    """Postfix's ``smtp-sink`` on 127.0.0.1, started like the peers' ``start_sink``.
+    """Postfix's ``smtp-sink`` on 127.0.0.1, the final destination of every relay run.
 
     ``smtp-sink -c -u nobody 127.0.0.1:PORT 1024``: ``-c`` writes running counters
-    (``sess= quit= mesg=``) to stdout, which is counted like the peers' ``sink_count`` (the last
-    ``mesg=N``). Stopped with SIGTERM by pid.
+    (``sess= quit= mesg=``) to stdout; ``count`` reads the last ``mesg=N``. Stopped with
+    SIGTERM by pid.
     """
 
     def __init__(self, workdir: Path) -> None:
@@ -189,7 +203,7 @@ class Sink:
         import socket
 
         for _ in range(5):
-            self.port = _free_port()
+            self.port = free_port()
             argv = [SMTP_SINK, "-c"]
             if os.geteuid() == 0:
                 argv += ["-u", "nobody"]  # required when started as root
@@ -236,37 +250,37 @@ class Sink:
 
 
 @dataclass(frozen=True, slots=True)
-class _SourceResult:
+class SourceResult:
     rc: int | None  # None: killed at the deadline
     end: float  # monotonic time it exited (or was killed)
     cpu_s: float
 
 
-def _start_source(load: Load, port: int, out: Path) -> subprocess.Popen[bytes]:
-    # The peers' exact invocation: smtp-source -c $SOURCE_EXTRA -m N -s CONC -l SIZE -f -t
+def start_source(load: Load, port: int, out: Path) -> subprocess.Popen[bytes]:
+    # smtp-source -c -m N -s CONC -l SIZE -f FROM -t TO: a new connection per message
     argv = [SMTP_SOURCE, "-c", "-m", str(load.n), "-s", str(load.conc), "-l", str(load.size)]
     argv += ["-f", FROM, "-t", TO, f"{HOST}:{port}"]
     with open(out, "wb") as stdout, open(out.with_suffix(".err"), "wb") as stderr:
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr)
 
 
-def _wait_source(proc: subprocess.Popen[bytes], deadline: float) -> _SourceResult:
+def wait_source(proc: subprocess.Popen[bytes], deadline: float) -> SourceResult:
     """Reap smtp-source with wait4 (for its rusage), polling every 10 ms until ``deadline``."""
     while True:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         now = time.monotonic()
         if pid:
             proc.returncode = os.waitstatus_to_exitcode(status)
-            return _SourceResult(proc.returncode, now, usage.ru_utime + usage.ru_stime)
+            return SourceResult(proc.returncode, now, usage.ru_utime + usage.ru_stime)
         if now > deadline:
             proc.kill()
             _, _, usage = os.wait4(proc.pid, 0)
             proc.returncode = -9
-            return _SourceResult(None, now, usage.ru_utime + usage.ru_stime)
+            return SourceResult(None, now, usage.ru_utime + usage.ru_stime)
         time.sleep(0.01)
 
 
-def _count_files(path: Path) -> int:
+def count_files(path: Path) -> int:
     try:
         with os.scandir(path) as it:
             return sum(1 for _ in it)
@@ -274,7 +288,7 @@ def _count_files(path: Path) -> int:
         return 0
 
 
-def _wait_count(count_fn: Callable[[], int], n: int, deadline: float) -> tuple[int, float]:
+def wait_count(count_fn: Callable[[], int], n: int, deadline: float) -> tuple[int, float]:
     """Poll ``count_fn`` every POLL s until it reaches ``n`` or ``deadline``."""
     while True:
         count = count_fn()
@@ -323,7 +337,7 @@ def run_kumoq_case(
     # The relay policy delivers by SMTP to smtp-sink: counted by the sink's mesg= counter.
     sink = Sink(workdir) if policy == "relay" else None
     new_dir = workdir / "var" / "maildir" / "new"
-    count_fn: Callable[[], int] = sink.count if sink else (lambda: _count_files(new_dir))
+    count_fn: Callable[[], int] = sink.count if sink else (lambda: count_files(new_dir))
     status = "ok"
     sink_cpu_s = 0.0
     try:
@@ -333,27 +347,25 @@ def run_kumoq_case(
         daemon = KumoqProcess(workdir, POLICIES / f"{policy}.lua", env, argv_prefix=argv_prefix)
         try:
             daemon.start()
-            cpu0, sys0 = proc_cpu_seconds(daemon.pid), _sys_cpu()
+            cpu0, sys0 = proc_cpu_seconds(daemon.pid), sys_cpu()
             sink_cpu0 = proc_cpu_seconds(sink.pid) if sink else 0.0
             t0 = time.monotonic()
             deadline = t0 + load.timeout
-            source = _wait_source(
-                _start_source(load, daemon.port, workdir / "source.out"), deadline
-            )
+            source = wait_source(start_source(load, daemon.port, workdir / "source.out"), deadline)
             if source.rc is None:
                 status = "timeout"
             elif source.rc != 0:
                 status = "fail"
             e2e_s: float | None = None
             if deliver:
-                delivered, t_end = _wait_count(count_fn, load.n, deadline)
+                delivered, t_end = wait_count(count_fn, load.n, deadline)
                 e2e_s = t_end - t0
                 if delivered < load.n and status == "ok":
                     status = "timeout"
-            sys1, t_sys1 = _sys_cpu(), time.monotonic()
+            sys1, t_sys1 = sys_cpu(), time.monotonic()
             if sink is not None:
                 sink_cpu_s = proc_cpu_seconds(sink.pid) - sink_cpu0
-            # Like the peers, count the MTA's CPU until its work for these messages is done
+            # As for the peers, count the MTA's CPU until its work for these messages is done
             # (the spool removes after the last delivery): wait until it is idle.
             cpu1 = _wait_idle(daemon.pid, timeout=120.0)
         finally:
@@ -382,7 +394,7 @@ def run_kumoq_case(
         delivered=delivered,
         mta_cpu_s=cpu1 - cpu0,
         source_cpu_s=source.cpu_s,
-        sys_busy_pct=_busy_pct(sys0, sys1),
+        sys_busy_pct=busy_pct(sys0, sys1),
         status=status,
         window_s=t_sys1 - t0,
         sink_cpu_s=sink_cpu_s,

@@ -48,6 +48,7 @@ class KumoqProcess:
         self.argv_prefix = argv_prefix or [sys.executable]
         self.port = 0
         self.stderr_lines: list[str] = []
+        self.line_times: list[float] = []  # time.monotonic() each stderr line was read
         self._ready = threading.Event()
         self._proc: subprocess.Popen[str] | None = None
         self._reader: threading.Thread | None = None
@@ -56,6 +57,13 @@ class KumoqProcess:
     def pid(self) -> int:
         assert self._proc is not None
         return self._proc.pid
+
+    def first_line(self, text: str) -> float | None:
+        """When the first stderr line containing ``text`` was read (monotonic), or None."""
+        for at, line in zip(self.line_times, self.stderr_lines, strict=False):
+            if text in line:
+                return at
+        return None
 
     def start(self, timeout: float = 30.0) -> None:
         self._ready.clear()  # a restart waits for the new process's lines
@@ -84,6 +92,7 @@ class KumoqProcess:
     def _read(self, proc: subprocess.Popen[str]) -> None:
         assert proc.stderr is not None
         for line in proc.stderr:
+            self.line_times.append(time.monotonic())
             self.stderr_lines.append(line.rstrip("\n"))
             m = _LISTENER.search(line)
             if m and not self.port:

@@ -1,10 +1,10 @@
 """``make bench``: kumoq's end-to-end (maildir and relay) and reception-only msgs/s under
-Postfix's ``smtp-source``.
+Postfix's ``smtp-source``, beside Postfix and Haraka on the same load.
 
     python -m bench.run [--n N] [--conc C] [--size S] [--repeat R]
                         [--spool SQLite|LocalDisk|RocksDB|both|all]
                         [--only e2e|reception|relay] [--with-postfix] [--with-haraka]
-                        [--with-spool-bench] [--cprofile FILE] [--keep]
+                        [--with-spool-bench] [--cprofile FILE] [--keep] [--no-netns]
 
 Each option falls back to an environment variable (N, CONC, SIZE, REPEAT, SPOOL,
 WITH_POSTFIX=1, WITH_HARAKA=1, WITH_SPOOL_BENCH=1), so ``make bench N=10000 WITH_POSTFIX=1``
@@ -19,29 +19,38 @@ maildir) under one scratch root that is removed at the end:
   (``bench/policies/reception.lua`` schedules the first attempt an hour ahead); timed until
   smtp-source has exited, i.e. every message was acknowledged after its fsync;
 - ``kumoq-relay-<kind>``: SMTP -> spool (fsync on) -> SMTP client -> ``smtp-sink`` on
-  127.0.0.1 (``bench/policies/relay.lua``); timed until the sink's ``-c`` counter reaches N,
-  as the peers count;
-- ``postfix-maildir`` (``--with-postfix``, beside the maildir case):
-  ``../shared/peers/postfix_relay.sh maildir`` with the same N/CONC/SIZE, its RESULT line
-  parsed;
-- ``postfix-smtp`` (``--with-postfix``, beside the relay case): ``postfix_relay.sh smtp``;
-- ``haraka-queue`` (``--with-haraka``, beside the relay case): ``haraka_relay.sh queue``;
-- ``--with-spool-bench``: ``python -m bench.spool`` (LocalDisk vs SQLite), its table printed.
+  127.0.0.1 (``bench/policies/relay.lua``); timed until the sink's ``-c`` counter reaches N;
+- ``postfix-maildir`` (``--with-postfix``, beside the maildir case), ``postfix-smtp``
+  (``--with-postfix``, beside the relay case) and ``haraka-queue`` (``--with-haraka``, beside
+  the relay case): the peer MTAs, set up and measured by ``bench.peers``;
+- ``--with-spool-bench``: ``python -m bench.spool`` (the spool kinds alone), its table printed.
 
-The load is the peers' (``smtp-source -c -m N -s CONC -l SIZE -f from@example.com -t
-to@example.net 127.0.0.1:PORT``: a new connection per message). Prints one RESULT line per
-run and a markdown table of the median runs (the median by the case's headline figure).
+The spool kind comes from ``KUMOQ_BENCH_SPOOL``. For ``LocalDisk`` the policies define their
+spools exactly as KumoMTA's documentation does, without ``kind`` (``bench/policies/
+bench_init.lua``): the policy a KumoMTA user copies.
 
-Owns bench/run.py only; imports bench.e2e and the standard library.
+As root, the whole bench re-executes itself in a private network namespace that has only
+``lo`` (``unshare --net``), so kumoq, the peers, the sink and the load generator share one
+loopback and nothing can leave the machine; ``--no-netns`` runs in the host's namespace.
+Haraka is installed with npm before that (it needs the registry); when npm or the registry
+is missing, the Haraka case is skipped with the reason.
+
+The load is ``smtp-source -c -m N -s CONC -l SIZE -f from@example.com -t to@example.net
+127.0.0.1:PORT``: a new connection per message. Prints one RESULT line per run and a markdown
+table of the median runs (the median by the case's headline figure).
+
+Owns bench/run.py only; imports bench.e2e, bench.peers and the standard library.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import os
-import re
 import shutil
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -50,9 +59,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.e2e import SMTP_SOURCE, Load, RunResult, run_kumoq_case, wait_for_quiet
+from bench.peers import PEER_CASES, peer_unavailable, prepare_haraka, run_peer
 
-# ../shared/peers next to the repository (PEERS_DIR overrides).
-PEERS = Path(os.environ.get("PEERS_DIR", Path(__file__).resolve().parents[2] / "shared" / "peers"))
+IN_NETNS = "KUMOQ_BENCH_IN_NETNS"  # set by the re-execution inside the private namespace
 INSTALL_HINT = (
     f"{SMTP_SOURCE} is missing: the load generator is Postfix's smtp-source. Install it with:\n"
     '  echo "postfix postfix/main_mailer_type select No configuration" '
@@ -80,111 +89,47 @@ class Case:
         return ordered[(len(ordered) - 1) // 2]
 
 
-# -- Postfix through the peers' script -------------------------------------------------------
-
-_RESULT = re.compile(r"^RESULT (.*)$", re.M)
-
-
-def parse_result_line(text: str) -> dict[str, str]:
-    """The key=value pairs of the last ``RESULT ...`` line in ``text`` (empty if none)."""
-    found = _RESULT.findall(text)
-    if not found:
-        return {}
-    return dict(kv.split("=", 1) for kv in found[-1].split() if "=" in kv)
-
-
-def _num(fields: dict[str, str], key: str) -> float:
-    try:
-        return float(fields.get(key, "nan"))
-    except ValueError:
-        return float("nan")
-
-
-# case name -> (peers' script, its mode argument)
-PEER_CASES = {
-    "postfix-maildir": ("postfix_relay.sh", "maildir"),
-    "postfix-smtp": ("postfix_relay.sh", "smtp"),
-    "haraka-queue": ("haraka_relay.sh", "queue"),
-}
-
-
-def run_postfix(load: Load, run_dir: Path, case: str = "postfix-maildir") -> RunResult | None:
-    """One run of a peer's script (``PEER_CASES[case]``, by default ``postfix_relay.sh
-    maildir``) with the same load; None if it could not run.
-
-    ``run_dir`` (the script's RUN_DIR) must not exist yet: a fresh one per run means the script
-    deletes no earlier run's files just before it starts, as the kumoq runs do not either.
-    """
-    script_name, mode = PEER_CASES[case]
-    script = PEERS / script_name
-    if os.geteuid() != 0:
-        print(f"bench: {case} needs root (the peers' scripts start the MTA)", file=sys.stderr)
-        return None
-    if not script.is_file() or (case.startswith("postfix") and shutil.which("postfix") is None):
-        print(f"bench: cannot run {case}: {script} or `postfix` missing", file=sys.stderr)
-        return None
-    env = {**os.environ, "N": str(load.n), "CONC": str(load.conc), "SIZE": str(load.size)}
-    env["TIMEOUT"] = str(int(load.timeout))
-    env["RUN_DIR"] = str(run_dir)
-    try:
-        proc = subprocess.run(
-            ["bash", str(script), mode],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=load.timeout + 300,
-        )
-    except subprocess.TimeoutExpired:
-        print(f"bench: {script_name} did not finish in time", file=sys.stderr)
-        return None
-    for line in proc.stderr.splitlines():
-        if any(w in line for w in ("maillog:", "haraka.log:", "WARNING", "ERROR")):
-            print(f"bench: {script_name}: {line}", file=sys.stderr)
-    fields = parse_result_line(proc.stdout)
-    if not fields:
-        print(f"bench: {script_name} printed no RESULT line:\n{proc.stderr[-2000:]}")
-        return None
-    n = int(fields.get("n", load.n))
-    delivered = int(_num(fields, "delivered")) if fields.get("delivered") else 0
-    return RunResult(
-        name=case,
-        n=n,
-        inject_s=_num(fields, "inject_s"),
-        e2e_s=_num(fields, "e2e_s"),
-        accepted=n,
-        delivered=delivered,
-        mta_cpu_s=_num(fields, "mta_cpu_s"),
-        source_cpu_s=_num(fields, "source_cpu_s"),
-        sys_busy_pct=_num(fields, "sys_busy_pct"),
-        status=fields.get("status", "?"),
-        window_s=_num(fields, "e2e_s"),
-        sink_cpu_s=_num(fields, "sink_cpu_s") if fields.get("sink_cpu_s") else 0.0,
-    )
-
-
-def _postfix_alive(run_dir: Path) -> bool:
-    """Is the private Postfix instance of ``run_dir`` still running (so keep its files)?"""
-    for pid_file in run_dir.glob("postfix-*/spool/pid/master.pid"):
-        try:
-            pid = int(pid_file.read_text().strip())
-            comm = Path(f"/proc/{pid}/comm").read_text().strip()
-        except (OSError, ValueError):
-            continue
-        if comm == "master":
-            return True
-    return False
-
-
 def remove_scratch(root: Path) -> None:
-    """Delete the runs' directories, except a Postfix instance's that is still running."""
+    """Delete the runs' directories (every MTA a run started has been stopped by then)."""
     for child in root.iterdir():
-        if child.name.startswith("postfix-") and _postfix_alive(child):
-            print(f"bench: Postfix still running in {child}; left in place", file=sys.stderr)
-            continue
         shutil.rmtree(child, ignore_errors=True)
     with contextlib.suppress(OSError):
         root.rmdir()
+
+
+# -- the private network namespace ----------------------------------------------------------
+
+_SIOCGIFFLAGS = 0x8913
+_SIOCSIFFLAGS = 0x8914
+_IFF_UP = 0x1
+
+
+def bring_up_loopback() -> None:
+    """``ip link set lo up``, without needing iproute2 (two ioctls)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        req = struct.pack("16sh", b"lo", 0)
+        flags = struct.unpack("16sh", fcntl.ioctl(s, _SIOCGIFFLAGS, req))[1]
+        fcntl.ioctl(s, _SIOCSIFFLAGS, struct.pack("16sh", b"lo", flags | _IFF_UP))
+
+
+def enter_netns(argv: list[str]) -> None:
+    """Re-execute this bench in a private network namespace (root only); returns only when it
+    does not (not root, ``unshare`` missing, or already inside)."""
+    if os.environ.get(IN_NETNS) == "1":
+        bring_up_loopback()
+        print("bench: in a private network namespace (only lo)", file=sys.stderr, flush=True)
+        return
+    if os.geteuid() != 0:
+        print("bench: not root: running in the host's network namespace", file=sys.stderr)
+        return
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        print("bench: unshare (util-linux) is missing: running in the host's network "
+              "namespace", file=sys.stderr)  # fmt: skip
+        return
+    sys.stdout.flush()
+    env = {**os.environ, IN_NETNS: "1"}
+    os.execve(unshare, [unshare, "--net", "--", sys.executable, "-m", "bench.run", *argv], env)
 
 
 # -- output ---------------------------------------------------------------------------------
@@ -268,27 +213,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--spool",
         choices=("SQLite", "LocalDisk", "RocksDB", "both", "all"),
-        default=os.environ.get("SPOOL", "SQLite"),
+        default=os.environ.get("SPOOL", "all"),
         help="spool kind for the kumoq cases (both: SQLite and LocalDisk; all: the three)",
     )
     p.add_argument(
         "--only",
         choices=("e2e", "reception", "relay"),
-        help="run only one kumoq case (with its peers: --with-postfix runs postfix_relay.sh "
-        "maildir beside e2e and reception, postfix_relay.sh smtp beside relay)",
+        help="run only one kumoq case (with its peers: --with-postfix runs postfix-maildir "
+        "beside e2e and reception, postfix-smtp beside relay)",
     )
     p.add_argument("--no-kumoq", action="store_true", help="skip the kumoq cases")
     p.add_argument(
         "--with-postfix",
         action="store_true",
         default=_env_flag("WITH_POSTFIX"),
-        help="also run ../shared/peers/postfix_relay.sh (maildir and smtp)",
+        help="also run Postfix (postfix-maildir and postfix-smtp; root)",
     )
     p.add_argument(
         "--with-haraka",
         action="store_true",
         default=_env_flag("WITH_HARAKA"),
-        help="also run ../shared/peers/haraka_relay.sh queue beside the relay case",
+        help="also run Haraka's outbound queue beside the relay case (root; npm installs it)",
     )
     p.add_argument("--with-spool-bench", action="store_true", default=_env_flag("WITH_SPOOL_BENCH"))
     p.add_argument(
@@ -304,6 +249,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--dir", default=None, help="scratch directory root (default: TMPDIR)")
     p.add_argument("--keep", action="store_true", help="keep the scratch directories")
+    p.add_argument(
+        "--no-netns",
+        action="store_true",
+        help="stay in the host's network namespace (as root the bench enters a private one)",
+    )
     return p.parse_args(argv)
 
 
@@ -343,7 +293,7 @@ def _run_cases(args: argparse.Namespace, load: Load, cases: list[Case], root: Pa
                 print(f"bench: the machine is {busy:.0f}% busy before {case.name}", file=sys.stderr)
             result: RunResult | None
             if case.name in PEER_CASES:
-                result = run_postfix(load, root / f"{case.name}-{i + 1}", case.name)
+                result = run_peer(case.name, load, root / f"{case.name}-{i + 1}")
             else:
                 kind = case.name.rsplit("-", 1)[1]
                 policy = case.name.split("-")[1]  # e2e, reception or relay
@@ -361,10 +311,17 @@ def _run_cases(args: argparse.Namespace, load: Load, cases: list[Case], root: Pa
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     if not os.access(SMTP_SOURCE, os.X_OK):
         print(INSTALL_HINT, file=sys.stderr)
         return 2
+    if args.with_haraka and os.environ.get(IN_NETNS) != "1":
+        why = prepare_haraka()  # npm needs the registry: before the private namespace
+        if why is not None:
+            print(f"bench: skipping Haraka: {why}", file=sys.stderr, flush=True)
+    if not args.no_netns:
+        enter_netns(argv)
     load = Load(n=args.n, conc=args.conc, size=args.size, timeout=args.timeout)
     kinds = {"both": ["SQLite", "LocalDisk"], "all": ["SQLite", "LocalDisk", "RocksDB"]}.get(
         args.spool, [args.spool]
@@ -390,20 +347,25 @@ def main(argv: list[str] | None = None) -> int:
             if args.only in (None, "relay"):
                 what = f"kumoq -> spool ({kind}, fsync) -> SMTP -> smtp-sink, end-to-end"
                 cases.append(Case(f"kumoq-relay-{kind}", what, [], "e2e"))
+    peers = []
     if args.with_postfix and args.only != "relay":
-        what = "Postfix -> disk queue -> virtual(8) Maildir, end-to-end"
-        cases.append(Case("postfix-maildir", what, [], "e2e"))
+        peers.append("postfix-maildir")
     if args.with_postfix and args.only in (None, "relay"):
-        what = "Postfix -> disk queue (fsync) -> smtp(8) -> smtp-sink, end-to-end"
-        cases.append(Case("postfix-smtp", what, [], "e2e"))
+        peers.append("postfix-smtp")
     if args.with_haraka and args.only in (None, "relay"):
-        what = "Haraka -> outbound queue (no fsync) -> smtp-sink, end-to-end"
-        cases.append(Case("haraka-queue", what, [], "e2e"))
+        peers.append("haraka-queue")
+    for name in peers:
+        why = peer_unavailable(name)
+        if why is None:
+            cases.append(Case(name, PEER_CASES[name], [], "e2e"))
+        else:
+            print(f"bench: skipping {name}: {why}", file=sys.stderr, flush=True)
 
     # One scratch root for the whole sitting, removed only at the end: deleting a run's files
     # between runs would slow the next run's file creations (see docs/benchmarks.md).
     root = Path(tempfile.mkdtemp(prefix="kumoq-bench-", dir=args.dir))
     root.chmod(0o755)  # Postfix's virtual(8) runs as nobody and must reach its maildir
+    print(f"bench: cases {', '.join(c.name for c in cases)}", file=sys.stderr, flush=True)
     try:
         failed = _run_cases(args, load, cases, root)
     finally:

@@ -16,6 +16,7 @@ This module may import anything below it; nothing imports it but the CLI.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -358,23 +359,31 @@ class Daemon:
         normally. A spool that cannot be read at all raises SpoolError."""
         count = quarantined = dead = 0
         enumerated = InsertContext(InsertReason.Enumerated)  # one for all: it is immutable
-        async for spool_id, meta in spool.enumerate():
-            try:
-                msg = _spooled_message(spool_id, meta)
-                block = dead_letter_block(json.loads(meta)) if DEAD_MARK in meta else None
-            except Exception as exc:  # one bad record must never stop the start
-                quarantined += await _quarantine(spool, spool_id, exc)
-                continue
-            if block is not None:  # a dead letter: kept, not queued
-                queues.dispositions.dead_letters.restore(msg, msg.queue_name(), block)
-                dead += 1
-                continue
-            if progress is not None:
-                progress.note_enumerated(msg)
-            queues.insert(msg, enumerated)
-            count += 1
-            if count % ENUMERATION_PROGRESS_EVERY == 0:
-                log.info("spool enumeration: %d messages re-queued so far", count)
+        # Every message re-queued stays alive: the cyclic GC would walk the growing heap again
+        # and again for nothing (a fifth of the time for 1,000,000 messages, bench.restart).
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            async for spool_id, meta in spool.enumerate():
+                try:
+                    msg = _spooled_message(spool_id, meta)
+                    block = dead_letter_block(json.loads(meta)) if DEAD_MARK in meta else None
+                except Exception as exc:  # one bad record must never stop the start
+                    quarantined += await _quarantine(spool, spool_id, exc)
+                    continue
+                if block is not None:  # a dead letter: kept, not queued
+                    queues.dispositions.dead_letters.restore(msg, msg.queue_name(), block)
+                    dead += 1
+                    continue
+                if progress is not None:
+                    progress.note_enumerated(msg)
+                queues.insert(msg, enumerated)
+                count += 1
+                if count % ENUMERATION_PROGRESS_EVERY == 0:
+                    log.info("spool enumeration: %d messages re-queued so far", count)
+        finally:
+            if collecting:
+                gc.enable()
         more = f", {quarantined} quarantined" if quarantined else ""
         more += f", {dead} dead letters kept" if dead else ""
         log.info("spool enumeration complete: %d messages re-queued%s", count, more)

@@ -332,20 +332,16 @@ class Message:
             return queue
         if not self.recipients or not self.recipients[0].domain:
             raise QueueNameError("message has no recipient domain")
-
-        def text(key: str) -> str | None:
-            value = meta.get(key)
-            if value is None:
-                return None
-            if not isinstance(value, str):
+        tenant, campaign, routing = (
+            meta.get("tenant"),
+            meta.get("campaign"),
+            meta.get("routing_domain"),
+        )
+        for key, value in (("tenant", tenant), ("campaign", campaign), ("routing_domain", routing)):
+            if value is not None and not isinstance(value, str):
                 raise QueueNameError(f"meta {key!r} must be a string, got {value!r}")
-            return value
-
         return compute_queue_name(
-            self.recipients[0].domain,
-            tenant=text("tenant"),
-            campaign=text("campaign"),
-            routing_domain=text("routing_domain"),
+            self.recipients[0].domain, tenant=tenant, campaign=campaign, routing_domain=routing
         )
 
     def to_spool_meta(self) -> dict[str, Any]:

@@ -30,7 +30,7 @@ import logging
 import ssl
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 from kumoq.config.listener import EsmtpListenerConfig
 from kumoq.errors import RejectError
@@ -48,6 +48,9 @@ __all__ = ["CallOwner", "Decided", "HandlerCalls"]
 log = logging.getLogger("kumoq.smtp.server")  # one logger for the listener and its connections
 
 _T = TypeVar("_T")
+# isinstance() against a runtime-checkable Protocol inspects the class each time (~5 µs, once
+# per connection); the answer depends only on the handler's class.
+_OFFERS_DOMAINS: dict[type, bool] = {}
 Decided = Ehlo | MailFrom | RcptTo | Auth
 """The events a handler coroutine decides, stepped eagerly."""
 
@@ -94,7 +97,10 @@ class HandlerCalls(ABC):
         self._session = ServerSession(listener.config, tls=listener.tls_context is not None)
         self._conn = conn = SessionMeta()
         handler = listener.handler
-        domains = handler if isinstance(handler, ListenerDomains) else None
+        offers = _OFFERS_DOMAINS.get(type(handler))
+        if offers is None:
+            offers = _OFFERS_DOMAINS[type(handler)] = isinstance(handler, ListenerDomains)
+        domains = cast("ListenerDomains", handler) if offers else None
         conn.relay = RelayCheck(conn, self._relay_trusted, domains)
         self._out: list[bytes] = []
         self._busy = False  # a handler call is in progress in ``task``

@@ -41,7 +41,7 @@ import ctypes
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Final, Literal, TypeVar, final
@@ -49,6 +49,7 @@ from typing import Final, Literal, TypeVar, final
 from kumoq.config.spool import SpoolDefinition, check_spool_pair
 from kumoq.errors import SpoolCorruptError, SpoolError
 from kumoq.spool.base import Op, Payload, check_spool_id, fold_ops
+from kumoq.spool.disk_tree import DiskTree
 from kumoq.spool.lock import SpoolLock
 from kumoq.spool.writer import BatchingSpool
 
@@ -70,8 +71,8 @@ _T = TypeVar("_T")
 _R = TypeVar("_R")
 
 _CHUNK: Final = 512  # stores per sync round: bounds the open temp files
-_ENUM_PAGE: Final = 512
 _WRITE_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+_REWRITE_FLAGS: Final = os.O_WRONLY | os.O_CLOEXEC  # a recycled file: no truncation to 0
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 _libc: ctypes.CDLL | None = None
@@ -96,123 +97,16 @@ def fsync_dir(path: str) -> None:
 
 
 @final
-class _Tree:
-    """One KumoMTA LocalDisk directory (the ``data`` or the ``meta`` spool)."""
-
-    __slots__ = ("data_dir", "flush", "new_dir", "quarantine_dir", "root")
-
-    def __init__(self, definition: SpoolDefinition) -> None:
-        self.root = Path(definition.path)
-        self.data_dir = str(self.root / "data")
-        self.new_dir = str(self.root / "new")
-        self.quarantine_dir = str(self.root / "quarantine")
-        self.flush = definition.flush
-
-    def path_for(self, msg_id: str) -> str:
-        i = msg_id
-        return f"{self.data_dir}/{i[0:2]}/{i[2:4]}/{i[4:6]}/{i[6:8]}/{i[8:]}"
-
-    def temp_for(self, msg_id: str) -> str:
-        return f"{self.new_dir}/{msg_id}"
-
-    def clean_new(self) -> int:
-        """Delete the temp files a crash left behind; returns how many."""
-        removed = 0
-        with os.scandir(self.new_dir) as entries:
-            for entry in entries:
-                try:
-                    os.unlink(entry.path)
-                    removed += 1
-                except IsADirectoryError:
-                    log.warning("spool %s: unexpected directory %s", self.root, entry.path)
-                except FileNotFoundError:
-                    pass
-        return removed
-
-    def unlink(self, msg_id: str) -> None:
-        """Remove one file and prune the directories it leaves empty (never ``data/``).
-
-        A missing file is fine; any other error raises, so the remove is retried."""
-        path = self.path_for(msg_id)
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            return  # already gone: a remove is idempotent
-        _prune(path)
-
-    def move_out(self, msg_id: str, dest: str) -> bool:
-        """Rename the file of ``msg_id`` to ``dest`` (in an existing directory on the same
-        filesystem) and prune what that leaves empty; False if there was no file."""
-        path = self.path_for(msg_id)
-        try:
-            os.rename(path, dest)
-        except FileNotFoundError:
-            return False
-        _prune(path)
-        return True
-
-    def scan(self) -> Iterator[list[tuple[str, bytes]]]:
-        """Pages of ``(id, file bytes)`` in id-prefix order; prunes empty directories."""
-        page: list[tuple[str, bytes]] = []
-        for prefix, path in self._walk(self.data_dir, "", 0):
-            try:
-                with open(path, "rb") as f:
-                    page.append((prefix, f.read()))
-            except FileNotFoundError:
-                continue
-            except OSError as exc:  # permissions, a directory, EIO: one entry, not the spool
-                log.error("spool %s: cannot read %s, leaving it in place: %s", self.root, path, exc)
-                continue
-            if len(page) >= _ENUM_PAGE:
-                yield page
-                page = []
-        if page:
-            yield page
-
-    def _walk(self, directory: str, prefix: str, depth: int) -> Iterator[tuple[str, str]]:
-        try:
-            names = sorted(os.listdir(directory))
-        except FileNotFoundError:
-            return
-        if not names and depth:
-            with contextlib.suppress(OSError):
-                os.rmdir(directory)
-            return
-        for name in names:
-            path = f"{directory}/{name}"
-            if depth < 4:
-                if len(name) == 2:
-                    yield from self._walk(path, prefix + name, depth + 1)
-                    continue
-            elif len(name) == 24:
-                try:
-                    yield check_spool_id(prefix + name), path
-                    continue
-                except SpoolError:
-                    pass
-            log.warning("spool %s: ignoring %s: not a spool entry", self.root, path)
-
-
-def _prune(path: str) -> None:
-    """Remove the directories below ``data/`` that the removal of ``path`` left empty."""
-    for _ in range(4):
-        path = os.path.dirname(path)
-        try:
-            os.rmdir(path)
-        except OSError:
-            return
-
-
-@final
 class _File:
-    """A temp file written in this batch: its fd (-1 once closed) and where it goes."""
+    """A file written in this batch: its fd (-1 once closed), where it was written (a temp
+    file in ``new/`` or a recycled one in ``free/``), and the id it is placed under."""
 
-    __slots__ = ("fd", "final", "flush", "temp", "tree")
+    __slots__ = ("fd", "flush", "msg_id", "temp", "tree")
 
-    def __init__(self, fd: int, temp: str, final: str, tree: _Tree) -> None:
+    def __init__(self, fd: int, temp: str, msg_id: str, tree: DiskTree) -> None:
         self.fd = fd
         self.temp = temp
-        self.final = final
+        self.msg_id = msg_id
         self.tree = tree
         self.flush = tree.flush
 
@@ -225,6 +119,8 @@ class LocalDiskSpool(BatchingSpool):
     or delay the sync calls.
     """
 
+    removes_last = True  # a remove costs about what a store does: the 250s do not wait for it
+
     def __init__(
         self,
         data: SpoolDefinition,
@@ -235,8 +131,8 @@ class LocalDiskSpool(BatchingSpool):
     ) -> None:
         check_spool_pair(data, meta)
         super().__init__(f"spool-writer-{Path(meta.path).name}", data.kind.value)
-        self._data = _Tree(data)
-        self._meta = _Tree(meta)
+        self._data = DiskTree(data.path, data.flush)
+        self._meta = DiskTree(meta.path, meta.flush)
         self.sync_mode = sync_mode
         self.io_threads = io_threads
         self._pool: ThreadPoolExecutor | None = None
@@ -258,11 +154,11 @@ class LocalDiskSpool(BatchingSpool):
         try:
             for tree in (self._data, self._meta):
                 self._locks.append(SpoolLock.acquire(tree.root))
-                os.makedirs(tree.new_dir, exist_ok=True)
-                os.makedirs(tree.data_dir, exist_ok=True)
-                removed = tree.clean_new()
+                removed, adopted = tree.open()
                 if removed:
                     log.info("spool %s: removed %d leftover temp files", tree.root, removed)
+                if adopted:
+                    log.debug("spool %s: %d recycled entries in free/", tree.root, adopted)
             devices: set[int] = set()
             for tree in (self._data, self._meta):
                 if tree.flush and (dev := os.stat(tree.data_dir).st_dev) not in devices:
@@ -297,19 +193,19 @@ class LocalDiskSpool(BatchingSpool):
         folded = fold_ops(ops)
         for msg_id, reason in folded.quarantines:
             self._quarantine_one(msg_id, reason)
-        if folded.removes:
-            self._map(self._remove_one, folded.removes)
+        for msg_id in folded.removes:
+            # Meta first: a crash between the two leaves data without meta, which nothing
+            # enumerates (a leak), never a meta that points at no data.
+            self._meta.remove(msg_id)
+            self._data.remove(msg_id)
         stores = folded.stores
         syncs = 0
         for start in range(0, len(stores), _CHUNK):
             syncs += self._commit_stores(stores[start : start + _CHUNK])
+        for tree in (self._data, self._meta):
+            if not tree.flush:
+                tree.settle()  # nothing is synced: nothing to wait for
         return syncs
-
-    def _remove_one(self, msg_id: str) -> None:
-        # Meta first: a crash between the two leaves data without meta, which nothing
-        # enumerates (a leak, swept at start), never a meta that points at no data.
-        self._meta.unlink(msg_id)
-        self._data.unlink(msg_id)
 
     def _quarantine_one(self, msg_id: str, reason: str) -> None:
         """Move the meta, then the data, to ``<path>/quarantine/<id>`` in their own spools,
@@ -337,14 +233,14 @@ class LocalDiskSpool(BatchingSpool):
 
     def _commit_stores(self, stores: list[tuple[str, Payload | None, bytes]]) -> int:
         data_tree, meta_tree = self._data, self._meta
-        jobs: list[tuple[_Tree, str, Payload]] = []
+        jobs: list[tuple[DiskTree, str, Payload, str, int]] = []
         for msg_id, data, meta in stores:
             if data is not None:
-                jobs.append((data_tree, msg_id, data))
-            jobs.append((meta_tree, msg_id, meta))
+                jobs.append((data_tree, msg_id, data, *data_tree.take_file(msg_id)))
+            jobs.append((meta_tree, msg_id, meta, *meta_tree.take_file(msg_id)))
         results = self._map(self._write_one, jobs)
         files = [r for r in results if not isinstance(r, BaseException)]
-        done: set[str] = set()  # temps renamed into place
+        done: set[str] = set()  # written files renamed into place
         try:
             for r in results:
                 if isinstance(r, BaseException):
@@ -360,17 +256,23 @@ class LocalDiskSpool(BatchingSpool):
             dirs: set[str] = set()
             # data before meta: a crash may orphan data, never publish meta without data
             for tree in (data_tree, meta_tree):
-                batch = [f for f in files if f.tree is tree]
-                for f, new_dirs in zip(batch, self._map(self._rename, batch), strict=True):
-                    done.add(f.temp)
-                    if f.flush:
-                        dirs.update(new_dirs)
+                for f in files:
+                    if f.tree is tree:
+                        changed = tree.place(f.msg_id, f.temp)
+                        done.add(f.temp)
+                        if f.flush:
+                            dirs.update(changed)
             if dirs:
+                settled = [t for t in (data_tree, meta_tree) if t.flush]
                 if self.sync_mode == "fdatasync":
+                    # free/ too: its new entries are the durable end of the retirements
+                    dirs.update(t.free_dir for t in settled if t.unsettled)
                     self._map(self.fsync_dir, sorted(dirs))
                     syncs += len(dirs)
                 else:
                     syncs += self._syncfs_all()
+                for tree in settled:  # that sync began after every retirement so far
+                    tree.settle()
             return syncs
         finally:
             for f in files:
@@ -380,20 +282,25 @@ class LocalDiskSpool(BatchingSpool):
                     with contextlib.suppress(OSError):
                         os.unlink(f.temp)
 
-    def _write_one(self, job: tuple[_Tree, str, Payload]) -> _File | BaseException:
-        """Write (and, in fdatasync mode, sync) one temp file, its pieces one after the other
-        (never joined); errors are returned."""
-        tree, msg_id, payload = job
-        temp = tree.temp_for(msg_id)
+    def _write_one(self, job: tuple[DiskTree, str, Payload, str, int]) -> _File | BaseException:
+        """Write (and, in fdatasync mode, sync) one file, its pieces one after the other
+        (never joined): a new temp file, or a recycled one overwritten and cut to length
+        (``size`` is its old length, -1 for a new file). Errors are returned."""
+        tree, msg_id, payload, temp, size = job
         try:
-            fd = os.open(temp, _WRITE_FLAGS, 0o600)
+            fd = os.open(temp, _WRITE_FLAGS if size < 0 else _REWRITE_FLAGS, 0o600)
         except OSError as exc:
             return exc
         try:
+            written = 0
             for piece in (payload,) if isinstance(payload, bytes) else payload:
                 view = memoryview(piece)
                 while view:
-                    view = view[os.write(fd, view) :]
+                    n = os.write(fd, view)
+                    written += n
+                    view = view[n:]
+            if written < size:
+                os.ftruncate(fd, written)
             if tree.flush and self.sync_mode == "fdatasync":
                 self.fdatasync(fd)
         except BaseException as exc:
@@ -401,37 +308,12 @@ class LocalDiskSpool(BatchingSpool):
             with contextlib.suppress(OSError):
                 os.unlink(temp)
             return exc
-        return _File(fd, temp, tree.path_for(msg_id), tree)
+        return _File(fd, temp, msg_id, tree)
 
     def _syncfs_all(self) -> int:
         for fd in self._fs_fds:
             self.syncfs(fd)
         return len(self._fs_fds)
-
-    def _rename(self, f: _File) -> list[str]:
-        """Move a temp file into place; returns the directories whose entries changed."""
-        parent = os.path.dirname(f.final)
-        dirs = [parent]
-        try:
-            os.rename(f.temp, f.final)
-        except FileNotFoundError:
-            self._make_dirs(parent, dirs)
-            os.rename(f.temp, f.final)
-        return dirs
-
-    def _make_dirs(self, path: str, dirs: list[str]) -> None:
-        """``mkdir -p`` that records, for each directory it creates, the parent to fsync."""
-        try:
-            os.mkdir(path)
-        except FileNotFoundError:
-            self._make_dirs(os.path.dirname(path), dirs)
-            try:
-                os.mkdir(path)
-            except FileExistsError:
-                return
-        except FileExistsError:
-            return
-        dirs.append(os.path.dirname(path))
 
     # -- reads (asyncio.to_thread) ----------------------------------------------------------
 

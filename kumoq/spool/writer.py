@@ -50,6 +50,24 @@ _STOP: Final = None
 _SAVE_LATENCY: Final = MESSAGE_SAVE_LATENCY.child()
 
 
+def _removes_last(items: list[_Item]) -> tuple[list[_Item], list[_Item]]:
+    """``items`` as two batches: everything else, then the submissions that only remove.
+
+    The stores of the first batch are durable, and their futures resolved, before the removes
+    run. Kept as one batch when a remove and another operation name the same id (a remove
+    then a store of it must leave it stored). O(operations)."""
+    first: list[_Item] = []
+    last: list[_Item] = []
+    for item in items:
+        (last if all(op[0] == REMOVE for op in item[0]) else first).append(item)
+    if not first or not last:
+        return items, []
+    touched = {op[1] for item_ops, _ in first for op in item_ops}
+    if any(op[1] in touched for item_ops, _ in last for op in item_ops):
+        return items, []
+    return first, last
+
+
 def _resolve(outcomes: list[tuple[asyncio.Future[None], BaseException | None]]) -> None:
     for fut, error in outcomes:
         if fut.done():
@@ -67,7 +85,9 @@ class GroupCommitWriter:
 
     ``commit(ops)`` runs on the writer thread, must be durable when it returns (if the spool
     flushes) and returns the number of sync calls it made. One writer per spool. ``kind``
-    labels its commits in ``kumoq_spool_commit_latency_seconds``.
+    labels its commits in ``kumoq_spool_commit_latency_seconds``. With ``removes_last``, the
+    submissions that only remove are committed after the others, in a batch of their own, so
+    that the stores' ``250`` does not wait for them (``_removes_last``).
     """
 
     def __init__(
@@ -76,8 +96,11 @@ class GroupCommitWriter:
         commit: Callable[[list[Op]], int],
         stats: SpoolStats,
         kind: str = "unknown",
+        *,
+        removes_last: bool = False,
     ) -> None:
         self._name = name
+        self._removes_last = removes_last
         self._commit = commit
         self._stats = stats
         self._commit_latency = SPOOL_COMMIT_LATENCY.labels(spool=kind)
@@ -132,18 +155,26 @@ class GroupCommitWriter:
                 item = get_nowait()
             if not items:
                 continue
-            ops = [op for item_ops, _ in items for op in item_ops]
-            error = self._commit_counted(ops)
-            if error is not None and len(items) > 1:
-                # One bad operation must not fail the others of its batch: commit each
-                # submission on its own, so a remove is not failed by a store (full disk).
-                outcomes = [(fut, self._commit_counted(item_ops)) for item_ops, fut in items]
-            else:
-                outcomes = [(fut, error) for _, fut in items]
-            try:
-                loop.call_soon_threadsafe(_resolve, outcomes)
-            except RuntimeError:  # the loop is closed: nobody is waiting any more
-                return
+            first, last = _removes_last(items) if self._removes_last else (items, [])
+            for group in (first, last):
+                if group and not self._commit_group(group, loop):
+                    return  # the loop is closed: nobody is waiting any more
+
+    def _commit_group(self, items: list[_Item], loop: asyncio.AbstractEventLoop) -> bool:
+        """Commit ``items`` as one batch and resolve their futures; False if the loop is gone."""
+        ops = [op for item_ops, _ in items for op in item_ops]
+        error = self._commit_counted(ops)
+        if error is not None and len(items) > 1:
+            # One bad operation must not fail the others of its batch: commit each
+            # submission on its own, so a remove is not failed by a store (full disk).
+            outcomes = [(fut, self._commit_counted(item_ops)) for item_ops, fut in items]
+        else:
+            outcomes = [(fut, error) for _, fut in items]
+        try:
+            loop.call_soon_threadsafe(_resolve, outcomes)
+        except RuntimeError:
+            return False
+        return True
 
     def _commit_counted(self, ops: list[Op]) -> BaseException | None:
         stats = self._stats
@@ -173,11 +204,16 @@ class BatchingSpool(ABC):
     remove_retry_initial: float = 1.0
     """Seconds before the first retry of a failed remove; doubles up to ``remove_retry_max``."""
     remove_retry_max: float = 60.0
+    removes_last: bool = False
+    """Commit remove-only submissions after the others (``GroupCommitWriter``): for a backend
+    whose removes cost as much as its stores (LocalDisk)."""
 
     def __init__(self, name: str, kind: str = "unknown") -> None:
         self.stats = SpoolStats()
         self._name = name
-        self._writer = GroupCommitWriter(name, self._commit, self.stats, kind)
+        self._writer = GroupCommitWriter(
+            name, self._commit, self.stats, kind, removes_last=self.removes_last
+        )
         self._started = False
         self._failed_removes: set[str] = set()
         self._remove_retrier: asyncio.Task[None] | None = None

@@ -141,24 +141,30 @@ def local_disk(root: Path) -> LocalDiskSpool:
 async def test_local_disk_removes_the_meta_before_the_data(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A crash between the two unlinks must leave data without meta (never enumerated),
-    not a meta that points at no data."""
+    """A crash between the two removals (each an unlink, or a rename into ``free/`` when the
+    file is recycled) must leave data without meta (never enumerated), not a meta that points
+    at no data."""
     spool = local_disk(tmp_path)
     await spool.start()
     msg_id = new_spool_id(NOW)
     await spool.store(msg_id, b"data", b"{}")
     order: list[str] = []
-    real_unlink = os.unlink
+    real_unlink, real_rename = os.unlink, os.rename
 
     def recording_unlink(path: str | os.PathLike[str], *args: object, **kw: object) -> None:
         order.append(str(path))
         real_unlink(path)
 
+    def recording_rename(src: str, dst: str, *args: object, **kw: object) -> None:
+        order.append(str(src))
+        real_rename(src, dst)
+
     monkeypatch.setattr(os, "unlink", recording_unlink)
+    monkeypatch.setattr(os, "rename", recording_rename)
     await spool.remove(msg_id)
     monkeypatch.undo()
     await spool.close()
-    spooled = [p for p in order if msg_id[8:] in p]
+    spooled = [p for p in order if p.endswith(msg_id[8:])]
     assert len(spooled) == 2
     assert "/meta/" in spooled[0]
     assert "/data/" in spooled[1]
