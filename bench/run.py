@@ -7,8 +7,8 @@ Postfix's ``smtp-source``, beside Postfix and Haraka on the same load.
                         [--with-spool-bench] [--cprofile FILE] [--keep] [--no-netns]
 
 Each option falls back to an environment variable (N, CONC, SIZE, REPEAT, SPOOL,
-WITH_POSTFIX=1, WITH_HARAKA=1, WITH_SPOOL_BENCH=1), so ``make bench N=10000 WITH_POSTFIX=1``
-works.
+WITH_POSTFIX=1, WITH_HARAKA=1, WITH_SPOOL_BENCH=1), so ``make bench N=10000 REPEAT=5`` works
+(``make bench`` passes ``--with-postfix --with-haraka``).
 
 Cases, each run REPEAT times (interleaved), each run in a fresh directory (a fresh spool and
 maildir) under one scratch root that is removed at the end:

@@ -5,6 +5,7 @@ Each of the two spools (``data`` and ``meta``) is a KumoMTA LocalDisk directory 
     <path>/lock                         flock-ed pid file (kumoq.spool.lock)
     <path>/new/<id>                     temporary files, deleted on start
     <path>/data/a1/a2/a3/a4/<rest>      one file per message
+    <path>/free/f<n>, <path>/free/d<n>  kumoq: removed files and directories, for reuse
     <path>/quarantine/<id>              records moved aside by ``quarantine`` (kumoq), with
     <meta path>/quarantine/<id>.reason  when and why
 
@@ -12,25 +13,31 @@ where ``a1..a4`` are the first 8 hex digits of the spool id (the UUID ``time_low
 big-endian) and ``rest`` the other 24 (reference §7). So with KumoMTA's usual policy the data
 of a message lives in ``/var/spool/kumo/data/data/...`` and its meta in
 ``/var/spool/kumo/meta/data/...``. The meta files hold kumoq's JSON record (KumoMTA's plus
-``num_attempts`` and ``due``).
+``num_attempts`` and ``due``). The paths, the recycling through ``free/`` and its rules are
+kumoq.spool.disk_tree's.
 
 A batch is committed as: move what the batch quarantines (renames, not synced), remove what
-the batch removes (unlink, then prune the emptied directories; not synced), write every temp
-file, make them durable (``sync_mode``), rename each into place (creating its directories),
-make the renames durable by fsyncing each affected directory once. Data is renamed before
-meta, so a crash can leave an orphan data file (wasted space) but never a meta record whose
-data was not written.
+the batch removes (each file and the directories it empties renamed into ``free/``, or deleted
+and pruned; not synced), write every file (a recycled one when ``free/`` has one whose
+removal a sync has made durable, else a temp file in ``new/``), make them durable
+(``sync_mode``), rename each into place (its directories taken from ``free/`` or made), make
+the renames durable by fsyncing each affected directory once. Data is renamed before meta, so
+a crash can leave an orphan data file (wasted space) but never a meta record whose data was
+not written. The writer commits the submissions that only remove after the others
+(``removes_last``): a batch's ``250`` never waits for the removes that came with it.
 
 How the batch is made durable (both knobs measured by ``python -m bench.spool``):
-- ``sync_mode="fdatasync"``: fdatasync each temp file, then fsync each affected directory
-  once; ``sync_mode="syncfs"``: one ``syncfs(2)`` before the renames and one after, however
-  big the batch (it also writes back other dirty data of that filesystem);
-- ``io_threads=N``: the per-file work of a batch (create + write [+ fdatasync], rename
-  [+ mkdir], fsync of directories, unlink) is spread over N threads, so the filesystem can
-  overlap it and merge the syncs into fewer journal commits; 0 keeps it all on the writer.
+- ``sync_mode="fdatasync"``: fdatasync each file, then fsync each affected directory (and
+  ``free/`` while retirements wait for a sync) once; ``sync_mode="syncfs"``: one
+  ``syncfs(2)`` before the renames and one after, however big the batch (it also writes back
+  other dirty data of that filesystem);
+- ``io_threads=N``: the file writes of a batch (write [+ fdatasync]) and the fsyncs of
+  directories are spread over N threads, so the filesystem can overlap them and merge the
+  syncs into fewer journal commits; placing and recycling stay on the writer thread (one
+  owner for the bookkeeping); 0 keeps it all on the writer.
 
 Blocking IO runs on the writer thread and in ``asyncio.to_thread``. Imports kumoq.config.spool,
-kumoq.errors and kumoq.spool.{base,lock,writer}.
+kumoq.errors and kumoq.spool.{base,disk_tree,lock,writer}.
 """
 
 from __future__ import annotations
