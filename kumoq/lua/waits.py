@@ -28,6 +28,7 @@ L2: imports kumoq.dns (results only) and kumoq.errors; no asyncio beyond awaitin
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, Protocol, final
 
@@ -94,7 +95,7 @@ class Waits:
     async def awaited(self, op: str, arg: object) -> tuple[bool, Any]:
         """The answer, waiting for DNS when it is not cached, as ``(ok, value-or-error)``."""
         if op == "sleep":
-            await asyncio.sleep(arg if isinstance(arg, int | float) else 0)
+            await sleep_at_least(float(arg) if isinstance(arg, int | float) else 0.0)
             return True, None
         domain = self._domain(op, arg)
         if isinstance(domain, tuple):
@@ -116,3 +117,15 @@ class Waits:
                 return False, f"kumo.dns.lookup_mx: {result.detail or result.text}"
             result = result.exchanger  # a null MX is an answer: hosts = {'.'}
         return True, self._to_lua(mx_to_data(result))
+
+
+async def sleep_at_least(seconds: float) -> None:
+    """Sleep ``seconds`` by the wall clock too, as ``kumo.time.now`` measures it.
+
+    The event loop may wake a timer a hair early and ``kumo.time.now`` reads the wall
+    clock, so a policy that times its own sleep could see 49.99 ms of a 50 ms sleep.
+    """
+    deadline = time.time() + seconds
+    await asyncio.sleep(seconds)
+    while (left := deadline - time.time()) > 0:
+        await asyncio.sleep(left)

@@ -100,10 +100,9 @@ def test_the_policy_routes_screens_and_tags_mail(tmp_path, kumoq):
         files = list((workdir / "var" / "maildir" / route / "new").iterdir())
         assert len(files) == count, route
 
-    daemon.wait_for(
-        lambda: (
-            any("heartbeat from utility-policy slept true" in line for line in daemon.stderr_lines)
-            or None
-        ),
+    heartbeat = daemon.wait_for(
+        lambda: [line for line in daemon.stderr_lines if "heartbeat from utility-policy" in line],
         timeout=10,
+        what="the spawned task's heartbeat line",
     )
+    assert "slept true" in heartbeat[0], heartbeat
