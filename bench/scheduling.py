@@ -38,6 +38,7 @@ from kumoq.message import EnvelopeAddress, Message, QueueNameParts, new_spool_id
 from kumoq.scheduler.context import InsertContext, InsertReason
 from kumoq.scheduler.manager import QueueManager
 from kumoq.spool import open_spool
+from kumoq.spool_record import message_from_spool_meta
 
 
 def rss_bytes() -> int:
@@ -156,7 +157,7 @@ async def _requeue(n: int, root: Path) -> dict[str, Any]:
     await spool.start()
     count = 0
     async for spool_id, meta in spool.enumerate():
-        manager.insert(Message.from_spool_meta(spool_id, json.loads(meta)), context)
+        manager.insert(message_from_spool_meta(spool_id, json.loads(meta)), context)
         count += 1
     requeue_s = time.perf_counter() - started
     assert count == n, count

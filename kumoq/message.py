@@ -12,22 +12,20 @@ read without one); assigning ``data`` gives that message bytes of its own and le
 others alone.
 
 The spool's meta record is KumoMTA's JSON (``sender``, ``recipient``, ``meta``, ``schedule``)
-plus kumoq's ``num_attempts`` and ``due`` so that a restart keeps each message's schedule.
-Reading a record back (``Message.from_spool_bytes``) validates every field and raises
-``SpoolRecordError`` naming the bad one, so one damaged record never stops a restart.
+plus kumoq's ``num_attempts`` and ``due`` so that a restart keeps each message's schedule
+(``Message.to_spool_meta``); ``kumoq.spool_record`` reads it back.
 
 Pure: imports only kumoq.errors; time comes in as arguments.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from dataclasses import dataclass
 from typing import Any, Final, final
 
-from kumoq.errors import AddressError, QueueNameError, SpoolRecordError
+from kumoq.errors import AddressError, QueueNameError
 
 __all__ = [
     "DEFAULT_PRIORITY",
@@ -204,9 +202,9 @@ class Message:
     """
 
     __slots__ = (
+        "_created",
         "_own",
         "_shared",
-        "created",
         "due",
         "id",
         "last_response",
@@ -245,13 +243,22 @@ class Message:
         self.schedule = schedule
         self.num_attempts = num_attempts
         self.due = due
-        self.created = created if created is not None else spool_id_created(id)
+        self._created = created  # None: read from the id when first asked (spool_id_created)
         #: the last transient failure's response, one line (persisted with the schedule)
         self.last_response: str | None = None
         #: why it waits now: ``(state, detail, until)`` set by the scheduler as it moves
         #: (``scheduled``, ``rate_throttled``, ``in_flight``, ``policy_failed``, ``dns_wait``);
         #: read by the admin API's inspect-message. Not persisted.
         self.state: tuple[str, str, float | None] | None = None
+
+    @property
+    def created(self) -> float:
+        """When the message was received (unix seconds): the meta's ``created``, else the time
+        in its spool id, computed on first use (a restart re-queues many that never ask)."""
+        created = self._created
+        if created is None:
+            created = self._created = spool_id_created(self.id)
+        return created
 
     def __repr__(self) -> str:
         return f"<Message {self.id} {self.sender} -> {[str(r) for r in self.recipients]}>"
@@ -357,76 +364,6 @@ class Message:
             **({"last_response": self.last_response} if self.last_response else {}),
         }
 
-    @classmethod
-    def from_spool_bytes(cls, spool_id: str, raw: bytes) -> Message:
-        """``from_spool_meta`` of a meta record as stored: JSON bytes.
-
-        Raises SpoolRecordError (field ``json``) when ``raw`` is not JSON text.
-        """
-        try:
-            record = json.loads(raw)
-        except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
-            raise SpoolRecordError("json", f"not a JSON text: {exc}") from None
-        return cls.from_spool_meta(spool_id, record)
-
-    @classmethod
-    def from_spool_meta(cls, spool_id: str, record: object) -> Message:
-        """Rebuild a message (without its data) from a decoded meta record.
-
-        Every field is checked for its type and range: ``sender`` an address (``""`` is the null
-        sender), ``recipient`` an address or a non-empty list of them, ``meta`` an object,
-        ``schedule`` an object or null, ``num_attempts`` an integer from 0 to 65535, ``due`` and
-        ``created`` null or unix times (finite, from 1970 to 9999); the queue name must be
-        computable. ``meta``, ``schedule``, ``num_attempts``, ``due`` and ``created`` may be
-        absent (KumoMTA writes no ``num_attempts``, ``due`` or ``created``). Raises
-        SpoolRecordError naming the field. O(size of the record).
-        """
-        if not isinstance(record, dict):
-            raise SpoolRecordError("record", f"expected a JSON object, got {_kind(record)}")
-        sender = _address("sender", record.get("sender", _MISSING))
-        rcpt = record.get("recipient", _MISSING)
-        items = rcpt if isinstance(rcpt, list) else [rcpt]
-        if not items:
-            raise SpoolRecordError("recipient", "expected at least one address, got []")
-        recipients = [_address("recipient", item) for item in items]
-        if any(r.is_null for r in recipients):
-            raise SpoolRecordError(
-                "recipient", f"the null address is not a recipient: {_kind(rcpt)}"
-            )
-        meta = record.get("meta", {})
-        if not isinstance(meta, dict):
-            raise SpoolRecordError("meta", f"expected a JSON object, got {_kind(meta)}")
-        schedule = record.get("schedule")
-        if schedule is not None and not isinstance(schedule, dict):
-            raise SpoolRecordError(
-                "schedule", f"expected a JSON object or null, got {_kind(schedule)}"
-            )
-        attempts = record.get("num_attempts")
-        if attempts is None:
-            attempts = 0
-        elif type(attempts) is not int or not 0 <= attempts <= _MAX_ATTEMPTS:
-            raise SpoolRecordError(
-                "num_attempts", f"expected an integer from 0 to {_MAX_ATTEMPTS}, got {attempts!r}"
-            )
-        msg = cls(
-            id=spool_id,
-            sender=sender,
-            recipients=recipients,
-            meta=dict(meta),
-            schedule=schedule,
-            num_attempts=attempts,
-            due=_time(record, "due"),
-            created=_time(record, "created"),
-        )
-        last = record.get("last_response")
-        if isinstance(last, str):
-            msg.last_response = last
-        try:
-            msg.queue_name()
-        except QueueNameError as exc:
-            raise SpoolRecordError("meta", f"no queue name can be computed: {exc}") from None
-        return msg
-
 
 def _header_end(data: bytes) -> int:
     """Where the first empty line of ``data`` starts (``len(data)`` if it has none).
@@ -439,38 +376,3 @@ def _header_end(data: bytes) -> int:
     lf = data.find(b"\n\n", 0, crlf if crlf >= 0 else len(data))
     ends = [i for i in (crlf, lf) if i >= 0]
     return min(ends) + 1 if ends else len(data)
-
-
-_MISSING: Final = object()
-#: ``num_attempts`` is a u16 in KumoMTA.
-_MAX_ATTEMPTS: Final = 2**16 - 1
-#: 10000-01-01T00:00:00Z: the first instant ``datetime`` cannot represent.
-_MAX_TIME: Final = 253_402_300_800.0
-
-
-def _kind(value: object) -> str:
-    if value is _MISSING:
-        return "nothing (the key is missing)"
-    return f"{type(value).__name__} {value!r}"[:120]
-
-
-def _address(key: str, value: object) -> EnvelopeAddress:
-    if not isinstance(value, str):
-        raise SpoolRecordError(key, f"expected an address string, got {_kind(value)}")
-    try:
-        return EnvelopeAddress.parse(value)
-    except AddressError as exc:
-        raise SpoolRecordError(key, str(exc)) from None
-
-
-def _time(record: dict[str, Any], key: str) -> float | None:
-    value = record.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise SpoolRecordError(key, f"expected a unix time or null, got {_kind(value)}")
-    if not 0.0 <= value < _MAX_TIME:  # False for NaN too
-        raise SpoolRecordError(
-            key, f"expected a unix time from 0 to {_MAX_TIME:.0f} (year 10000), got {value!r}"
-        )
-    return float(value)

@@ -107,11 +107,14 @@ class QueueManager(QueueRegistry):
 
     # -- messages ----------------------------------------------------------------------------
 
-    def insert(self, msg: Message, context: InsertContext | None = None) -> None:
-        """Take a spooled message: promote it if due, else hold it until its due time."""
+    def insert(
+        self, msg: Message, context: InsertContext | None = None, queue_name: str | None = None
+    ) -> None:
+        """Take a spooled message: promote it if due, else hold it until its due time.
+        ``queue_name``: ``msg.queue_name()`` when the caller has computed it already."""
         context = context or InsertContext(InsertReason.Received)
         try:
-            queue = self.resolve(msg.queue_name())
+            queue = self.resolve(queue_name or msg.queue_name())
         except PolicyWouldBlock:
             self._spawn(self._insert_when_resolved(msg, context))
             return

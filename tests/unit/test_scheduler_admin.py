@@ -24,6 +24,7 @@ from kumoq.scheduler.attempt import Attempt
 from kumoq.scheduler.dead_letters import dead_letter_block
 from kumoq.scheduler.manager import QueueManager
 from kumoq.spool.local_disk import LocalDiskSpool
+from kumoq.spool_record import message_from_spool_bytes
 from kumoq.testing.faults import ScriptedDeliverer, transient_failure
 
 
@@ -307,5 +308,5 @@ async def test_a_transient_failure_is_remembered_as_the_last_response(rig: Rig) 
     assert msg.last_response == "451 4.0.0 mailbox busy"
     raw = dict([item async for item in rig.spool.enumerate()])[msg.id]
     assert json.loads(raw)["last_response"] == "451 4.0.0 mailbox busy"
-    restored = Message.from_spool_bytes(msg.id, raw)
+    restored = message_from_spool_bytes(msg.id, raw)
     assert restored.last_response == "451 4.0.0 mailbox busy"

@@ -1,6 +1,6 @@
 """Bad spool records: validation of a meta record, and the spools' quarantine (issue 9).
 
-``Message.from_spool_bytes`` must name the bad field of every damaged record with a
+``message_from_spool_bytes`` must name the bad field of every damaged record with a
 ``SpoolRecordError``; the daemon's enumeration must quarantine such records, for every kind,
 and queue the others; a damaged SQLite database must be reported with what the operator can
 do. What ``quarantine`` itself does, for every kind, is in the spool contract
@@ -27,6 +27,7 @@ from kumoq.scheduler.manager import QueueManager
 from kumoq.spool import LocalDiskSpool, SqliteSpool, open_spool
 from kumoq.spool.base import QUARANTINE, REMOVE, STORE, Spool, fold_ops
 from kumoq.spool.sqlite import DB_NAME
+from kumoq.spool_record import message_from_spool_bytes, message_from_spool_meta, spooled_message
 
 NOW = 1_700_000_000.0
 GOOD: dict[str, Any] = {
@@ -53,14 +54,17 @@ BAD_RECORDS: dict[str, tuple[bytes, str]] = {
     "recipient-empty-list": (record(recipient=[]), "recipient"),
     "recipient-number-in-list": (record(recipient=["a@example.com", 7]), "recipient"),
     "recipient-null-address": (record(recipient="<>"), "recipient"),
-    "due-infinity": (record(due=float("inf")), "due"),
-    "due-minus-infinity": (record(due=float("-inf")), "due"),
-    "due-nan": (record(due=float("nan")), "due"),
+    # Infinity and NaN are not JSON (RFC 8259): the whole record is refused as such.
+    "due-infinity": (record(due=float("inf")), "json"),
+    "due-minus-infinity": (record(due=float("-inf")), "json"),
+    "due-nan": (record(due=float("nan")), "json"),
     "due-string": (record(due="soon"), "due"),
     "due-bool": (record(due=True), "due"),
     "due-past-year-9999": (record(due=1e300), "due"),
     "due-negative": (record(due=-5), "due"),
-    "created-infinity": (record(created=float("inf")), "created"),
+    "created-infinity": (record(created=float("inf")), "json"),
+    "created-negative": (record(created=-1.5), "created"),
+    "created-string": (record(created="yesterday"), "created"),
     "num-attempts-negative": (record(num_attempts=-1), "num_attempts"),
     "num-attempts-float": (record(num_attempts=1.5), "num_attempts"),
     "num-attempts-string": (record(num_attempts="3"), "num_attempts"),
@@ -84,7 +88,7 @@ BAD_RECORDS: dict[str, tuple[bytes, str]] = {
 @pytest.mark.parametrize(("raw", "field"), BAD_RECORDS.values(), ids=list(BAD_RECORDS))
 def test_a_bad_record_raises_the_error_that_names_its_field(raw: bytes, field: str) -> None:
     with pytest.raises(SpoolRecordError) as info:
-        Message.from_spool_bytes(new_spool_id(NOW), raw)
+        message_from_spool_bytes(new_spool_id(NOW), raw)
     assert info.value.field == field
     assert str(info.value).startswith(f"{field}: ")
     assert isinstance(info.value, SpoolCorruptError)
@@ -92,7 +96,7 @@ def test_a_bad_record_raises_the_error_that_names_its_field(raw: bytes, field: s
 
 def test_good_records_still_load() -> None:
     msg_id = new_spool_id(NOW)
-    msg = Message.from_spool_bytes(msg_id, record())
+    msg = message_from_spool_bytes(msg_id, record())
     assert (msg.sender.email, msg.recipient.email) == ("s@example.com", "r@example.com")
     assert (msg.num_attempts, msg.due, msg.meta, msg.schedule) == (
         2,
@@ -100,17 +104,40 @@ def test_good_records_still_load() -> None:
         {"tenant": "acme"},
         None,
     )
-    again = Message.from_spool_bytes(msg_id, json.dumps(msg.to_spool_meta()).encode())
+    again = message_from_spool_bytes(msg_id, json.dumps(msg.to_spool_meta()).encode())
     assert again.to_spool_meta() == msg.to_spool_meta()
     # KumoMTA's record: no num_attempts, due or created; the null sender; a list of recipients.
-    kumo = Message.from_spool_meta(
+    kumo = message_from_spool_meta(
         msg_id, {"sender": "", "recipient": ["a@x.example", "b@y.example"], "meta": {}}
     )
     assert kumo.sender.is_null
     assert len(kumo.recipients) == 2
     assert (kumo.num_attempts, kumo.due) == (0, None)
-    dated = Message.from_spool_bytes(msg_id, record(due=1, created=NOW, num_attempts=65535))
+    dated = message_from_spool_bytes(msg_id, record(due=1, created=NOW, num_attempts=65535))
     assert (dated.due, dated.created, dated.num_attempts) == (1.0, NOW, 65535)
+    # No created: the time in the spool id, read when first asked.
+    assert abs(msg.created - NOW) < 1e-3
+
+
+def test_spooled_message_gives_the_queue_name_and_keeps_senders_apart() -> None:
+    seen = []
+    for n in range(3):
+        for sender in ("a@one.example", "b@two.example", ""):
+            raw = json.dumps(
+                {"sender": sender, "recipient": f"r{n}@d{n}.example", "meta": {"tenant": "t"}}
+            ).encode()
+            msg, queue = spooled_message(new_spool_id(NOW), raw)
+            assert (msg.sender.email, msg.recipient.email) == (sender, f"r{n}@d{n}.example")
+            assert queue == msg.queue_name() == f"t@d{n}.example"
+            seen.append(msg.sender)
+    assert seen[0] is seen[3]  # one parsed sender shared by every message it sent
+    # The record's meta becomes the message's (no copy); a record given decoded is copied.
+    meta = {"tenant": "t"}
+    msg = message_from_spool_meta(
+        new_spool_id(NOW), {"sender": "", "recipient": "r@x", "meta": meta}
+    )
+    msg.meta["campaign"] = "c"
+    assert meta == {"tenant": "t"}
 
 
 def test_fold_ops_keeps_the_writes_of_a_batch_with_a_quarantine() -> None:
@@ -199,7 +226,10 @@ class RecordingQueues:
     def __init__(self) -> None:
         self.inserted: list[str] = []
 
-    def insert(self, msg: Message, context: InsertContext | None = None) -> None:
+    def insert(
+        self, msg: Message, context: InsertContext | None = None, queue_name: str | None = None
+    ) -> None:
+        assert queue_name in (None, msg.queue_name())
         self.inserted.append(msg.id)
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from kumoq.errors import SpoolCorruptError, SpoolError, SpoolRecordError
-from kumoq.message import Message
 from kumoq.spool import LocalDiskSpool, open_spool
+from kumoq.spool_record import message_from_spool_bytes
 from tests.unit.spool_support import (
     KINDS,
     VARIANTS,
@@ -188,7 +188,7 @@ async def test_a_record_that_cannot_be_read_is_quarantined_at_enumeration(make: 
     found = []
     async for msg_id, meta in spool.enumerate():
         try:
-            Message.from_spool_bytes(msg_id, meta)
+            message_from_spool_bytes(msg_id, meta)
         except SpoolRecordError as exc:
             await spool.quarantine(msg_id, str(exc))
             continue
