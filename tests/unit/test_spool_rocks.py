@@ -12,6 +12,7 @@ other kinds is in tests/unit/test_spool.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import re
 import subprocess
@@ -167,12 +168,11 @@ async def test_limit_concurrent_loads(tmp_path: Path) -> None:
     await spool.close()
 
 
-@pytest.fixture
-def tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A 64 MiB tmpfs under tmp_path (needs root, as the other disk-full tests)."""
-    where = tmp_path / "fs"
+@contextlib.contextmanager
+def mounted_tmpfs(where: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``where`` (needs root, as the other disk-full tests)."""
     where.mkdir()
-    command = ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(where)]
+    command = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         pytest.fail(f"these tests need a tmpfs (run them as root); {done.stderr.strip()}")
@@ -181,6 +181,24 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
     finally:
         if subprocess.run(["umount", str(where)], check=False).returncode != 0:
             subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 64 MiB tmpfs under tmp_path."""
+    with mounted_tmpfs(tmp_path / "fs", "64m") as where:
+        yield where
+
+
+@pytest.fixture
+def big_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 256 MiB tmpfs: room for RocksDB's WAL to reach its first memtable flush (64 MiB by
+    default) before the disk is filled on purpose. On 64 MiB, 8 busy writers filled it with
+    the WAL of messages already removed, in about 2 s, before the test filled anything: the
+    database could then not be reopened (its recovery writes an SST) and freeing the filler,
+    which had found no room, freed nothing."""
+    with mounted_tmpfs(tmp_path / "fs", "256m") as where:
+        yield where
 
 
 def fill(where: Path) -> Path:
@@ -279,13 +297,13 @@ asyncio.run(main())
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_a_full_disk_under_load_neither_hangs_nor_stays_stuck(tmpfs: Path) -> None:
+def test_a_full_disk_under_load_neither_hangs_nor_stays_stuck(big_tmpfs: Path) -> None:
     """Stores and removes from 8 tasks, the disk filled, then freed: while it is full stores
     settle (they fail at once), none hangs; once freed they go through; close returns. In a
     child process with a deadline: a regression hangs in RocksDB with the GIL held (closing a
     database after a failed write with ``Rdict.close()``, which flushes, did)."""
     done = subprocess.run(
-        [sys.executable, "-c", UNDER_LOAD, str(tmpfs)],
+        [sys.executable, "-c", UNDER_LOAD, str(big_tmpfs)],
         capture_output=True,
         text=True,
         timeout=60,

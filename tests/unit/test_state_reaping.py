@@ -410,6 +410,7 @@ WARMUP = 10_000
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(480)  # tracemalloc is slow, and a loaded 2-core machine slower still
 def test_a_churn_of_100000_domains_keeps_memory_flat() -> None:
     """100,000 distinct domains, 1,000 at a time, each batch followed by a reap interval.
 
