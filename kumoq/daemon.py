@@ -48,6 +48,7 @@ from kumoq.egress.sources import SourceSelector
 from kumoq.errors import ConfigError, KumoqError, SpoolRecordError
 from kumoq.harness_mode import HarnessMode, RerootedMaildir
 from kumoq.http import HttpListener, HttpServices, start_http_listener
+from kumoq.logs.hooks import HookTargets, LogHooks
 from kumoq.logs.logger import RecordLogger
 from kumoq.logs.writer import LocalLogWriter
 from kumoq.lua.events import PolicyEvents
@@ -184,11 +185,13 @@ class Daemon:
         except BaseException:
             await spool.close()
             raise
+        hooks = LogHooks(decl.log_hooks, self.clock)  # kumo.configure_log_hook
         records = RecordLogger(
             list(zip(writers, decl.logs, strict=True)),
             nodeid,
             self.clock,
             classifier=decl.bounce_classifier,
+            hooks=hooks,
         )
         maildir = MaildirDeliverer()
         resolver: Resolver = (
@@ -228,6 +231,7 @@ class Daemon:
             rules=smtp.rules,  # one set of admin rules for the scheduler and egress
             requeue=PolicyRequeue(events),
         )
+        hooks.attach(HookTargets(policy=events, queues=queues, store=partial(_store, spool)))
         progress = CampaignProgress()
         records.observers.append(progress.observe)
         admin = AdminService(
@@ -286,7 +290,7 @@ class Daemon:
             if reloader is not None:
                 reloader.cancel()
             try:
-                await self._shutdown(bounds, smtp, lua, queues, (maildir, spool, writers))
+                await self._shutdown(bounds, smtp, lua, queues, (maildir, spool, writers), hooks)
             finally:
                 REGISTRY.unregister(gauges)
 
@@ -297,6 +301,7 @@ class Daemon:
         lua: LuaDispatch,
         queues: QueueManager,
         local: tuple[MaildirDeliverer, Spool, list[LocalLogWriter]],
+        hooks: LogHooks,
     ) -> None:
         """Every wait bounded and logged, the whole within ``bounds.total`` (a watchdog ends
         the process past it). What is abandoned stays spooled for the next start."""
@@ -332,6 +337,9 @@ class Daemon:
                 if isinstance(result, BaseException):
                     log.error("shutdown: closing deliveries failed: %r", result)
             log.info("shutdown: deliveries ended in %.1fs", loop.time() - started)
+            if hooks:  # the records of the last deliveries, spooled for the next start
+                waiting_for[0] = "the log hooks to queue their records"
+                await hooks.close(bounds.flush / 2)
             waiting_for[0] = "the maildir writer, the spool and the logs to flush"
             log.info("shutdown: flushing the maildir writer, the spool and the logs")
             maildir, spool, writers = local
@@ -404,6 +412,11 @@ def _spooled_message(spool_id: str, meta: bytes) -> tuple[Message, str]:
         except ConfigError as exc:
             raise SpoolRecordError("schedule", str(exc)) from None
     return msg, queue_name
+
+
+async def _store(spool: Spool, msg: Message) -> None:
+    """Store a log hook's message (kumoq.logs.hooks) as reception stores a received one."""
+    await spool.store(msg.id, msg.data_parts(), json.dumps(msg.to_spool_meta()).encode())
 
 
 async def _quarantine(spool: Spool, spool_id: str, exc: Exception) -> int:

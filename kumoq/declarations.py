@@ -25,7 +25,7 @@ from kumoq.config.egress import EgressPathConfig, EgressPool, EgressSource
 from kumoq.config.http import HttpListenerConfig
 from kumoq.config.listener import EsmtpListenerConfig
 from kumoq.config.listener_domain import ListenerDomain
-from kumoq.config.logs import LocalLogsConfig
+from kumoq.config.logs import LocalLogsConfig, LogHookConfig
 from kumoq.config.queue import QueueConfig
 from kumoq.config.spool import SpoolDefinition, check_spool_pair
 from kumoq.dns.resolver import TestResolver
@@ -55,6 +55,8 @@ class Declarations:
     listeners: list[EsmtpListenerConfig] = field(default_factory=list)
     spools: dict[str, SpoolDefinition] = field(default_factory=dict)
     logs: list[LocalLogsConfig] = field(default_factory=list)
+    #: ``kumo.configure_log_hook`` calls, in order (names are unique)
+    log_hooks: list[LogHookConfig] = field(default_factory=list)
     http_listeners: list[HttpListenerConfig] = field(default_factory=list)
     test_zones: list[str] = field(default_factory=list)
     #: ``kumo.configure_bounce_classifier``'s compiled rules (the first call; a second fails)
@@ -78,6 +80,10 @@ class Declarations:
             self.spools[value.name] = value
         elif isinstance(value, LocalLogsConfig):
             self.logs.append(value)
+        elif isinstance(value, LogHookConfig):
+            if any(hook.name == value.name for hook in self.log_hooks):
+                raise ConfigError(f"configure_log_hook: a hook named {value.name!r} already exists")
+            self.log_hooks.append(value)
         elif isinstance(value, HttpListenerConfig):
             self.http_listeners.append(value)
         elif isinstance(value, _TestZones):
@@ -93,6 +99,7 @@ class Declarations:
             "ESMTP listeners": (self.listeners, new.listeners),
             "spools": (self.spools, new.spools),
             "local logs": (self.logs, new.logs),
+            "log hooks": (self.log_hooks, new.log_hooks),
             "HTTP listeners": (self.http_listeners, new.http_listeners),
             "the test resolver": (self.test_zones, new.test_zones),
             "the bounce classifier": (
@@ -150,6 +157,7 @@ BUILDERS = {
     "start_esmtp_listener": EsmtpListenerConfig.from_mapping,
     "define_spool": SpoolDefinition.from_mapping,
     "configure_local_logs": LocalLogsConfig.from_mapping,
+    "configure_log_hook": LogHookConfig.from_mapping,
     "make_queue_config": QueueConfig.from_mapping,
     "make_egress_pool": EgressPool.from_mapping,
     "make_egress_source": EgressSource.from_mapping,

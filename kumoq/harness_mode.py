@@ -44,6 +44,7 @@ from kumoq.dns.resolver import (
     IpAnswer,
     IpLookupStrategy,
     MxAnswer,
+    RecordsAnswer,
     TestResolver,
 )
 from kumoq.egress.connection_plan import Reroute
@@ -126,6 +127,13 @@ class HarnessResolver:
             if answer.status is DnsStatus.FOUND:
                 return answer
         return IpAnswer(status=DnsStatus.FOUND, addresses=(PLANNED_ADDRESS,), ttl=300.0)
+
+    async def resolve_records(self, name: str, rdtype: str) -> RecordsAnswer:
+        """PTR and TXT (``kumo.dns.lookup_ptr``, ``lookup_txt``): the policy's zones, else
+        NXDOMAIN."""
+        if self._policy is not None:
+            return await self._policy.resolve_records(name, rdtype)
+        return RecordsAnswer(status=DnsStatus.NXDOMAIN, detail=f"NXDOMAIN: {name}")
 
 
 def _insecure_context() -> ssl.SSLContext:

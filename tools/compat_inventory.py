@@ -70,12 +70,20 @@ OVERRIDES: Final[dict[str, tuple[Status, str]]] = {
     ),
     "function:kumo.start_http_listener": (
         _P,
-        "no ACLs, no bearer tokens; TLS needs a certificate file",
+        "no ACLs, no bearer tokens; TLS keys from files only (no vault)",
     ),
     "function:kumo.set_diagnostic_log_filter": (_P, "span and field filters refused"),
     "function:kumo.string.eval_template": (_P, "no `Handlebars` dialect"),
     "function:kumo.time.sleep": (_P, "only in the events kumoq awaits"),
     "function:kumo.dns.lookup_mx": (_P, "no `mta_sts`; a resolver name is ignored"),
+    **{
+        f"function:kumo.dns.{name}": (
+            _P,
+            "waits only in the events kumoq awaits; no resolver names (`define_resolver`)",
+        )
+        for name in ("lookup_addr", "lookup_ptr", "lookup_txt")
+    },
+    "function:kumo.set_config_monitor_globs": (_P, "kept and evaluated; the files are not watched"),
     "event:requeue_message": (
         _P,
         "`delay` is a number of seconds; not fired for throttles or an unhealthy spool",
@@ -95,6 +103,15 @@ OVERRIDES: Final[dict[str, tuple[Status, str]]] = {
     "function:kumo.dkim.ed25519_signer": (_P, "`key`: a file or `key_data`, not Vault"),
     "method:arc_verify": (_N, "raises `not available in kumoq yet` (the DKIM issue)"),
     "method:arc_seal": (_N, "raises `not available in kumoq yet` (the DKIM issue)"),
+    "function:kumo.configure_log_hook": (
+        _P,
+        "`per_record` templates refused; `deferred_spool` accepted, the message is always spooled",
+    ),
+    "function:kumo.http.build_client": (
+        _P,
+        "no connection pool between requests; `send()` only in the events kumoq awaits",
+    ),
+    "function:kumo.http.Request": (_P, "no `form_multipart_data`, no `aws_sign_v4`"),
     "endpoint:POST /api/inject/v1": (
         _P,
         "`deferred_generation` ignored; no `Handlebars` templates",
@@ -184,6 +201,9 @@ def write_items(items: Iterable[Item], path: Path = ITEMS) -> None:
 TYPE_PROBES: Final = {
     "kumo.time.Time": "getmetatable(kumo.time.now()) == 'Time'",
     "kumo.time.TimeDelta": "getmetatable(kumo.time.parse_duration('1s')) == 'TimeDelta'",
+    "kumo.http.Request": "tostring(kumo.http.build_client({}):get('http://x/')) == "
+    "'kumo.http Request'",
+    "kumo.http.Response": "type(kumo.http.build_client({}).get) == 'function'",
 }
 
 _PROBE: Final = """

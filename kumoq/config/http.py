@@ -7,8 +7,10 @@ The keys and defaults are KumoMTA's (``HttpListenerParams`` in kumo-server-commo
   authentication.
 - ``hostname``: the local host name (used for TLS and the ``hostname`` meta of injected mail).
 - ``request_body_limit``: 2 MiB, after decompression; bytes, or a size such as ``'8 MiB'``.
-- ``use_tls``: false. kumoq does not make a self-signed certificate, so ``use_tls = true``
-  needs ``tls_certificate`` and ``tls_private_key`` as PEM file paths.
+- ``use_tls``: false. With ``use_tls = true`` and neither ``tls_certificate`` nor
+  ``tls_private_key``, the listener uses a self-signed certificate for ``hostname`` (made
+  once per process, as the ESMTP listener's: kumoq.smtp.tls); otherwise both are PEM file
+  paths.
 - ``tls_certificate``, ``tls_private_key``: a file path; a KeySource table (``vault_*``) is
   stored so that a KumoMTA policy loads, and refused only together with ``use_tls``.
 
@@ -96,12 +98,18 @@ class HttpListenerConfig:
             },
         )
         if config.use_tls:
-            for key in ("tls_certificate", "tls_private_key"):
+            given = [k for k in ("tls_certificate", "tls_private_key") if getattr(config, k)]
+            for key in given:
                 if not isinstance(getattr(config, key), str):
                     raise ConfigError(
-                        f"start_http_listener: use_tls = true needs {key} as a PEM file path "
-                        "(kumoq makes no self-signed certificate and reads no vault)"
+                        f"start_http_listener: {key} must be a PEM file path (kumoq reads no vault)"
                     )
+            if len(given) == 1:
+                other = "tls_private_key" if given[0] == "tls_certificate" else "tls_certificate"
+                raise ConfigError(
+                    f"start_http_listener: {given[0]} is set but {other} is not: give both, or "
+                    "neither for a self-signed certificate"
+                )
         return config
 
     @property

@@ -19,6 +19,10 @@ implemented yet and are rejected with a ConfigError rather than silently ignored
 empty ``segment_header`` is accepted). ``filter_event`` is stored for the caller to run.
 ``min_free_space`` / ``min_free_inodes`` are validated and stored but not enforced yet.
 
+``kumo.configure_log_hook{...}`` (``LogHookConfig``) takes KumoMTA's ``LogHookParams``: ``name``
+(required), ``back_pressure``, ``meta``, ``headers``, ``per_record`` (as above) and
+``deferred_spool`` (accepted; kumoq always spools a hook's message, see docs/deviations.md).
+
 Pure: imports only kumoq.config.values and kumoq.errors (no IO, no kumoq.logs).
 """
 
@@ -41,7 +45,7 @@ from kumoq.config.values import (
 )
 from kumoq.errors import ConfigError
 
-__all__ = ["RECORD_TYPE_NAMES", "LocalLogsConfig", "PerRecordConfig"]
+__all__ = ["RECORD_TYPE_NAMES", "LocalLogsConfig", "LogHookConfig", "PerRecordConfig"]
 
 # Kept equal to kumoq.logs.records.RecordType (a test checks); config may not import kumoq.logs.
 RECORD_TYPE_NAMES: Final = (
@@ -218,4 +222,50 @@ class LocalLogsConfig:
         if not per_record:
             return True
         entry = per_record.get(kind) or per_record.get("Any")
+        return entry.enable if entry is not None else True
+
+
+def _hook_name(key: str, value: Any) -> str:
+    text = parse_str(key, value)
+    if not text:
+        raise ConfigError(f"{key}: must not be empty")
+    return text
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogHookConfig:
+    """One ``configure_log_hook`` call: each record is offered to the hook named ``name``.
+
+    ``meta``, ``headers`` and ``per_record`` select as ``LocalLogsConfig``'s do;
+    ``back_pressure`` bounds the records waiting for ``should_enqueue_log_record``.
+    ``deferred_spool`` is accepted and has no effect: the hook's message is always spooled.
+    """
+
+    name: str
+    back_pressure: int = 128_000
+    meta: tuple[str, ...] = ()
+    headers: tuple[str, ...] = ()
+    per_record: Mapping[str, PerRecordConfig] = field(default_factory=lambda: MappingProxyType({}))
+    deferred_spool: bool = False
+
+    @classmethod
+    def from_mapping(cls, mapping: Any) -> LogHookConfig:
+        return build(
+            cls,
+            "configure_log_hook",
+            mapping,
+            {
+                "name": _hook_name,
+                "back_pressure": lambda k, v: parse_int(k, v, minimum=1),
+                "meta": _str_list,
+                "headers": _str_list,
+                "per_record": _per_record,
+                "deferred_spool": parse_bool,
+            },
+            required=("name",),
+        )
+
+    def record_enabled(self, kind: str) -> bool:
+        """Whether records of type ``kind`` are offered: ``per_record[kind]``, else ``Any``."""
+        entry = self.per_record.get(kind) or self.per_record.get("Any")
         return entry.enable if entry is not None else True

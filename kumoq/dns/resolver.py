@@ -4,6 +4,9 @@
 - ``TestResolver`` answers from RFC 1035 zone text held in memory (tests never touch the
   network; this is what ``kumo.dns.configure_test_resolver`` installs).
 
+Both also answer other record types (``RecordResolver.resolve_records``: PTR and TXT for
+``kumo.dns.lookup_ptr`` and ``lookup_txt``, kumoq.lua.dns_api).
+
 Expected outcomes (NXDOMAIN, no data, SERVFAIL/timeout) are ``DnsStatus`` values inside the
 answer, never exceptions. ``kumoq.dns.mx_cache`` sits on top of a resolver.
 
@@ -16,12 +19,15 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Final, Protocol, final
+from typing import Final, Protocol, final, runtime_checkable
 
 import dns.asyncresolver
 import dns.exception
 import dns.name
+import dns.rdata
+import dns.rdataclass
 import dns.rdatatype
+import dns.rdtypes.ANY.TXT
 import dns.resolver
 import dns.zone
 
@@ -34,6 +40,8 @@ __all__ = [
     "IpAnswer",
     "IpLookupStrategy",
     "MxAnswer",
+    "RecordResolver",
+    "RecordsAnswer",
     "Resolver",
     "TestResolver",
     "normalize_name",
@@ -91,6 +99,17 @@ class IpAnswer:
     detail: str = ""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecordsAnswer:
+    """Records of another type as text: a PTR's host name (with its trailing dot), a TXT
+    record's strings joined into one."""
+
+    status: DnsStatus
+    records: tuple[str, ...] = ()
+    ttl: float = 0.0
+    detail: str = ""
+
+
 class Resolver(Protocol):
     """What the MX cache and the connection planner need from DNS."""
 
@@ -99,6 +118,22 @@ class Resolver(Protocol):
     async def resolve_ip(
         self, host: str, strategy: IpLookupStrategy = IpLookupStrategy.IPV4_THEN_IPV6
     ) -> IpAnswer: ...
+
+
+@runtime_checkable
+class RecordResolver(Protocol):
+    """A resolver that answers other record types too (``PTR``, ``TXT``)."""
+
+    async def resolve_records(self, name: str, rdtype: str) -> RecordsAnswer: ...
+
+
+def _record_text(rdtype: str, text: str) -> str:
+    """A record's value as the policy sees it: a TXT record's strings joined, unquoted."""
+    if rdtype != "TXT":
+        return text
+    rdata = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.TXT, text)
+    assert isinstance(rdata, dns.rdtypes.ANY.TXT.TXT)
+    return b"".join(rdata.strings).decode("utf-8", "replace")
 
 
 def normalize_name(name: str) -> str:
@@ -200,6 +235,13 @@ class DnsPythonResolver:
         self, host: str, strategy: IpLookupStrategy = IpLookupStrategy.IPV4_THEN_IPV6
     ) -> IpAnswer:
         return await _lookup_ip(self._query_ip, host, strategy)
+
+    async def resolve_records(self, name: str, rdtype: str) -> RecordsAnswer:
+        status, answer, detail = await self._query(name, rdtype)
+        if answer is None or answer.rrset is None:
+            return RecordsAnswer(status=status, detail=detail)
+        records = tuple(_record_text(rdtype, rdata.to_text()) for rdata in answer.rrset)
+        return RecordsAnswer(status=status, records=records, ttl=float(answer.rrset.ttl))
 
 
 @dataclass(slots=True)
@@ -324,3 +366,10 @@ class TestResolver:
         self, host: str, strategy: IpLookupStrategy = IpLookupStrategy.IPV4_THEN_IPV6
     ) -> IpAnswer:
         return await _lookup_ip(self._query_ip, host, strategy)
+
+    async def resolve_records(self, name: str, rdtype: str) -> RecordsAnswer:
+        status, rrset, detail = self._lookup(name, rdtype)
+        if rrset is None:
+            return RecordsAnswer(status=status, detail=detail)
+        records = tuple(_record_text(rdtype, value) for value in rrset.values)
+        return RecordsAnswer(status=status, records=records, ttl=float(rrset.ttl))

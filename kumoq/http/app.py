@@ -21,7 +21,8 @@ listener still answers (so a load balancer sees the 503). ``close()`` then stops
 cancels what is still running after ``CLOSE_TIMEOUT`` (a cancelled injection takes its
 unfinished batch back out of the spool: kumoq.reception).
 
-Imports kumoq.http.auth, .availability and .errors, kumoq.config.http and kumoq.errors;
+Imports kumoq.http.auth, .availability and .errors, kumoq.config.http, kumoq.errors and
+kumoq.smtp.tls (the self-signed certificate);
 must not import the route modules or kumoq.http.server.
 """
 
@@ -30,8 +31,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
 from aiohttp import web
@@ -41,6 +44,7 @@ from kumoq.errors import ListenerError
 from kumoq.http.auth import Authenticator, AuthInfo
 from kumoq.http.availability import Availability
 from kumoq.http.errors import INTERNAL_ERROR, ApiError, json_error
+from kumoq.smtp.tls import self_signed
 
 __all__ = ["Handler", "HttpListener", "Route", "format_addr", "local_ip", "peer_ip"]
 
@@ -209,10 +213,19 @@ def _http_exception(request: web.Request, exc: web.HTTPException) -> web.Respons
 
 
 def _tls_context(cfg: HttpListenerConfig) -> ssl.SSLContext:
-    """The server context from the PEM files (validated as paths by the config table)."""
+    """The server context from the PEM files (validated as paths by the config table), or
+    from a self-signed certificate for ``hostname`` when neither is given, as KumoMTA."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
-        context.load_cert_chain(str(cfg.tls_certificate), str(cfg.tls_private_key))
+        if cfg.tls_certificate is None:
+            cert, key = self_signed(cfg.hostname)
+            with tempfile.TemporaryDirectory(prefix="kumoq-tls-") as scratch:  # mode 0700
+                certfile, keyfile = Path(scratch, "cert.pem"), Path(scratch, "key.pem")
+                certfile.write_bytes(cert)
+                keyfile.write_bytes(key)
+                context.load_cert_chain(certfile, keyfile)
+        else:
+            context.load_cert_chain(str(cfg.tls_certificate), str(cfg.tls_private_key))
     except (OSError, ssl.SSLError) as exc:
         raise ListenerError(
             f"http listener {cfg.listen}: cannot load tls_certificate {cfg.tls_certificate!r} "

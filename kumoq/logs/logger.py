@@ -18,6 +18,10 @@ With a bounce classifier (``kumo.configure_bounce_classifier``, kumoq.logs.class
 classifiable records (``Bounce``, ``TransientFailure``, ``Expiration``, ``AdminBounce``,
 ``Rejection``...) get its class in ``bounce_classification``, once per record for all logs;
 without one, the field stays ``Uncategorized`` and the only cost is one ``is None`` test.
+
+With log hooks (``kumo.configure_log_hook``, kumoq.logs.hooks), each message record is also
+built once per hook, with the hook's selection, and offered to it; a record about a hook's own
+message (``reception_protocol`` ``LogRecord``) is not.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any
 from kumoq.clock import Clock
 from kumoq.config.logs import LocalLogsConfig
 from kumoq.logs.classify import CLASSIFIABLE, UNCATEGORIZED, BounceClassifier
+from kumoq.logs.hooks import LOG_RECORD_PROTOCOL, LogHooks
 from kumoq.logs.records import FieldSelection, RecordType, Response, build_record
 from kumoq.logs.writer import LocalLogWriter
 from kumoq.message import Message
@@ -88,6 +93,7 @@ class RecordLogger:
         nodeid: str,
         clock: Clock,
         classifier: BounceClassifier | None = None,
+        hooks: LogHooks | None = None,
     ) -> None:
         self._logs = [
             (writer, config, FieldSelection(meta=config.meta, headers=config.headers))
@@ -97,6 +103,8 @@ class RecordLogger:
         self._clock = clock
         #: ``kumo.configure_bounce_classifier``'s rules, if the policy configured them
         self.classifier = classifier
+        #: ``kumo.configure_log_hook``'s hooks (empty unless the policy configured some)
+        self.hooks = hooks if hooks is not None else LogHooks((), clock)
         #: called with every message record's type, message and response text (campaign
         #: progress); the list is empty unless the daemon adds one
         self.observers: list[Callable[[RecordType, Message, str], None]] = []
@@ -109,11 +117,14 @@ class RecordLogger:
         latency = _DISPOSITION_LATENCY.get(type)
         if latency is not None:
             latency.observe(max(0.0, now - msg.created))
-        if not self._logs:
+        hooks = self.hooks
+        if not self._logs and not hooks:
             return
         classifier = self.classifier
         if classifier is not None and type in CLASSIFIABLE:
             fields["bounce_classification"] = classifier.classify(response)
+        if hooks:
+            self._offer(type, msg, now, response, fields)
         for writer, config, selection in self._logs:
             if config.per_record and not config.record_enabled(type.value):
                 continue
@@ -128,6 +139,28 @@ class RecordLogger:
                     **fields,
                 )
             )
+
+    def _offer(
+        self, type: RecordType, msg: Message, now: float, response: Response, fields: Any
+    ) -> None:
+        """Offer the record to each hook that wants its type, unless it is about a hook's
+        own message."""
+        protocol = fields.get("reception_protocol") or msg.meta.get("reception_protocol")
+        if protocol == LOG_RECORD_PROTOCOL:
+            return
+        hooks = self.hooks
+        for hook in hooks.hooks:
+            if hook.wants(type):
+                line = build_record(
+                    type,
+                    msg,
+                    now=now,
+                    response=response,
+                    nodeid=self._nodeid,
+                    selection=hook.selection,
+                    **fields,
+                )
+                hooks.offer(hook, line)
 
     def log_rejection(self, conn_meta: dict[str, Any], command: str, response: Response) -> None:
         """A ``Rejection`` record for a 4xx/5xx reply kumoq sent to an SMTP command."""

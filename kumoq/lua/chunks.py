@@ -9,8 +9,8 @@ In load order (kumoq.lua.runtime): ``SANDBOX`` (takes ``python``, ``debug`` and 
 from the policy), ``MESSAGE`` (the Message, EnvelopeAddress and conn_meta objects; it loads
 ``MIME``, the MimePart, HeaderMap and AddressHeader objects), ``CORE`` (``kumo.on``, dispatch,
 error locations, the event coroutines), ``KUMO`` (the ``kumo`` module; it loads ``KUMO_CACHE``,
-``KUMO_DATA``, ``KUMO_TIME``, ``KUMO_PROCESS`` and ``KUMO_SHAPING``, KumoMTA's utility
-modules), ``BUDGET`` (the time budget's count hook; last, so that the chunks before it keep
+``KUMO_DATA``, ``KUMO_TIME``, ``KUMO_PROCESS``, ``KUMO_SHAPING`` and ``KUMO_HTTP``, KumoMTA's
+utility modules), ``BUDGET`` (the time budget's count hook; last, so that the chunks before it keep
 the raw ``setmetatable`` and coroutine functions). Each file's header comment says what it is
 given and what it sets.
 
@@ -30,6 +30,7 @@ __all__ = [
     "KUMO",
     "KUMO_CACHE",
     "KUMO_DATA",
+    "KUMO_HTTP",
     "KUMO_PROCESS",
     "KUMO_SHAPING",
     "KUMO_TIME",
@@ -65,6 +66,7 @@ KUMO_DATA: Final = _read("kumo_data.lua", "=kumoq/kumo_data")
 KUMO_TIME: Final = _read("kumo_time.lua", "=kumoq/kumo_time")
 KUMO_PROCESS: Final = _read("kumo_process.lua", "=kumoq/kumo_process")
 KUMO_SHAPING: Final = _read("kumo_shaping.lua", "=kumoq/kumo_shaping")
+KUMO_HTTP: Final = _read("kumo_http.lua", "=kumoq/kumo_http")
 BUDGET: Final = _read("budget.lua", "=kumoq/budget")
 ALL: Final = (
     SANDBOX,
@@ -77,5 +79,6 @@ ALL: Final = (
     KUMO_TIME,
     KUMO_PROCESS,
     KUMO_SHAPING,
+    KUMO_HTTP,
     BUDGET,
 )

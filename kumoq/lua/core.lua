@@ -19,6 +19,8 @@ local handlers = {}
 -- where each event's first handler was registered ("file:line"), for the
 -- load-time report of handlers kumoq never calls (kumoq.lua.events)
 local sites = {}
+-- the call stack of every kumo.on, per event, for kumo.get_event_registrars
+local registrars = {}
 local phase = 'load'
 function M.set_phase(p)
   phase = p
@@ -46,6 +48,19 @@ function M.on(name, fn)
       2
     )
   end
+  local stack, level = {}, 2 -- 2: the code that called kumo.on
+  while true do
+    local info = getinfo(level, 'Sl')
+    if info == nil then
+      break
+    end
+    local line = info.currentline >= 0 and info.currentline or 0
+    stack[#stack + 1] = info.short_src .. ':' .. line
+    level = level + 1
+  end
+  local regs = registrars[name] or {}
+  regs[#regs + 1] = stack
+  registrars[name] = regs
   local list = handlers[name]
   if list == nil then
     handlers[name] = { fn }
@@ -65,6 +80,20 @@ function M.on(name, fn)
     )
   end
   list[#list + 1] = fn
+end
+
+-- kumo.get_event_registrars(name): one list of "file:line" frames (the
+-- caller of kumo.on first) per kumo.on for that event, or nil (a copy)
+function M.event_registrars(name)
+  local regs = registrars[name]
+  if regs == nil then
+    return nil
+  end
+  local out = {}
+  for i, stack in ipairs(regs) do
+    out[i] = table.move(stack, 1, #stack, 1, {})
+  end
+  return out
 end
 
 -- { [event name] = "file:line" of its first kumo.on }

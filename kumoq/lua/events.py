@@ -58,6 +58,7 @@ FIRED_EVENTS: Final = frozenset(
         "get_egress_path_config",
         "requeue_message",
         "rebind_message",
+        "should_enqueue_log_record",
     }
 )
 
@@ -73,7 +74,6 @@ NOT_FIRED_YET: Final = {
     "smtp_client_rewrite_delivery_status": _KUMOD,
     "spool_message_enumerated": _KUMOD,
     "throttle_insert_ready_queue": _KUMOD,
-    "should_enqueue_log_record": _KUMOD,
     "shutdown_logging": _KUMOD,
     "get_acl_definition": _KUMOD,
     "http_server_validate_auth_bearer": _KUMOD,
@@ -302,6 +302,26 @@ class PolicyEvents:
             raise PolicyError(str(exc), location=exc.location) from None
         finally:
             rt.unbind(hm)
+
+    async def should_enqueue_log_record(self, msg: Message, hook_name: str) -> bool:
+        """``should_enqueue_log_record(msg, hook_name)`` (kumoq.logs.hooks): true queues the
+        hook's message. Handlers run in order until one returns a boolean; none (or no
+        handler) is false. Awaited: a handler may wait (``kumo.dns.lookup_mx``, HTTP)."""
+        rt = self._rt
+        if "should_enqueue_log_record" not in rt.handler_names:
+            return False
+        hm = rt.bind_message(msg)
+        try:
+            result = await rt.invoke_async(
+                "should_enqueue_log_record", "mv", hm, rt.to_lua(hook_name)
+            )
+        finally:
+            rt.unbind(hm)
+        if result is None or isinstance(result, bool):
+            return bool(result)
+        raise PolicyError(
+            f"should_enqueue_log_record: the handler must return a boolean or nil, got {result!r}"
+        )
 
     def validate_config(self) -> None:
         """Run every ``validate_config`` handler (they call ``kumo.validation_failed()``)."""

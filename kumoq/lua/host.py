@@ -1,5 +1,6 @@
-"""The host and process as the policy sees them: ``kumo.available_parallelism()`` and
-``kumo.set_diagnostic_log_filter(filter)``.
+"""The host and process as the policy sees them: ``kumo.available_parallelism()``,
+``kumo.set_diagnostic_log_filter(filter)`` and the file globs of
+``kumo.eval_config_monitor_globs()``.
 
 ``available_parallelism()`` follows Rust's ``std::thread::available_parallelism``: the CPUs in
 this process's affinity mask, capped by a cgroup v2 CPU quota (``cpu.max``), at least 1; the
@@ -15,22 +16,41 @@ a Python logger name (``kumoq.smtp``, ``aiohttp``). A bare level sets the root l
 replaces the last one: a logger the previous filter set and this one does not gets back the
 level it had before. Span and field filters (``target[span]=level``) are refused.
 
-L2: reads the environment, /proc and /sys; imports only the standard library and
-kumoq.lua.message (LuaApiError).
+``eval_globs(globs)`` expands KumoMTA's configuration monitoring globs
+(``kumo.set_config_monitor_globs``; the default is ``DEFAULT_MONITOR_GLOBS``): ``*``, ``?``,
+``[...]``, ``**`` for any depth and ``{a,b}`` alternatives; the matching files, deduplicated and
+sorted. kumoq does not watch them: a change takes effect at a reload (SIGHUP,
+``kumo.bump_config_epoch``).
+
+L2: reads the environment, /proc, /sys and the globbed directories; imports only the standard
+library and kumoq.lua.message (LuaApiError).
 """
 
 from __future__ import annotations
 
+import glob
 import logging
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Final
 
 from kumoq.lua.message import LuaApiError
 
-__all__ = ["LEVELS", "available_parallelism", "parse_log_filter", "set_diagnostic_log_filter"]
+__all__ = [
+    "DEFAULT_MONITOR_GLOBS",
+    "LEVELS",
+    "available_parallelism",
+    "eval_globs",
+    "expand_braces",
+    "parse_log_filter",
+    "set_diagnostic_log_filter",
+]
+
+DEFAULT_MONITOR_GLOBS: Final = ("/opt/kumomta/etc/**/*.{lua,json,toml,yaml}",)
+"""KumoMTA's effective default for ``kumo.set_config_monitor_globs``."""
+_BRACES: Final = re.compile(r"\{([^{}]*)\}")
 
 TRACE: Final = 5
 LEVELS: Final = {
@@ -112,3 +132,23 @@ def set_diagnostic_log_filter(text: str) -> None:
         logger = logging.getLogger(name or None)
         _before_filter.setdefault(name, logger.level)
         logger.setLevel(level)
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """``a.{x,y}`` as ``["a.x", "a.y"]``; nested and repeated groups are expanded too."""
+    m = _BRACES.search(pattern)
+    if m is None:
+        return [pattern]
+    head, tail = pattern[: m.start()], pattern[m.end() :]
+    return [e for alt in m.group(1).split(",") for e in expand_braces(head + alt + tail)]
+
+
+def eval_globs(globs: Iterable[str]) -> list[str]:
+    """The files the globs match (see the module docstring), deduplicated and sorted."""
+    found: set[str] = set()
+    for pattern in globs:
+        if not isinstance(pattern, str):
+            raise LuaApiError(f"expected a list of glob strings, got {pattern!r}")
+        for one in expand_braces(pattern):
+            found.update(p for p in glob.glob(one, recursive=True) if os.path.isfile(p))
+    return sorted(found)

@@ -1,12 +1,13 @@
 -- kumoq/kumo: the kumo module the policy sees (kumo.on, reject, disconnect,
 -- log_*, the declarations, make_* and kumo.dns), then KumoMTA's utility
 -- modules from the chunks it loads last (kumo_cache, kumo_data, kumo_time,
--- kumo_process, kumo_shaping: memoize, domain_map, serde, json_*, string,
--- regex, time, spawn_task, shaping...). Arguments: py (the Python functions of
--- kumoq.lua.kumo_api.python_api) and M (kumoq's private table); sets the
--- global kumo and package.loaded.kumo (and package.loaded['kumo.serde'] and
--- the like). Reading a field kumo or one of its modules does not have is an
--- error ("kumo.foo is not available in kumoq"), at the policy's line.
+-- kumo_process, kumo_shaping, kumo_http: memoize, domain_map, serde, json_*,
+-- string, regex, time, spawn_task, shaping, http...). Arguments: py (the
+-- Python functions of kumoq.lua.kumo_api.python_api) and M (kumoq's private
+-- table); sets the global kumo and package.loaded.kumo (and
+-- package.loaded['kumo.serde'] and the like). Reading a field kumo or one
+-- of its modules does not have is an error ("kumo.foo is not available in
+-- kumoq"), at the policy's line.
 --
 -- Loaded by kumoq.lua.runtime as the chunk '=kumoq/kumo', last. Formatted
 -- with stylua and KumoMTA's stylua.toml.
@@ -248,6 +249,54 @@ kumo.dns.lookup_mx = function(domain)
   end
   return res
 end
+
+-- kumo.dns.lookup_addr(name, resolver, strategy), lookup_ptr(ip, resolver)
+-- and lookup_txt(name, resolver) wait the same way (kumoq.lua.dns_api
+-- answers); reverse_ip(ip) and ptr_host(ip) are string work only.
+local function dns_lookup(fname)
+  return function(name, resolver, strategy)
+    if type(name) ~= 'string' then
+      error(
+        'kumo.dns.' .. fname .. ': expected a string, got ' .. type(name),
+        2
+      )
+    end
+    if not EVENT_COROUTINES[running()] or not isyieldable() then
+      error(
+        'kumo.dns.'
+          .. fname
+          .. ': cannot wait for DNS here; call it from the handler itself, '
+          .. "not from a coroutine, metamethod or callback of the policy's own",
+        2
+      )
+    end
+    local ok, res = yield(
+      PENDING,
+      'dns.' .. fname,
+      { name = name, resolver = resolver, strategy = strategy }
+    )
+    if not ok then
+      error(res, 2)
+    end
+    return res
+  end
+end
+for _, fname in ipairs { 'lookup_addr', 'lookup_ptr', 'lookup_txt' } do
+  kumo.dns[fname] = dns_lookup(fname)
+end
+for _, fname in ipairs { 'reverse_ip', 'ptr_host' } do
+  local fn = py['kumo_dns_' .. fname]
+  kumo.dns[fname] = function(ip)
+    if type(ip) ~= 'string' then
+      error('kumo.dns.' .. fname .. ': expected a string, got ' .. type(ip), 2)
+    end
+    local r, e = fn(ip)
+    if r == ERR then
+      error(e, 2)
+    end
+    return r
+  end
+end
 for _, kind in ipairs(M.makers) do
   kumo[kind] = maker(kind)
 end
@@ -260,7 +309,8 @@ for _, kind in ipairs { 'rsa_sha256_signer', 'ed25519_signer' } do
 end
 
 -- KumoMTA's utility modules, each a chunk of its own (kumoq.lua.chunks).
-for _, name in ipairs { 'cache', 'data', 'time', 'process', 'shaping' } do
+local EXTENSIONS = { 'cache', 'data', 'time', 'process', 'shaping', 'http' }
+for _, name in ipairs(EXTENSIONS) do
   local src, chunkname = py.kumo_chunk(name)
   if src == ERR then
     error(chunkname, 0)

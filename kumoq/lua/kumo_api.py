@@ -15,7 +15,8 @@ Defined in Lua (``kumo.lua`` beside this module, loaded by the runtime as the ch
 - ``kumo.log_debug/log_info/log_warn/log_error(...)``: arguments ``tostring``-ed and joined
   with spaces, to the Python logger ``kumoq.policy``;
 - declarations ``start_esmtp_listener``, ``start_http_listener``, ``define_spool``,
-  ``configure_local_logs``, ``configure_bounce_classifier`` (only inside ``init``), collected
+  ``configure_local_logs``, ``configure_bounce_classifier``, ``configure_log_hook`` (only
+  inside ``init`` and ``pre_init``), collected
   by the runtime;
 - ``make_queue_config``, ``make_egress_pool``, ``make_egress_source``, ``make_egress_path``,
   ``make_listener_domain``: return an opaque Lua table that carries a handle to the built
@@ -24,8 +25,10 @@ Defined in Lua (``kumo.lua`` beside this module, loaded by the runtime as the ch
   in Lua; the next ``make_*`` call releases the queued handles, so no Python code runs inside a
   Lua finalizer);
 - ``kumo.validation_failed()``: the caller's ``file:line`` goes to the declare callback;
-- ``kumo.dns.configure_test_resolver`` (a declaration) and ``kumo.dns.lookup_mx`` (which
-  waits, see kumoq.lua.waits).
+- ``kumo.dns.configure_test_resolver`` (a declaration), ``kumo.dns.lookup_mx`` (which
+  waits, see kumoq.lua.waits), and ``lookup_addr``, ``lookup_ptr``, ``lookup_txt``,
+  ``reverse_ip`` and ``ptr_host`` (kumoq.lua.dns_api);
+- ``kumo.http`` (``kumo_http.lua`` on kumoq.lua.http_api, whose ``request:send()`` waits).
 
 Builders come from the runtime's injected ``builders`` mapping, else from kumoq.lua.dkim_api's
 ``BUILDERS`` (the ``kumo.dkim.*_signer`` makers ``kumo.lua`` defines); this module imports no
@@ -33,10 +36,10 @@ config classes. A builder's ConfigError becomes a Lua error raised at the policy
 ``KumoApiRuntime`` is what ``python_api`` uses of the runtime; the runtime's ``PolicyRuntime``
 has it (structurally, checked by mypy where the runtime calls ``python_api``).
 
-L2: imports the standard library, kumoq.message, kumoq.lua.message, kumoq.lua.kumo_extras and
-kumoq.lua.dkim_api (whose ``dkim_sign`` it includes); must not import
-the runtime
-module (``runtime.py`` here), not even under TYPE_CHECKING: it imports this one.
+L2: imports the standard library, kumoq.message, kumoq.lua.message, kumoq.lua.kumo_extras,
+kumoq.lua.http_api, kumoq.lua.dns_api and kumoq.lua.dkim_api (whose ``dkim_sign`` it
+includes); must not import the runtime module (``runtime.py`` here), not even under
+TYPE_CHECKING: it imports this one.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Protocol
 
-from kumoq.lua import dkim_api, kumo_extras, shaping_api
+from kumoq.lua import dkim_api, dns_api, http_api, kumo_extras, shaping_api
 from kumoq.lua.kumo_extras import ExtrasRuntime
 from kumoq.lua.message import LuaApiError
 from kumoq.lua.waits import Waits
@@ -62,6 +65,7 @@ DECLARATIONS: Final = (
     "configure_local_logs",
     "configure_test_resolver",
     "configure_bounce_classifier",
+    "configure_log_hook",
 )
 MAKERS: Final = (
     "make_queue_config",
@@ -161,6 +165,8 @@ def python_api(rt: KumoApiRuntime) -> dict[str, Callable[..., Any]]:
         kumo_extras.python_api(rt)
         | shaping_api.python_api(rt)
         | dkim_api.python_api(rt)
+        | dns_api.python_api(rt)
+        | http_api.python_api(rt)
         | {
             "kumo_log": rt.guard("log", log),
             "kumo_declare": rt.guard(None, declare),

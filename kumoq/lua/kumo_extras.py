@@ -1,6 +1,6 @@
 """The Python functions behind KumoMTA's utility modules in the ``kumo`` table.
 
-``kumo.lua`` loads four more chunks after its own code (each a ``.lua`` file beside this module,
+``kumo.lua`` loads more chunks after its own code (each a ``.lua`` file beside this module,
 read by kumoq.lua.chunks and handed over by ``kumo_chunk``), then makes ``kumo`` and its
 submodules strict (an unknown field is an error naming it):
 
@@ -10,9 +10,12 @@ submodules strict (an unknown field is an error naming it):
   (kumoq.lua.serde), ``kumo.string.*`` and ``kumo.regex.*`` (kumoq.lua.text_api);
 - ``kumo_time.lua``: ``kumo.time.*`` and ``kumo.sleep`` (kumoq.lua.time_api; a sleep waits
   through kumoq.lua.waits);
-- ``kumo_process.lua``: ``kumo.spawn_task`` (kumoq.lua.tasks), ``kumo.available_parallelism``
-  and ``kumo.set_diagnostic_log_filter`` (kumoq.lua.host),
-  ``kumo.invoke_get_egress_path_config`` (kumoq.lua.config_data) and ``kumo.traceback``.
+- ``kumo_process.lua``: ``kumo.spawn_task`` (kumoq.lua.tasks), ``kumo.available_parallelism``,
+  ``kumo.set_diagnostic_log_filter`` and ``kumo.set_config_monitor_globs`` /
+  ``eval_config_monitor_globs`` (kumoq.lua.host), ``kumo.invoke_get_egress_path_config``
+  (kumoq.lua.config_data), ``kumo.traceback`` and ``kumo.get_event_registrars``;
+- ``kumo_http.lua``: ``kumo.http.*`` (its Python functions are kumoq.lua.http_api's, which
+  kumoq.lua.kumo_api includes).
 
 Every function is wrapped by the runtime's ``guard``: an error comes back as ``(ERR, text)``
 and the Lua side raises it at the policy's line. ``ExtrasRuntime`` is what they need of the
@@ -42,6 +45,7 @@ EXTENSION_CHUNKS: Final = {
     "time": chunks.KUMO_TIME,
     "process": chunks.KUMO_PROCESS,
     "shaping": chunks.KUMO_SHAPING,
+    "http": chunks.KUMO_HTTP,
 }
 """The chunks ``kumo.lua`` loads, by the name it asks for."""
 
@@ -182,6 +186,9 @@ def python_api(rt: ExtrasRuntime) -> dict[str, Callable[..., Any]]:
         "x_spawn_task": guard(None, spawn_task),
         "x_parallelism": guard("available_parallelism", host.available_parallelism),
         "x_log_filter": guard("set_diagnostic_log_filter", host.set_diagnostic_log_filter),
+        "x_eval_globs": guard(
+            "eval_config_monitor_globs", lambda g: to_lua(host.eval_globs(from_lua(g)))
+        ),
         "x_path_config": guard("invoke_get_egress_path_config", path_config),
     }
 

@@ -1,6 +1,7 @@
 -- kumoq/kumo_process: kumo.spawn_task, kumo.available_parallelism,
--- kumo.set_diagnostic_log_filter, kumo.invoke_get_egress_path_config and
--- kumo.traceback. Arguments: py (the Python functions of
+-- kumo.set_diagnostic_log_filter, kumo.invoke_get_egress_path_config,
+-- kumo.traceback, kumo.get_event_registrars and kumo.set_config_monitor_globs
+-- / eval_config_monitor_globs, and kumo.make_message (from kumoq/message). Arguments: py (the Python functions of
 -- kumoq.lua.kumo_extras), M (kumoq's private table) and kumo.
 --
 -- Loaded by kumoq/kumo (kumo.lua) as the chunk '=kumoq/kumo_process'.
@@ -113,4 +114,45 @@ function kumo.traceback(level)
     l = l + 1
   end
   return frames
+end
+
+-- kumo.make_message(sender, recipient, body): kumoq/message builds it.
+kumo.make_message = M.make_message
+
+-- kumo.get_event_registrars(name): where each kumo.on for the event was
+-- called, a list of "file:line" frames per call (kumoq/core records them).
+function kumo.get_event_registrars(name)
+  if type(name) ~= 'string' then
+    error('get_event_registrars: expected an event name, got ' .. type(name), 2)
+  end
+  return M.event_registrars(name)
+end
+
+-- kumo.set_config_monitor_globs { GLOB, ... } and eval_config_monitor_globs():
+-- the globs are kept (KumoMTA's default until set); evaluating them lists the
+-- files they match (kumoq.lua.host). kumoq does not watch the files.
+local monitor_globs = { '/opt/kumomta/etc/**/*.{lua,json,toml,yaml}' }
+function kumo.set_config_monitor_globs(globs)
+  if type(globs) ~= 'table' then
+    error(
+      'set_config_monitor_globs: expected a list of globs, got ' .. type(globs),
+      2
+    )
+  end
+  local copy = {}
+  for i, g in ipairs(globs) do
+    if type(g) ~= 'string' then
+      error(
+        'set_config_monitor_globs: glob #' .. i .. ' is a ' .. type(g),
+        2
+      )
+    end
+    copy[i] = g
+  end
+  monitor_globs = copy
+end
+
+local py_globs = py.x_eval_globs
+function kumo.eval_config_monitor_globs()
+  return result(py_globs(monitor_globs))
 end

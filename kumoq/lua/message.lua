@@ -442,6 +442,46 @@ end
 M.wrap = wrap
 M.new_address = new_address
 
+-- kumo.make_message(sender, recipient, body) (kumoq/kumo_process sets it):
+-- a Message of the policy's own, in memory only. Its handle lives as long
+-- as the object: a collected one is released at the next call (no Python
+-- call in __gc: finalizers also run inside lua_close).
+local MADE_MT = {}
+for k, v in pairs(MSG_MT) do
+  MADE_MT[k] = v
+end
+local made_dead = {}
+function MADE_MT.__gc(m)
+  local h = MH[m]
+  if h ~= nil then
+    made_dead[#made_dead + 1] = h
+  end
+end
+local py_make, py_release = py.make_message, py.release_messages
+function M.make_message(sender, recipient, body)
+  if #made_dead > 0 then
+    local dead = made_dead
+    made_dead = {}
+    py_release(unpack(dead))
+  end
+  if type(body) ~= 'string' then
+    error('make_message: body must be a string, got ' .. type(body), 2)
+  end
+  sender, recipient = address_text(sender), address_text(recipient)
+  local h, e
+  if utf8len(body) ~= nil then
+    h, e = py_make(sender, recipient, body, false)
+  else
+    h, e = py_make(sender, recipient, gsub(body, '[\128-\255]', LATIN1), true)
+  end
+  if h == ERR then
+    error(e, 2)
+  end
+  local m = setmetatable({}, MADE_MT)
+  MH[m] = h
+  return m
+end
+
 -- msg:parse_mime(), its objects and the address headers: kumoq/mime.
 local mime_source, mime_name = py.mime_chunk()
 M.load(mime_source, mime_name, 't')(py, M, MSG, MH)

@@ -36,7 +36,7 @@ from typing import Any, Protocol
 from kumoq import headers
 from kumoq.clock import Clock
 from kumoq.lua import chunks, message_content, message_mime
-from kumoq.message import EnvelopeAddress, Message
+from kumoq.message import EnvelopeAddress, Message, new_spool_id
 from kumoq.scheduler.scheduling import (
     adjust_for_schedule,
     format_due,
@@ -71,6 +71,10 @@ class MessageApiRuntime(Protocol):
     def clock(self) -> Clock: ...
 
     def message(self, h: int) -> Message: ...
+
+    def bind_message(self, msg: Message) -> int: ...
+
+    def unbind(self, *handles: int) -> None: ...
 
     def conn(self, h: int) -> dict[str, Any]: ...
 
@@ -237,6 +241,16 @@ def python_api(rt: MessageApiRuntime) -> dict[str, Callable[..., Any]]:
         msg.due = due
         return None if due is None else format_due(due)
 
+    def make_message(sender: object, recipient: object, text: str, latin1: bool) -> int:
+        """``kumo.make_message``: a new message held by its handle until Lua releases it."""
+        msg = Message(
+            id=new_spool_id(rt.clock.now()),
+            sender=address_of(sender),
+            recipients=[address_of(recipient)],
+            data=text.encode("latin-1" if latin1 else "utf-8"),
+        )
+        return rt.bind_message(msg)
+
     def conn_get_meta(h: int, key: object) -> Any:
         return to_lua(rt.conn(h).get(key_of(key)))
 
@@ -267,6 +281,8 @@ def python_api(rt: MessageApiRuntime) -> dict[str, Callable[..., Any]]:
         "set_scheduling": set_scheduling,
         "import_scheduling_header": import_scheduling_header,
         "set_due": set_due,
+        "make_message": make_message,
+        "release_messages": rt.unbind,
         "conn_get_meta": conn_get_meta,
         "conn_set_meta": conn_set_meta,
         **message_content.python_api(rt),

@@ -127,6 +127,7 @@ _DECLARATION_LISTS: Final = {
     "configure_local_logs": "local_logs",
     "configure_test_resolver": "test_resolvers",
     "configure_bounce_classifier": "local_logs",  # a logging setting, as in KumoMTA
+    "configure_log_hook": "local_logs",
 }
 
 
@@ -196,6 +197,7 @@ class PolicyRuntime:
         policy_dir = str(self.path.resolve().parent)
         run = lua.eval("function(src, name, ...) return assert(load(src, name, 't'))(...) end")
         run(chunks.SANDBOX.source, chunks.SANDBOX.chunkname, M, policy_dir)
+        self.waits = Waits(self.to_lua, self.clock.now)  # before python_api: it adds ops
         py = lua.table_from(message.python_api(self) | kumo_api.python_api(self))
         load = M.load
         load(chunks.MESSAGE.source, chunks.MESSAGE.chunkname, "t")(py, M)
@@ -213,7 +215,6 @@ class PolicyRuntime:
         self._set_phase = M.set_phase
         self._run = M.run
         self._continue = M.resume_event
-        self.waits = Waits(self.to_lua, self.clock.now)
         self.handler_names: Mapping[str, str] = {}  # event -> "file:line" of its kumo.on
         self._load()
 
@@ -462,7 +463,6 @@ class PolicyRuntime:
         """
         err = self.err
         prefix = f"{name}:" if name else ""
-
         room = self._room
 
         def call(*args: Any) -> Any:

@@ -17,6 +17,10 @@ that coroutine's runner; the runtime answers and resumes the handler where it st
 ``Waits`` owns the Python side: the ops, the answers as Lua-ready data, and the DNS seam
 (``PolicyDns``), which the daemon attaches once ``init`` has configured DNS.
 
+Other modules add ops of their own to ``Waits.ops`` (kumoq.lua.http_api: ``http``, the
+request ``kumo.http``'s ``request:send()`` makes): such an op is awaited in the awaited events
+and is an error the policy may ``pcall`` in the synchronous ones.
+
 ``sleep`` (``kumo.time.sleep``, ``kumo.sleep``) is awaited with ``asyncio.sleep``; an event
 kumoq calls synchronously cannot sleep (running it again would sleep again), so there the
 call fails with an error the policy may ``pcall``.
@@ -36,9 +40,13 @@ from kumoq.dns.mx_cache import MxFailure, MxResult
 from kumoq.dns.site_name import MailExchanger
 from kumoq.errors import PolicyWouldBlock
 
-__all__ = ["PolicyDns", "Waits", "mx_to_data"]
+__all__ = ["AsyncOp", "PolicyDns", "Waits", "mx_to_data"]
 
 _MAX_FETCHED: Final = 1024  # answers fetched and not yet used by a re-run (a bound, not a cache)
+
+
+AsyncOp = Callable[[Any], Awaitable[tuple[bool, Any]]]
+"""An op's answer as ``(ok, value-or-error-text)``, from the value the handler yielded."""
 
 
 class PolicyDns(Protocol):
@@ -64,6 +72,8 @@ class Waits:
         self._to_lua = to_lua
         self._now = now
         self.dns: PolicyDns | None = None
+        #: further ops by name, each awaited in the awaited events only
+        self.ops: dict[str, AsyncOp] = {}
         # Answers fetched for a PolicyWouldBlock, kept for the re-run that follows even when
         # their TTL is shorter than the wait (the cache would not hold them). One per domain.
         self._fetched: dict[str, MxResult] = {}
@@ -74,6 +84,11 @@ class Waits:
             return False, (
                 "kumo.time.sleep: cannot sleep in this event: kumoq calls it synchronously "
                 "(sleep in an SMTP event, a custom delivery or a spawned task)"
+            )
+        if op in self.ops:
+            return False, (
+                f"kumo.{op}: cannot wait in this event: kumoq calls it synchronously "
+                "(wait in an SMTP event, a custom delivery, a log hook event or a spawned task)"
             )
         domain = self._domain(op, arg)
         if isinstance(domain, tuple):
@@ -97,6 +112,9 @@ class Waits:
         if op == "sleep":
             await sleep_at_least(float(arg) if isinstance(arg, int | float) else 0.0)
             return True, None
+        extra = self.ops.get(op)
+        if extra is not None:
+            return await extra(arg)
         domain = self._domain(op, arg)
         if isinstance(domain, tuple):
             return domain

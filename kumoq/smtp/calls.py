@@ -10,7 +10,9 @@ and the replies waiting to be written, and drives the handler calls:
   that finishes without suspending is answered at once; one that suspends is finished in a task
   (``smtp/eager.py``). ``data`` always runs in a task, bounded by ``data_processing_timeout``.
 - an outcome becomes the reply (``_complete``): the handler's Reply, ``kumo.reject``'s, or
-  ``421 4.3.0 <host> technical difficulties`` for any other exception. At RCPT the relay check
+  ``451 4.3.0 <host> technical difficulties`` for any other exception (a Lua error in the
+  policy): the error is logged with its ``file:line``, its text never reaches the client, and
+  only that command is refused; the session goes on. At RCPT the relay check
   (``smtp/relay.py``) comes before the handler, as in KumoMTA: a peer in ``relay_hosts``, one
   that authenticated, or one the listener domains let through may relay; the others get
   ``550 5.7.1`` and the handler is not called. An AUTH the handler refuses gets ``535 5.7.8``
@@ -28,12 +30,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol, TypeVar, cast
 
 from kumoq.config.listener import EsmtpListenerConfig
-from kumoq.errors import RejectError
+from kumoq.errors import PolicyError, RejectError
 from kumoq.message import EnvelopeAddress
 from kumoq.smtp import replies as R
 from kumoq.smtp.admission import Admission, ClientLimits
@@ -175,7 +178,7 @@ class HandlerCalls(ABC):
         self, call: Awaitable[_T], done: Callable[[_T], None], failure: str, *args: object
     ) -> None:
         """Await a handler call running in ``task`` and answer its outcome: ``done(result)``,
-        a ``RejectError``'s reply, or 421 technical difficulties (logging ``failure % args``)
+        a ``RejectError``'s reply, or 451 technical difficulties (logging ``failure % args``)
         for any other exception. Cancelled: the session closes. Then ``_handler_done``."""
         try:
             try:
@@ -217,9 +220,19 @@ class HandlerCalls(ABC):
             self._answer(result)
 
     def _failed(self, message: str, *args: object) -> None:
-        """A handler call raised something other than ``RejectError``: log it, answer 421."""
-        log.exception(message, *args)
-        self._answer(R.technical_difficulties(self._listener.config.hostname))
+        """A handler call raised something other than ``RejectError``: log it (a policy error
+        by its text and ``file:line``; anything else with its traceback) and
+        answer the generic ``451 4.3.0``. Unlike KumoMTA (421 and a hang-up), the session
+        stays open: the refused command leaves it in a state it knows how to go on from."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, PolicyError):
+            text, where = str(exc), exc.location
+            log.error(
+                message + ": %s", *args, text if not where or where in text else f"{where}: {text}"
+            )
+        else:
+            log.exception(message, *args)
+        self._answer(R.policy_failed(self._listener.config.hostname))
 
     def _reject(self, exc: RejectError) -> bool:
         """Answer ``kumo.reject``; False when the connection must be dropped."""

@@ -33,8 +33,9 @@ whose ``relay`` attribute (not an entry) decides relaying again at DATA."""
 class SmtpHandler(Protocol):
     """What the server asks of the daemon. Every method may raise ``RejectError``
     (``kumo.reject``): its code and text become the reply, and the connection is dropped
-    when it is a 421 or ``disconnect`` is set. Any other exception answers
-    ``421 4.3.0 <host> technical difficulties`` and drops the connection. A returned Reply
+    when it is a 421 or ``disconnect`` is set. Any other exception is logged and answers
+    ``451 4.3.0 <host> technical difficulties`` (its text never reaches the client); that
+    command is refused and the connection stays open. A returned Reply
     with code 421 is sent and the connection closed.
 
     ``ehlo``, ``mail_from``, ``rcpt_to`` and ``auth_plain`` are started eagerly from the
@@ -96,6 +97,6 @@ class ListenerDomains(Protocol):
 
     async def get_listener_domain(self, conn: ConnectionMeta, domain: str) -> ListenerDomain | None:
         """The listener domain of ``domain`` at this connection's listener, or None. An
-        exception answers ``421 4.3.0 <host> technical difficulties``, as any handler
-        failure does; asked at most once per domain and connection (``smtp/relay.py``)."""
+        exception answers ``451 4.3.0 <host> technical difficulties`` to the RCPT, as any
+        handler failure does; asked at most once per domain and connection (``smtp/relay.py``)."""
         ...

@@ -74,6 +74,7 @@ __all__ = [
     "greeting",
     "host_reply",
     "idle_too_long",
+    "policy_failed",
     "relaying_denied",
     "shutting_down",
     "spool_not_ready",
@@ -322,7 +323,14 @@ def bdat_unframed(hostname: str) -> Reply:
 
 
 def technical_difficulties(hostname: str) -> Reply:
+    """The 421 for a failure of the connection itself (not of one command): it closes."""
     return Reply(421, "4.3.0", f"{hostname} technical difficulties")
+
+
+def policy_failed(hostname: str) -> Reply:
+    """The 451 for a command whose policy event (or handler) failed: generic, so no internal
+    error text reaches the client; the command is refused and the session goes on."""
+    return Reply(451, "4.3.0", f"{hostname} technical difficulties")
 
 
 def disconnecting_after_error(hostname: str) -> Reply:

@@ -170,7 +170,8 @@ def test_follow_with_421_and_policy_errors_that_do_not_leak(daemon) -> None:
         )
     with daemon.smtp_client() as client:
         client.ehlo("c.example")
-        assert client.mail("broken@example.com") == (421, b"4.3.0 mx.test technical difficulties")
+        assert client.mail("broken@example.com") == (451, b"4.3.0 mx.test technical difficulties")
+        assert client.noop()[0] == 250  # the session goes on
     with daemon.smtp_client() as client, pytest.raises(smtplib.SMTPDataError) as info:
         client.sendmail("a@example.com", ["r@broken-queue.test"], b"From: a@b.c\r\n\r\nx\r\n")
     assert (info.value.smtp_code, info.value.smtp_error) == (

@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from cryptography import x509
 
 from kumoq.clock import FakeClock
 from kumoq.config.http import HttpListenerConfig
@@ -451,6 +452,19 @@ async def test_https_with_the_configured_certificate(rig, tmp_path, caplog):
     async with aiohttp.ClientSession() as client:
         response = await client.get(f"https://{host}:{port}/api/check-liveness/v1", ssl=context)
         assert await answer(response) == (200, {"status": "OK"})
+
+
+async def test_https_with_a_self_signed_certificate(rig):
+    r = await rig(use_tls=True, hostname="mx.test")  # no certificate: KumoMTA makes one
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    host, port = r.listener.address
+    async with aiohttp.ClientSession() as client:
+        response = await client.get(f"https://{host}:{port}/api/check-liveness/v1", ssl=context)
+        assert await answer(response) == (200, {"status": "OK"})
+    pem = await asyncio.to_thread(ssl.get_server_certificate, (host, port))
+    assert x509.load_pem_x509_certificate(pem.encode()).subject.rfc4514_string() == "CN=mx.test"
 
 
 def _raise(exc: BaseException) -> Callable[..., Any]:

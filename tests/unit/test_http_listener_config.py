@@ -65,16 +65,24 @@ def test_the_table_is_frozen():
         ({"trusted_hosts": ["10.0.0.1/8"]}, "trusted_hosts: invalid CIDR"),
         ({"request_body_limit": 0}, "request_body_limit: size must be positive"),
         ({"use_tls": "yes"}, "use_tls: expected true or false"),
-        ({"use_tls": True}, "use_tls = true needs tls_certificate as a PEM file path"),
+        (
+            {"use_tls": True, "tls_certificate": "/c"},
+            "tls_certificate is set but tls_private_key is not",
+        ),
         (
             {"use_tls": True, "tls_certificate": "/c", "tls_private_key": {"vault_path": "k"}},
-            "needs tls_private_key as a PEM file path",
+            "tls_private_key must be a PEM file path",
         ),
     ],
 )
 def test_bad_values_name_the_key(mapping, text):
     with pytest.raises(ConfigError, match=text):
         HttpListenerConfig.from_mapping(mapping)
+
+
+def test_use_tls_without_a_certificate_means_a_self_signed_one():
+    config = HttpListenerConfig.from_mapping({"use_tls": True})
+    assert (config.use_tls, config.tls_certificate, config.tls_private_key) == (True, None, None)
 
 
 def test_a_vault_key_source_is_stored_when_tls_is_off():

@@ -58,6 +58,7 @@ def test_chunks_are_loaded_in_order() -> None:
         "=kumoq/kumo_time",
         "=kumoq/kumo_process",
         "=kumoq/kumo_shaping",
+        "=kumoq/kumo_http",
         "=kumoq/budget",
     ]
 
