@@ -81,12 +81,12 @@ bench-deps:
 bench: $(STAMP) bench-deps
 	$(BIN)/python -m bench.timeq
 	$(BIN)/python -m bench.scheduling
-	$(BIN)/python -m bench.run --with-postfix --with-haraka
+	$(BIN)/python -m bench.run --with-postfix --with-haraka --with-dkim
 	$(BIN)/python -m bench.restart --spool RocksDB
 
 # Only the SMTP cases beside the peers (no timer, scheduling or restart benchmarks).
 bench-e2e: $(STAMP) bench-deps
-	$(BIN)/python -m bench.run --with-postfix --with-haraka
+	$(BIN)/python -m bench.run --with-postfix --with-haraka --with-dkim
 
 # kill -9 under load for 20 rounds, a disk-full and a SIGTERM round, per spool kind; then count
 # acknowledged, delivered, duplicated and missing mail (docs/reliability.md). Root mounts a tmpfs.

@@ -314,6 +314,19 @@ def _wait_idle(pid: int, timeout: float) -> float:
 # -- one run --------------------------------------------------------------------------------
 
 
+def write_dkim_key(workdir: Path) -> Path:
+    """A new 2048-bit RSA key in PKCS#8 PEM, as ``openssl genrsa`` writes one, for relay_dkim."""
+    from cryptography.hazmat.primitives import serialization as ser
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    path = workdir / "dkim.key"
+    path.write_bytes(
+        key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8, ser.NoEncryption())
+    )
+    return path
+
+
 def run_kumoq_case(
     name: str,
     policy: str,
@@ -327,15 +340,18 @@ def run_kumoq_case(
     """Start kumoq on ``bench/policies/<policy>.lua``, inject ``load``, measure, stop.
 
     ``deliver``: wait for ``load.n`` files in ``var/maildir/new`` (end-to-end), or, for the
-    ``relay`` policy, until the smtp-sink this starts has counted ``load.n``; otherwise stop
-    once smtp-source has exited (reception only). The run's directory is created under
-    ``root`` and left in place: the caller removes it when no run is in progress, because
-    deleting thousands of files makes the next file creations slower on some filesystems.
+    ``relay`` and ``relay_dkim`` policies, until the smtp-sink this starts has counted
+    ``load.n``; otherwise stop once smtp-source has exited (reception only). The run's
+    directory is created under ``root`` and left in place: the caller removes it when no run
+    is in progress, because deleting thousands of files makes the next file creations slower
+    on some filesystems.
     """
     workdir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=root))
     env = {"KUMOQ_BENCH_SPOOL": spool_kind, "KUMOQ_BENCH_LISTEN": f"{HOST}:0"}
     # The relay policy delivers by SMTP to smtp-sink: counted by the sink's mesg= counter.
-    sink = Sink(workdir) if policy == "relay" else None
+    sink = Sink(workdir) if policy.startswith("relay") else None
+    if policy == "relay_dkim":  # the signing key, named to the policy
+        env["KUMOQ_BENCH_DKIM_KEY"] = str(write_dkim_key(workdir))
     new_dir = workdir / "var" / "maildir" / "new"
     count_fn: Callable[[], int] = sink.count if sink else (lambda: count_files(new_dir))
     status = "ok"

@@ -179,6 +179,15 @@ def ratios(cases: list[Case]) -> list[str]:
                     f"{m.cpu_ms_per_msg:.2f} ms vs {pf_cpu:.2f} ms"
                 )
     for case in cases:
+        plain = by_name.get(case.name.replace("-relay_dkim-", "-relay-"))
+        if "-relay_dkim-" in case.name and case.runs and plain is not None:
+            m, p = case.median_run(), plain.median_run()
+            lines.append(
+                f"{case.name} / {plain.name}: {case.figure(m) / plain.figure(p):.2f}x msgs/s "
+                f"({case.figure(m):.0f} vs {plain.figure(p):.0f}); signing adds "
+                f"{m.cpu_ms_per_msg - p.cpu_ms_per_msg:.2f} ms of CPU per message"
+            )
+    for case in cases:
         if case.runs:
             m = case.median_run()
             lines.append(
@@ -234,6 +243,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         default=_env_flag("WITH_HARAKA"),
         help="also run Haraka's outbound queue beside the relay case (root; npm installs it)",
+    )
+    p.add_argument(
+        "--with-dkim",
+        action="store_true",
+        default=_env_flag("WITH_DKIM"),
+        help="beside each relay case, the same with DKIM signing on (policies/relay_dkim.lua)",
     )
     p.add_argument("--with-spool-bench", action="store_true", default=_env_flag("WITH_SPOOL_BENCH"))
     p.add_argument(
@@ -296,7 +311,7 @@ def _run_cases(args: argparse.Namespace, load: Load, cases: list[Case], root: Pa
                 result = run_peer(case.name, load, root / f"{case.name}-{i + 1}")
             else:
                 kind = case.name.rsplit("-", 1)[1]
-                policy = case.name.split("-")[1]  # e2e, reception or relay
+                policy = case.name.split("-")[1]  # e2e, reception, relay or relay_dkim
                 deliver = policy != "reception"
                 result = run_kumoq_case(
                     case.name, policy, kind, load, deliver=deliver, root=str(root)
@@ -347,6 +362,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.only in (None, "relay"):
                 what = f"kumoq -> spool ({kind}, fsync) -> SMTP -> smtp-sink, end-to-end"
                 cases.append(Case(f"kumoq-relay-{kind}", what, [], "e2e"))
+                if args.with_dkim:
+                    what = f"kumoq -> DKIM (RSA-2048) -> spool ({kind}, fsync) -> SMTP -> smtp-sink"
+                    cases.append(Case(f"kumoq-relay_dkim-{kind}", what, [], "e2e"))
     peers = []
     if args.with_postfix and args.only != "relay":
         peers.append("postfix-maildir")
