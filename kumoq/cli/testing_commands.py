@@ -39,6 +39,18 @@ def _percent(text: str) -> float:
     return value
 
 
+def _window(text: str) -> tuple[float, float]:
+    """``FROM:UNTIL`` in seconds -> ``(from, until)``."""
+    start, colon, end = text.partition(":")
+    try:
+        window = (float(start), float(end))
+    except ValueError:
+        window = (-1.0, -1.0)
+    if not colon or not 0 <= window[0] < window[1]:
+        raise argparse.ArgumentTypeError(f"expected FROM:UNTIL seconds, FROM < UNTIL, got {text!r}")
+    return window
+
+
 def _seconds(text: str) -> float:
     value = float(text)
     if value < 0:
@@ -117,6 +129,7 @@ def _sink(args: argparse.Namespace) -> int:
             seed=args.seed,
             stats_file=args.stats_file,
             hostname=args.hostname,
+            refuse_window=args.refuse_window,
         )
     except ValueError as exc:
         print(f"kumoq sink: {exc}", file=sys.stderr)
@@ -205,7 +218,8 @@ def _harness(args: argparse.Namespace) -> int:
             headers=tuple(args.header or ()), campaign=args.campaign, sender=args.sender,
             local_part=args.local_part, rate=args.rate, http=args.http, timeout=args.timeout,
             tempfail_percent=args.tempfail_percent, permfail_percent=args.permfail_percent,
-            sink_delay=args.sink_delay, seed=args.seed, expectations=tuple(args.expect or ()),
+            sink_delay=args.sink_delay, sink_refuse_window=args.sink_refuse_window,
+            seed=args.seed, expectations=tuple(args.expect or ()),
             workdir=args.workdir, keep=args.keep,
         )  # fmt: skip
     except ValueError as exc:
@@ -262,6 +276,9 @@ def _register_harness(sub: Any) -> None:
                      help="the sink permfails (550) this share of recipients")  # fmt: skip
     run.add_argument("--sink-delay", type=_seconds, default=0.0, metavar="SECONDS",
                      help="the sink waits this long before answering DATA")  # fmt: skip
+    run.add_argument("--sink-refuse-window", type=_window, metavar="FROM:UNTIL",
+                     help="the sink refuses new sessions with a 421 from FROM to UNTIL seconds "
+                          "after its first session")  # fmt: skip
     run.add_argument("--seed", type=int, help="seed the sink's random failures")
     run.add_argument("--expect", type=_expectation, action="append", metavar="NAME=N",
                      help="fail (exit 1) unless NAME=N holds: delivered, bounced, "
@@ -295,6 +312,9 @@ def register(sub: Any) -> None:
                       help="permfail (550) this share of the other recipients")  # fmt: skip
     sink.add_argument("--delay", type=_seconds, default=0.0, metavar="SECONDS",
                       help="wait this long before answering DATA")  # fmt: skip
+    sink.add_argument("--refuse-window", type=_window, metavar="FROM:UNTIL",
+                      help="refuse new sessions with a 421 from FROM to UNTIL seconds after the "
+                           "first session")  # fmt: skip
     sink.add_argument("--seed", type=int, help="seed the random failures (reproducible)")
     sink.add_argument("--stats-file", type=Path, metavar="PATH",
                       help="rewrite this JSON file with the counts every second")  # fmt: skip

@@ -54,9 +54,8 @@ class ClientConnection(asyncio.Protocol):
         """Connect; raises ``TimeoutError`` or ``OSError`` as ``loop.create_connection`` does."""
         loop = asyncio.get_running_loop()
         conn = cls(loop)
-        await asyncio.wait_for(
-            loop.create_connection(lambda: conn, addr, port, local_addr=local_addr), deadline
-        )
+        async with asyncio.timeout(deadline):  # wait_for would start a task for each connect
+            await loop.create_connection(lambda: conn, addr, port, local_addr=local_addr)
         return conn
 
     # -- asyncio.Protocol ----------------------------------------------------------------

@@ -16,6 +16,7 @@ choice of source, site and ready queue is made above, in ``kumoq.egress.smtp_dis
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import random
 import ssl
@@ -58,6 +59,16 @@ class Reroute:
     tls_context: ssl.SSLContext | None = None
 
 
+@functools.lru_cache(maxsize=4096)
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``text`` as an IP address, None for a host name. Cached: every connection of a site
+    asks again for the same few names and addresses, and a failed parse costs two exceptions."""
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
 def _candidate_names(
     ready: ReadyQueue, rng: random.Random
 ) -> list[tuple[str, str | None, int | None]]:
@@ -84,18 +95,15 @@ async def plan_targets(
         if addr is not None:
             targets.append(Target(name, addr, port))
             continue
-        try:
-            ipaddress.ip_address(name)
+        if _address(name) is not None:
             targets.append(Target(name, name, port))
             continue
-        except ValueError:
-            pass
         answer = await resolver.resolve_ip(name)
         if answer.status is DnsStatus.FOUND:
             targets.extend(Target(name, a, port) for a in answer.addresses)
     path = ready.path
     for t in targets:
-        ip = ipaddress.ip_address(t.addr)
+        ip = _address(t.addr) or ipaddress.ip_address(t.addr)  # not an address: ValueError
         if any(ip in net for net in path.prohibited_hosts):
             return ready.attempt(
                 RecordType.Bounce,
@@ -104,7 +112,8 @@ async def plan_targets(
     before = len(targets)
     targets = [
         t for t in targets
-        if not any(ipaddress.ip_address(t.addr) in net for net in path.skip_hosts)
+        if not any((_address(t.addr) or ipaddress.ip_address(t.addr)) in net
+                   for net in path.skip_hosts)
     ]  # fmt: skip
     if not targets:
         content = (

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import random
 import time
@@ -62,6 +63,12 @@ SAMPLES_PER_BUCKET: Final = 6
 """How often per bucket the queue depth is sampled (and the end of the run looked for)."""
 INJECT_YIELD_EVERY: Final = 500
 """A campaign sent all at once lets the loop run after this many messages."""
+GC_THRESHOLD: Final = (50_000, 20, 100)
+"""The cyclic GC's thresholds during a run. Every message of a campaign stays alive until it is
+final, so with the defaults (700, 10, 10) the collector walks the growing heap again and again
+for nothing (7% of a 20,000-message run, measured with the GC off); the daemon turns it off
+while it re-queues its spool for the same reason. Cycles (a failed attempt's exception and its
+traceback) are still collected, less often."""
 _CONN_META: Final = {"received_from": "127.0.0.1", "received_via": "127.0.0.1:25"}
 _ACCEPTED: Final = Response(250, (2, 0, 0), "OK (simulated reception)", None)
 _NOT_SIMULATED: Final = "delivery is not available in this kumoq build"
@@ -292,5 +299,10 @@ def simulate(scenario: Scenario, policy: Path) -> dict[str, Any]:
     clock = FakeClock(start=scenario.start_time)
     run = _Run(scenario, policy, clock)
     started = time.perf_counter()
-    run_virtual(clock, run.main, run.network)
+    threshold = gc.get_threshold()
+    gc.set_threshold(*GC_THRESHOLD)
+    try:
+        run_virtual(clock, run.main, run.network)
+    finally:
+        gc.set_threshold(*threshold)
     return run.report(time.perf_counter() - started)

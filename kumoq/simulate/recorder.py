@@ -42,6 +42,9 @@ _PER_BUCKET: Final = (
 )
 _ATTEMPTS: Final = (RecordType.Delivery, RecordType.TransientFailure, RecordType.Bounce)
 _TOP_RESPONSES: Final = 10
+_NAMES: Final = {kind: kind.value for kind in RecordType}
+"""``kind.value`` looked up once: an Enum's ``value`` is a property, and ``log`` runs for
+every record."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +62,7 @@ class DepthSample:
 def _percentile(ordered: list[float], share: float) -> float | None:
     if not ordered:
         return None
-    return ordered[min(len(ordered) - 1, math.ceil(share * len(ordered)) - 1)]
+    return round(ordered[min(len(ordered) - 1, math.ceil(share * len(ordered)) - 1)], 3)
 
 
 class Tally:
@@ -103,7 +106,8 @@ class Tally:
     def log(self, type: RecordType, msg: Message, *, response: Response, **fields: Any) -> None:
         elapsed = self._elapsed()
         index = min(int(elapsed // self.bucket), self.buckets - 1)
-        self.totals[type.value] += 1
+        name = _NAMES[type]
+        self.totals[name] += 1
         per_bucket = self.per_bucket.get(type)
         if per_bucket is not None:
             per_bucket[index] += 1
@@ -114,7 +118,7 @@ class Tally:
             return
         if type is RecordType.Reception:
             return
-        self.by_domain[domain][type.value] += 1
+        self.by_domain[domain][name] += 1
         if type is RecordType.TransientFailure:
             self._series(self.transient_by_domain, domain)[index] += 1
             self.transient_responses[response.one_line()[:160]] += 1
@@ -122,7 +126,7 @@ class Tally:
             self._series(self.delivered_by_domain, domain)[index] += 1
             source = fields.get("egress_source") or _local_source(fields)
             self._series(self.delivered_by_source, str(source))[index] += 1
-            self.time_to_deliver.append(round(elapsed - (msg.created - self.origin), 3))
+            self.time_to_deliver.append(elapsed - (msg.created - self.origin))  # rounded later
             if fields.get("site"):
                 self.ready_queues[str(fields["site"])] += 1
         if type in FINAL:
@@ -192,7 +196,7 @@ class Tally:
                 "p50": _percentile(ordered, 0.5),
                 "p90": _percentile(ordered, 0.9),
                 "p99": _percentile(ordered, 0.99),
-                "max": ordered[-1] if ordered else None,
+                "max": round(ordered[-1], 3) if ordered else None,
             },
             "depth": [dataclasses.asdict(sample) for sample in self.depth],
         }

@@ -95,6 +95,7 @@ class HarnessOptions:
     tempfail_percent: float = 0.0
     permfail_percent: float = 0.0
     sink_delay: float = 0.0
+    sink_refuse_window: tuple[float, float] | None = None
     seed: int | None = None
     expectations: tuple[Expectation, ...] = ()
     workdir: Path | None = None
@@ -288,6 +289,7 @@ def _run(options: HarnessOptions, workdir: Path, progress: TextIO | None) -> Har
             listen="127.0.0.1:0", maildir=own / "sink-maildir",
             tempfail_percent=options.tempfail_percent, permfail_percent=options.permfail_percent,
             delay=options.sink_delay, seed=options.seed, hostname="sink.kumoq-harness",
+            refuse_window=options.sink_refuse_window,
         )
     ).start()  # fmt: skip
     follower = _RecordFollower(log_dir)

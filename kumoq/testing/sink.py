@@ -13,7 +13,12 @@
 
 Every other recipient is tempfailed (``451``) with probability ``tempfail_percent``, else
 permfailed (``550``) with probability ``permfail_percent``, from a ``random.Random(seed)``;
-the rest are accepted. ``delay`` seconds pass before DATA is answered. Each accepted recipient
+the rest are accepted. ``delay`` seconds pass before DATA is answered. During the
+``refuse_window`` (from, until: seconds after the first session) every new session is refused
+with a 421 banner and closed, as a destination blocking the sender for a while does (the
+``refuse`` window of a what-if scenario, kumoq.simulate). With a ``seed`` the random outcomes
+are a fixed sequence, one draw per recipient left to them, so a run and a simulation with the
+same seed see the same number of random failures. Each accepted recipient
 becomes one file in the maildir (``Return-Path:`` and ``Delivered-To:`` prepended, as a local
 delivery agent writes them), unless the sink only counts.
 
@@ -72,6 +77,7 @@ class SinkOptions:
     seed: int | None = None
     stats_file: Path | None = None
     hostname: str | None = None
+    refuse_window: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         for name in ("tempfail_percent", "permfail_percent"):
@@ -82,6 +88,10 @@ class SinkOptions:
             raise ValueError("tempfail_percent and permfail_percent add up to more than 100")
         if self.delay < 0:
             raise ValueError(f"delay must not be negative, got {self.delay!r}")
+        window = self.refuse_window
+        if window is not None and not 0 <= window[0] < window[1]:
+            raise ValueError(f"refuse_window must be (from, until) with 0 <= from < until, "
+                             f"got {window!r}")  # fmt: skip
         try:
             parse_listen("listen", self.listen)
         except ConfigError as exc:
@@ -119,6 +129,7 @@ class SinkCounts:
         "peak_concurrency",
         "per_session",
         "permfailed",
+        "refused",
         "sessions",
         "started",
         "store_errors",
@@ -130,6 +141,7 @@ class SinkCounts:
     def __init__(self) -> None:
         self.started = time.monotonic()
         self.sessions = 0
+        self.refused = 0
         self.peak_concurrency = 0
         self.transactions = 0
         self.accepted = 0
@@ -148,6 +160,7 @@ class SinkCounts:
         idle = self.sessions - len(self.per_session)  # sessions that sent no accepted message
         return {
             "sessions": self.sessions,
+            "refused_sessions": self.refused,
             "active_sessions": active,
             "peak_concurrency": self.peak_concurrency,
             "transactions": self.transactions,
@@ -197,10 +210,20 @@ class SinkHandler:
         self._rng = random.Random(options.seed)
         self._tempfail = options.tempfail_percent / 100.0
         self._failing = (options.tempfail_percent + options.permfail_percent) / 100.0
+        self._first_session: float | None = None
 
     def ready(self) -> bool:
         # The listener asks once per new connection, just before it greets it: count it here.
+        # False refuses it (a 421 banner, then the listener closes it).
         counts = self.counts
+        window = self.options.refuse_window
+        if window is not None:
+            now = time.monotonic()
+            if self._first_session is None:
+                self._first_session = now
+            if window[0] <= now - self._first_session < window[1]:
+                counts.refused += 1
+                return False
         counts.sessions += 1
         listener = self.listener
         open_now = (listener.connection_count if listener is not None else 0) + 1

@@ -120,6 +120,29 @@ def test_random_failures_follow_the_percentages_and_repeat_with_a_seed():
     assert 20 <= perm <= 60  # 10% of 400 = 40
 
 
+@pytest.mark.parametrize("smart_sink", [{"refuse_window": (0.0, 3600.0)}], indirect=True)
+def test_refuse_window_answers_new_sessions_421_and_counts_them(smart_sink):
+    for _ in range(2):
+        with pytest.raises(smtplib.SMTPConnectError) as refused:
+            smtplib.SMTP(smart_sink.host, smart_sink.port, timeout=30)
+        assert refused.value.smtp_code == 421
+    counts = smart_sink.counts
+    assert counts["refused_sessions"] == 2
+    assert counts["sessions"] == counts["accepted"] == 0
+
+
+@pytest.mark.parametrize("smart_sink", [{"refuse_window": (3600.0, 7200.0)}], indirect=True)
+def test_sessions_before_the_refuse_window_are_served(smart_sink):
+    assert send(smart_sink, ["b@one.test"]) == {}
+    assert smart_sink.counts["refused_sessions"] == 0
+
+
+@pytest.mark.parametrize("window", [(-1.0, 5.0), (5.0, 5.0), (6.0, 5.0)])
+def test_refuse_window_must_be_from_before_until(window):
+    with pytest.raises(ValueError, match="refuse_window"):
+        SinkOptions(refuse_window=window)
+
+
 @pytest.mark.parametrize("smart_sink", [{"delay": 0.4}], indirect=True)
 def test_delay_holds_the_answer_to_data(smart_sink):
     with smtplib.SMTP(smart_sink.host, smart_sink.port, timeout=30) as client:
@@ -223,7 +246,9 @@ def test_kumoq_sink_command_prints_its_counts_on_sigterm(tmp_path: Path):
     ("args", "says"),
     [(["--listen", "127.0.0.1:0"], "--maildir"),
      (["--listen", "nowhere", "--no-store"], "invalid listen address 'nowhere'"),
-     (["--no-store", "--tempfail-percent", "60", "--permfail-percent", "50"], "more than 100")],
+     (["--no-store", "--tempfail-percent", "60", "--permfail-percent", "50"], "more than 100"),
+     (["--no-store", "--refuse-window", "20:10"], "expected FROM:UNTIL"),
+     (["--no-store", "--refuse-window", "10"], "expected FROM:UNTIL")],
 )  # fmt: skip
 def test_kumoq_sink_command_usage_errors(args, says):
     done = subprocess.run(
