@@ -14,7 +14,10 @@ the first: errors (the daemon would fail, or mail would fail) and warnings (wort
 No DNS query leaves the machine: a handler that calls ``kumo.dns.lookup_mx`` is answered by the
 policy's test resolver (``kumo.dns.configure_test_resolver``) when it has one, and is skipped
 with a warning otherwise; the site name of an SMTP queue without ``mx_list`` is then its routing
-domain. Nothing is left behind: writability is probed with a temporary file, removed at once,
+domain. Without a test resolver ``validate_config`` runs as at the daemon's start: a lookup is an
+error the handler may ``pcall``, so that every handler runs (skipping the event would skip the
+handlers after the one that looked up, as KumoMTA's shaping helper does before the queue
+helper's). Nothing is left behind: writability is probed with a temporary file, removed at once,
 in the directory or its nearest existing parent; no spool lock is taken, so a running kumoq
 may keep its spool while its next policy is checked.
 
@@ -215,6 +218,7 @@ class _Validator:
     ) -> None:
         self._path = path
         self._events = events
+        self._waits = runtime.waits
         self._egress = PolicyEgress(events)
         self._report = report
         self.constructors: set[str] = set()  # custom_lua constructors the queues name
@@ -344,7 +348,13 @@ class _Validator:
         location, also those made earlier, in ``init``) is an error there."""
         if self._events.has_handler("validate_config"):
             self._report.check("validate_config handler(s)", "validate_config")
-            self._fire("validate_config", "validate_config", self._events.validate_config)
+            dns = self._waits.dns
+            if self._runner is None:
+                self._waits.dns = None  # as at the daemon's start: lookups fail, handlers go on
+            try:
+                self._fire("validate_config", "validate_config", self._events.validate_config)
+            finally:
+                self._waits.dns = dns
         for where in failures:
             text = (
                 "validate_config: the policy called kumo.validation_failed() to report a "

@@ -12,13 +12,16 @@ loads it, and the ``harness`` fixture runs it under generated traffic.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import dkim
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -103,3 +106,24 @@ def test_the_policy_runs_under_the_harness(harness, tmp_path: Path) -> None:
     # The sink tempfailed some: requeue_message saw them, and they were retried.
     retried = [r for r in deliveries if r["meta"].get("requeued") == "yes"]
     assert 0 < len(retried) <= result.sink["tempfailed"]
+    # The signatures the sink received verify with dkimpy, against the key's public half.
+    stored = sorted((tmp_path / "harness1" / "_harness" / "sink-maildir" / "new").iterdir())
+    assert len(stored) == 60
+    for path in stored[:5]:
+        assert dkim.verify(path.read_bytes(), dnsfunc=dkim_txt(policy)), path.name
+
+
+def dkim_txt(policy: Path) -> Callable[..., bytes | None]:
+    """A dkimpy ``dnsfunc`` answering ``s1._domainkey.example.com`` with the installed key."""
+    pem = (policy.parent / "etc" / "dkim" / "example.com.key").read_bytes()
+    key = serialization.load_pem_private_key(pem, password=None)
+    der = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    record = b"v=DKIM1; k=rsa; p=" + base64.b64encode(der)
+
+    def lookup(name: bytes | str, timeout: int = 5) -> bytes | None:
+        text = name.decode() if isinstance(name, bytes) else name
+        return record if text.rstrip(".") == "s1._domainkey.example.com" else None
+
+    return lookup

@@ -352,6 +352,13 @@ def test_validate_config_runs_at_start_and_unfired_handlers_are_reported(kumoq, 
             "validate_config: the policy called kumo.validation_failed() to report a failure",
         ),
         (RAISES_IN_VALIDATION, "error(", "the sources file is missing"),
+        (  # a handler before it looked up DNS under pcall (kumoq validate says the same)
+            "kumo.on('validate_config', function()\n"
+            "  pcall(kumo.dns.lookup_mx, 'comcast.net')\n"
+            "end)\n" + FAILS_VALIDATION,
+            "kumo.validation_failed()",
+            "validate_config: the policy called kumo.validation_failed() to report a failure",
+        ),
     ],
 )
 def test_a_policy_failing_validate_config_does_not_start(kumoq, handlers, needle, message):

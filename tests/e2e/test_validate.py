@@ -267,6 +267,35 @@ def test_validate_config_is_fired(tmp_path):
     assert "called kumo.validation_failed() to report a failure" in result.stderr
 
 
+# KumoMTA's example policy: the shaping helper's handler looks up MX records (under pcall), then
+# the queue helper's calls kumo.validation_failed(). validate used to stop the event at the
+# lookup, skip the queue helper's handler and pass a policy that the daemon refuses to start.
+LOOKS_UP_THEN_FAILS = """
+kumo.on('validate_config', function()
+  local ok, err = pcall(kumo.dns.lookup_mx, 'comcast.net')
+  print('rollup of comcast.net: ' .. tostring(err))
+end)
+kumo.on('validate_config', function()
+  print('queues.toml is not covered by the config monitor globs')
+  kumo.validation_failed()
+end)
+"""
+
+
+def test_validate_config_runs_every_handler_when_one_looks_up_dns(tmp_path):
+    policy = INIT + LOOKS_UP_THEN_FAILS
+    result = validate(tmp_path, policy)
+    assert_error_at(result, policy, "kumo.validation_failed()")
+    assert "rollup of comcast.net: kumo.dns.lookup_mx: DNS is not available" in result.stdout
+    assert "queues.toml is not covered" in result.stdout
+    assert "needs DNS" not in result.stderr
+    unprotected = INIT + (
+        "kumo.on('validate_config', function()\n  kumo.dns.lookup_mx('comcast.net')\nend)\n"
+    )
+    result = validate(tmp_path, unprotected)  # as at the daemon's start: an error at its line
+    assert_error_at(result, unprotected, "kumo.dns.lookup_mx('comcast.net')")
+
+
 def test_paths_are_probed_without_leaving_files(tmp_path):
     existing = tmp_path / "spool"
     existing.mkdir()
