@@ -66,6 +66,7 @@ from kumoq.spool import open_spool
 from kumoq.spool.base import Spool
 from kumoq.spool.health import FreeSpaceMonitor
 from kumoq.spool_record import spooled_message
+from kumoq.throttle import Throttle
 
 __all__ = ["Daemon"]
 
@@ -116,6 +117,9 @@ class Daemon:
         self._live: _Live | None = None
         self._reload_wanted = asyncio.Event()
         self._harness: HarnessMode | None = None  # KUMOQ_HARNESS_MX: run by `kumoq harness`
+        # One throttle state for the process: egress paths, queues and kumo.make_throttle
+        # (an additional_* name or a make_throttle name is one key everywhere); kept on reload.
+        self._throttle = Throttle()
 
     def request_reload(self) -> None:
         """Reload the policy soon (SIGHUP, ``kumo.bump_config_epoch``); requests made while a
@@ -144,6 +148,7 @@ class Daemon:
             log.warning("reload: changes to %s take effect at the next restart",
                         ", ".join(changed))  # fmt: skip
         runtime.waits.dns = live.mx
+        runtime.waits.throttle = self._throttle
         live.events.swap(runtime)
         live.sources.expire()
         live.smtp.expire_paths()
@@ -205,12 +210,13 @@ class Daemon:
             log.info("DNS answers come from the test resolver (configure_test_resolver)")
         mx = MxCache(resolver, nxdomain_bounces=True)  # issue 4: NXDOMAIN bounces
         runtime.waits.dns = mx  # kumo.dns.lookup_mx shares the delivery's MX cache
+        runtime.waits.throttle = self._throttle
         hostname = decl.listeners[0].hostname if decl.listeners else None
         egress_policy = PolicyEgress(events)
         sources = SourceSelector(egress_policy, self.clock)  # shared: one cache, one WRR
         smtp = SmtpDispatch(
             policy=egress_policy, mx=mx, resolver=lambda: mx.resolver,
-            clock=self.clock, hostname=hostname, sources=sources,
+            clock=self.clock, hostname=hostname, sources=sources, throttle=self._throttle,
             reroute=harness.reroute() if harness is not None else None,
         )  # fmt: skip
         lua = LuaDispatch(CurrentLuaConnections(events), clock=self.clock, sources=sources)
@@ -230,6 +236,7 @@ class Daemon:
             clock=self.clock,
             rules=smtp.rules,  # one set of admin rules for the scheduler and egress
             requeue=PolicyRequeue(events),
+            throttle=self._throttle,
         )
         hooks.attach(HookTargets(policy=events, queues=queues, store=partial(_store, spool)))
         progress = CampaignProgress()

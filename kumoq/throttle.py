@@ -27,6 +27,17 @@ redis-cell algorithm with ``max_burst = min(burst, limit - 1)`` and tolerance
 ``T * (max_burst + 1)``: the same as above for the default burst, one more admission when
 ``max_burst`` is set below ``limit``. kumoq implements the formula above exactly, everywhere.
 
+The async seam (``Throttle.throttle``, ``Limits.acquire``): every caller that can wait (the
+egress dispatchers, source selection, ``kumo.make_throttle``) awaits these, so a shared backend
+(``SharedThrottleBackend``, ``SharedLimitBackend``: a round trip to redis) plugs in without
+touching them. Only the scheduled queue's ``max_message_rate`` gate still calls the synchronous
+``Throttle.check`` (the local state; the scheduler's promotion path is synchronous).
+
+Connection limits (§1.8): ``Limits.acquire(keys)`` takes one lease per ``(key, LimitSpec)``,
+smallest limit first; the first key at its limit releases what was taken and answers that key.
+Locally a lease is a count per key, released when its connection ends; ``on_release`` lets a
+ready queue that was refused be told when a slot of that key frees.
+
 L0 (pure): imports only kumoq.config.values and the standard library; no asyncio, IO or lupa;
 time comes in as ``now`` (unix seconds; non-decreasing per backend for exact results).
 """
@@ -34,16 +45,23 @@ time comes in as ``now`` (unix seconds; non-decreasing per backend for exact res
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Final, Protocol, final
 
-from kumoq.config.values import ThrottleSpec
+from kumoq.config.values import LimitSpec, ThrottleSpec
 
 __all__ = [
+    "Leases",
+    "Limits",
+    "LocalLimitBackend",
     "LocalThrottleBackend",
+    "SharedLimitBackend",
+    "SharedThrottleBackend",
     "Throttle",
     "ThrottleBackend",
     "ThrottleResult",
+    "by_rate",
     "throttle_key",
 ]
 
@@ -85,6 +103,14 @@ class ThrottleBackend(Protocol):
     """Where throttle state lives: in process, or shared through redis (§9)."""
 
     def check(
+        self, key: str, spec: ThrottleSpec, now: float, quantity: int = 1
+    ) -> ThrottleResult: ...
+
+
+class SharedThrottleBackend(Protocol):
+    """A backend shared between processes (redis, §9): every check is a round trip."""
+
+    async def check_async(
         self, key: str, spec: ThrottleSpec, now: float, quantity: int = 1
     ) -> ThrottleResult: ...
 
@@ -179,21 +205,23 @@ class Throttle:
     """Checks a spec against the configured backend, or the local one for ``local:`` specs.
 
     ``Throttle()`` keeps everything in process; ``Throttle(redis_backend)`` shares every spec
-    except those with ``force_local``.
+    except those with ``force_local``; so does ``Throttle(shared=...)`` for ``throttle()``.
     """
 
-    __slots__ = ("_backend", "_local")
+    __slots__ = ("_backend", "_local", "_shared")
 
     def __init__(
         self,
         backend: ThrottleBackend | None = None,
         *,
         local: LocalThrottleBackend | None = None,
+        shared: SharedThrottleBackend | None = None,
     ) -> None:
         if local is None:
             local = backend if isinstance(backend, LocalThrottleBackend) else LocalThrottleBackend()
         self._local: LocalThrottleBackend = local
         self._backend: ThrottleBackend = local if backend is None else backend
+        self._shared = shared
 
     @property
     def local(self) -> LocalThrottleBackend:
@@ -203,3 +231,123 @@ class Throttle:
         """``backend.check(...)``, or ``local.check(...)`` when ``spec.force_local``. O(1)."""
         backend = self._local if spec.force_local else self._backend
         return backend.check(key, spec, now, quantity)
+
+    async def throttle(
+        self, key: str, spec: ThrottleSpec, now: float, quantity: int = 1
+    ) -> ThrottleResult:
+        """The check for callers that can wait: the shared backend when there is one (and
+        ``spec`` is not ``local:``), else ``check``."""
+        shared = self._shared
+        if shared is None or spec.force_local:
+            return self.check(key, spec, now, quantity)
+        return await shared.check_async(key, spec, now, quantity)
+
+
+def by_rate(pairs: Iterable[tuple[str, ThrottleSpec]]) -> list[tuple[str, ThrottleSpec]]:
+    """``(key, spec)`` pairs, smallest rate first (KumoMTA: ``limit / period`` in millionths),
+    so a slot of a larger throttle is not taken only to trip over a smaller one."""
+    return sorted(pairs, key=lambda p: int(p[1].limit / p[1].period * 1_000_000))
+
+
+class SharedLimitBackend(Protocol):
+    """Connection-limit leases shared between processes (redis sorted sets, §9)."""
+
+    async def acquire_async(self, key: str, spec: LimitSpec) -> object | None: ...
+
+    async def release_async(self, key: str, lease: object) -> None: ...
+
+
+@final
+class LocalLimitBackend:
+    """In-process leases: a count per key, and callbacks to run when a key frees a slot."""
+
+    __slots__ = ("_held", "_waiting")
+
+    def __init__(self) -> None:
+        self._held: dict[str, int] = {}
+        self._waiting: dict[str, dict[int, Callable[[], None]]] = {}
+
+    def held(self, key: str) -> int:
+        return self._held.get(key, 0)
+
+    def try_acquire(self, key: str, spec: LimitSpec) -> bool:
+        """Take a slot of ``key`` if fewer than ``spec.limit`` are held. O(1)."""
+        count = self._held.get(key, 0)
+        if count >= spec.limit:
+            return False
+        self._held[key] = count + 1
+        return True
+
+    def release(self, key: str) -> None:
+        """Give a slot of ``key`` back and run (once) every callback waiting for it."""
+        count = self._held.get(key, 0) - 1
+        if count > 0:
+            self._held[key] = count
+        else:
+            self._held.pop(key, None)
+        waiting = self._waiting.pop(key, None)
+        for callback in (waiting or {}).values():
+            callback()
+
+    def on_release(self, key: str, token: int, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once, at the next release of ``key`` (one per ``token``)."""
+        self._waiting.setdefault(key, {})[token] = callback
+
+
+@final
+class Leases:
+    """The leases one connection holds; ``release()`` gives them back (idempotent)."""
+
+    __slots__ = ("_limits", "_taken")
+
+    def __init__(self, limits: Limits, taken: list[tuple[str, LimitSpec, object]]) -> None:
+        self._limits = limits
+        self._taken = taken
+
+    @property
+    def keys(self) -> list[str]:
+        return [key for key, _, _ in self._taken]
+
+    async def release(self) -> None:
+        taken, self._taken = self._taken, []
+        for key, spec, lease in reversed(taken):
+            await self._limits.give_back(key, spec, lease)
+
+
+@final
+class Limits:
+    """Connection-limit leases in the local backend, or the shared one (not ``local:``)."""
+
+    __slots__ = ("_local", "_shared")
+
+    def __init__(self, shared: SharedLimitBackend | None = None) -> None:
+        self._local = LocalLimitBackend()
+        self._shared = shared
+
+    @property
+    def local(self) -> LocalLimitBackend:
+        return self._local
+
+    async def acquire(self, limits: Iterable[tuple[str, LimitSpec]]) -> Leases | str:
+        """A lease of every ``(key, spec)``, smallest limit first; or, when one is at its
+        limit, the key that refused (and nothing is held)."""
+        taken: list[tuple[str, LimitSpec, object]] = []
+        for key, spec in sorted(limits, key=lambda p: p[1].limit):
+            shared = self._shared
+            lease: object | None
+            if shared is None or spec.force_local:
+                lease = True if self._local.try_acquire(key, spec) else None
+            else:
+                lease = await shared.acquire_async(key, spec)
+            if lease is None:
+                await Leases(self, taken).release()
+                return key
+            taken.append((key, spec, lease))
+        return Leases(self, taken)
+
+    async def give_back(self, key: str, spec: LimitSpec, lease: object) -> None:
+        shared = self._shared
+        if shared is None or spec.force_local:
+            self._local.release(key)
+        else:
+            await shared.release_async(key, lease)

@@ -64,6 +64,10 @@ OVERRIDES: Final[dict[str, tuple[Status, str]]] = {
         "proxy keys (`ha_proxy_*`, `socks5_*`) and `suspend_when_*` stored, not acted on",
     ),
     "function:kumo.make_queue_config": (_P, "`provider_name`, `shrink_policy` stored only"),
+    "function:kumo.make_throttle": (
+        _P,
+        "in process only; no `explain`; `sleep_if_throttled` waits only in the events kumoq awaits",
+    ),
     "function:kumo.make_listener_domain": (
         _P,
         "`log_oob`, `log_arf` let RCPT through; reports are not parsed",

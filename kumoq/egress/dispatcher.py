@@ -6,9 +6,15 @@ waits for the path's ``max_message_rate`` and, before opening a session,
 ``max_connection_rate`` (a short wait sleeps inline; a long one sends every waiting message
 back to its scheduled queue, attempts not incremented, §3.4), then delivers over a session it
 reuses for up to ``max_deliveries_per_connection`` messages and keeps idle for
-``idle_timeout``. A run of connection failures (``consecutive_connection_failures_before_delay``)
-fails every waiting message at once. When a dispatcher ends (its session closed), ``on_idle``
-is told, so that an idle ready queue can be reaped.
+``idle_timeout``. Before connecting, a dispatcher takes a lease of ``connection_limit`` (key
+``kumomta.connection_limit.<readyq>``) and of every ``additional_connection_limits`` name (a
+key shared by every path naming it), smallest first; refused, it ends, and the ready queue
+opens no connection until a lease of that key is released. Before each delivery it checks
+``max_message_rate`` (key ``kumomta.max_message_rate.<readyq>``) and every
+``additional_message_rate_throttles`` name, smallest rate first. A run of connection
+failures (``consecutive_connection_failures_before_delay``) fails every waiting message at once.
+When a dispatcher ends (its session closed), ``on_idle`` is told, so that an idle ready queue
+can be reaped.
 
 No outcome is ever stranded: an unexpected error while connecting or delivering fails the
 attempt (a transient failure) rather than leaving its future unresolved, and ``close()``
@@ -39,7 +45,7 @@ from kumoq.logs.records import RecordType
 from kumoq.scheduler.admin_rules import AdminRules
 from kumoq.scheduler.attempt import Attempt
 from kumoq.scheduler.context import InsertReason
-from kumoq.throttle import Throttle
+from kumoq.throttle import Leases, Limits, Throttle, by_rate
 
 __all__ = ["Dispatchers"]
 
@@ -66,8 +72,10 @@ class Dispatchers:
         on_idle: Callable[[ReadyQueue], None] | None = None,
         rules: AdminRules | None = None,
         reroute: Reroute | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self._resolver = resolver
+        self._limits = limits or Limits()
         self._reroute = reroute  # kumoq harness: every connection goes to the sink
         self._rules = rules or AdminRules()
         self._on_idle = on_idle
@@ -81,7 +89,7 @@ class Dispatchers:
 
     def spawn(self, ready: ReadyQueue) -> None:
         """Start dispatchers for ``ready`` up to its ideal count (at least one)."""
-        if self._closing:
+        if self._closing or ready.connection_limited is not None:
             return
         limit = ready.path.connection_limit.limit
         ideal = min(max(ideal_connection_count(len(ready.fifo), limit), 1), limit)
@@ -138,7 +146,42 @@ class Dispatchers:
         if stuck:
             log.error("smtp egress: %d sessions did not end when aborted", len(stuck))
 
+    async def _leases(self, ready: ReadyQueue) -> Leases | None:
+        """The connection's leases; None (and the dispatcher is not counted any more) when a
+        limit refused: a release of that key spawns the ready queue's dispatchers again."""
+        path = ready.path
+        wanted = [(f"kumomta.connection_limit.{ready.name}", path.connection_limit)]
+        wanted.extend(path.additional_connection_limits.items())
+        leases = await self._limits.acquire(wanted)
+        if isinstance(leases, Leases):
+            return leases
+        ready.dispatchers -= 1
+        ready.running -= 1
+        ready.connection_limited = leases
+        log.debug("ready queue %s: connection limit %s reached", ready.name, leases)
+
+        def freed() -> None:
+            ready.connection_limited = None
+            if len(ready.fifo) and not self._closing:
+                self.spawn(ready)
+            elif self._on_idle is not None:
+                self._on_idle(ready)
+
+        self._limits.local.on_release(leases, id(ready), freed)
+        return None
+
     async def _dispatch(self, ready: ReadyQueue) -> None:
+        leases = await self._leases(ready)
+        if leases is None:
+            return
+        try:
+            await self._dispatch_leased(ready)
+        finally:
+            await leases.release()  # first: a ready queue waiting for a slot goes first
+        if len(ready.fifo) and not self._closing:
+            self.spawn(ready)
+
+    async def _dispatch_leased(self, ready: ReadyQueue) -> None:
         session: SmtpClientSession | None = None
         delivered = 0
         item: QueuedMessage | None = None
@@ -213,8 +256,8 @@ class Dispatchers:
     async def _end(
         self, ready: ReadyQueue, item: QueuedMessage | None, session: SmtpClientSession | None
     ) -> None:
-        """A dispatcher ends: settle the message it held, close its session, and start
-        another dispatcher if messages still wait."""
+        """A dispatcher ends: settle the message it held and close its session (``_dispatch``
+        then starts another dispatcher if messages still wait)."""
         if item is not None:
             ready.held.discard(item)
             if not item.future.done() and self._closing:
@@ -231,8 +274,6 @@ class Dispatchers:
                 except BaseException:  # cancelled at the end of the drain
                     session.abort()
                     raise
-        if len(ready.fifo) and not self._closing:
-            self.spawn(ready)
 
     async def _session_for(
         self, ready: ReadyQueue, item: QueuedMessage, session: SmtpClientSession | None
@@ -241,13 +282,14 @@ class Dispatchers:
         a new one. None when ``item``'s attempt has been settled instead (a long throttle
         requeued the ready queue, or no host could be reached); the dispatcher then ends."""
         path = ready.path
-        if path.max_message_rate is not None and not await self._admit(
-            ready, item, f"kumomta.max_message_rate.{ready.name}",
-            path.max_message_rate, InsertReason.MessageRateThrottle,
-        ):  # fmt: skip
-            if session is not None:
-                await session.quit()
-            return None
+        rates = list(path.additional_message_rate_throttles.items())
+        if path.max_message_rate is not None:
+            rates.append((f"kumomta.max_message_rate.{ready.name}", path.max_message_rate))
+        for key, rate in by_rate(rates) if len(rates) > 1 else rates:
+            if not await self._admit(ready, item, key, rate, InsertReason.MessageRateThrottle):
+                if session is not None:
+                    await session.quit()
+                return None
         if item.future.done():  # it expired during an inline throttle sleep
             return session
         if session is not None and session.reusable:
@@ -292,7 +334,7 @@ class Dispatchers:
         ``idle_timeout`` (checking again after each sleep), else requeue the whole ready queue
         and return False (§3.4)."""
         while True:
-            result = self._throttle.check(key, spec, self._clock.now())
+            result = await self._throttle.throttle(key, spec, self._clock.now())
             decision = throttle_decision(result, ready.path.idle_timeout)
             if isinstance(decision, SleepInline):
                 await asyncio.sleep(decision.seconds)

@@ -163,6 +163,9 @@ class ReadyQueue:
     #: popped by a dispatcher that has not started its transaction yet
     held: set[QueuedMessage] = field(default_factory=set)
     expiry: ExpiryTimer = field(init=False)
+    #: the connection limit (``connection_limit`` or an ``additional_connection_limits`` key)
+    #: that refused a new connection; no connection is opened until a slot of it frees
+    connection_limited: str | None = None
 
     def __post_init__(self) -> None:
         self.fifo = ReadyFifo(self.path.max_ready)

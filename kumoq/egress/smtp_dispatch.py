@@ -7,7 +7,11 @@
    robin, one state per scheduled queue (LVS, §1.6c).
 2. The site name comes from ``mx_list`` or from the routing domain's MX records (§1.7); the
    ready queue ``<source>-><site>@smtp_client`` is created on first use, with its path config
-   from ``get_egress_path_config`` (refreshed every ``refresh_interval``).
+   from ``get_egress_path_config`` (refreshed every ``refresh_interval``). When the path has a
+   ``source_selection_rate`` (key ``kumomta.source_selection_rate.<readyq>.<source>``) or
+   ``additional_source_selection_rates`` and one of them (smallest rate first) is exhausted,
+   that source is skipped for this message and the round robin picks among the others; when
+   every source is skipped, the attempt fails transiently ("no sources ... eligible").
 3. The message waits in the ready queue's priority FIFO (``max_ready``; when full it goes back to
    its scheduled queue for a random 0-60 s, attempts not incremented), and the ready queue's
    dispatchers (``kumoq.egress.dispatcher``) deliver it. A message still waiting at its expiry
@@ -58,7 +62,7 @@ from kumoq.message import Message, parse_queue_name, priority_of
 from kumoq.scheduler.admin_rules import AdminRules
 from kumoq.scheduler.attempt import POLICY_WAIT_RERUNS, Attempt
 from kumoq.scheduler.context import InsertReason
-from kumoq.throttle import Throttle
+from kumoq.throttle import Limits, Throttle, by_rate
 
 __all__ = ["EgressPolicy", "SmtpDispatch"]
 
@@ -90,8 +94,10 @@ class SmtpDispatch:
         reap_interval: float = READY_QUEUE_REAP_INTERVAL,
         rules: AdminRules | None = None,
         reroute: Reroute | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self._policy = policy
+        self._throttle = throttle = throttle or Throttle()
         self.rules = rules or AdminRules()
         self._mx = mx
         self._clock = clock
@@ -104,11 +110,12 @@ class SmtpDispatch:
             resolver=resolver,
             clock=clock,
             hostname=hostname or socket.gethostname(),
-            throttle=throttle or Throttle(),
+            throttle=throttle,
             rng=self._rng,
             on_idle=self._idle,
             rules=self.rules,
             reroute=reroute,  # kumoq harness only (connection_plan.Reroute)
+            limits=limits,
         )
 
     @property
@@ -154,6 +161,11 @@ class SmtpDispatch:
             )
         if self.rules.any_ready_suspension and not isinstance(ready, Attempt):
             ready = await self._unsuspended(ready, msg, config, protocol)
+        if not isinstance(ready, Attempt) and (
+            ready.path.source_selection_rate is not None
+            or ready.path.additional_source_selection_rates
+        ):
+            ready = await self._selectable(ready, msg, config, protocol)
         if isinstance(ready, Attempt):
             return ready
         if self._dispatchers.closing:
@@ -199,6 +211,43 @@ class SmtpDispatch:
                       "are eligible for selection at this time"),
         )  # fmt: skip
 
+    async def _selectable(
+        self, ready: ReadyQueue, msg: Message, config: QueueConfig, protocol: SmtpProtocol
+    ) -> ReadyQueue | Attempt:
+        """A source whose selection rates are exhausted is skipped for this message; the next
+        is picked by the round robin without it (KumoMTA's ``source_selection_rate``)."""
+        pool_name = config.egress_pool or UNSPECIFIED
+        candidates = {e.name for e in self._sources.pool(pool_name).entries if e.weight > 0}
+        skipped: set[str] = set()
+        while True:
+            if await self._selection_allowed(ready):
+                return ready
+            skipped.add(ready.source.name)
+            if candidates <= skipped:
+                return Attempt(
+                    RecordType.TransientFailure,
+                    transient(f"KumoMTA internal: no sources for {msg.queue_name()} "
+                              f"pool=`{pool_name}` are eligible for selection at this time"),
+                )  # fmt: skip
+            try:
+                found = await self._ready_queue_for(msg, config, protocol, {}, frozenset(skipped))
+            except KumoqError as exc:
+                return Attempt(RecordType.TransientFailure, transient(f"KumoMTA internal: {exc}"))
+            if isinstance(found, Attempt):
+                return found
+            ready = found
+
+    async def _selection_allowed(self, ready: ReadyQueue) -> bool:
+        path = ready.path
+        rates = list(path.additional_source_selection_rates.items())
+        if path.source_selection_rate is not None:
+            key = f"kumomta.source_selection_rate.{ready.name}.{ready.source.name}"
+            rates.append((key, path.source_selection_rate))
+        for key, spec in by_rate(rates):
+            if (await self._throttle.throttle(key, spec, self._clock.now())).throttled:
+                return False
+        return True
+
     def describe(self, msg_id: str) -> str | None:
         """Where the message ``msg_id`` waits in egress, in words (inspect-message). O(ready
         queues + their messages)."""
@@ -217,6 +266,8 @@ class SmtpDispatch:
                 else f"taken by a connection of ready queue {ready.name}, before its transaction"
             )
             text = f"{where}; {ready.dispatchers} of {limit} connections open"
+            if ready.connection_limited is not None:
+                text += f"; connection limit {ready.connection_limited} reached"
             suspended = self.rules.ready_suspension_for(ready.name, now)
             if suspended is not None:
                 text += f"; the ready queue is suspended: {suspended.reason}"
@@ -231,6 +282,7 @@ class SmtpDispatch:
         config: QueueConfig,
         protocol: SmtpProtocol,
         picked: dict[str, str | None],
+        exclude: frozenset[str] = frozenset(),
     ) -> ReadyQueue | Attempt:
         queue_name = msg.queue_name()
         parts = parse_queue_name(queue_name)
@@ -240,7 +292,7 @@ class SmtpDispatch:
         if queue_name in picked:  # a re-run after a DNS wait keeps its round-robin turn
             source_name = picked[queue_name]
         else:
-            source_name = picked[queue_name] = self._sources.pick(queue_name, pool)
+            source_name = picked[queue_name] = self._sources.pick(queue_name, pool, exclude)
         if source_name is None:
             return Attempt(
                 RecordType.TransientFailure,

@@ -16,7 +16,7 @@ L2: imports kumoq.config, kumoq.egress.round_robin and kumoq.clock; no IO.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from dataclasses import dataclass
 from typing import Any, Protocol, final
 
@@ -71,15 +71,18 @@ class SourceSelector:
         source: EgressSource = self._cached(self._sources, name, self._policy.get_egress_source)
         return source
 
-    def pick(self, queue_name: str, pool: EgressPool) -> str | None:
-        """The next source of ``pool`` for the scheduled queue ``queue_name``; None when every
-        weight is 0. A changed pool restarts the queue's round robin."""
+    def pick(
+        self, queue_name: str, pool: EgressPool, exclude: Set[str] = frozenset()
+    ) -> str | None:
+        """The next source of ``pool`` for the scheduled queue ``queue_name``, skipping
+        ``exclude``; None when every other weight is 0. A changed pool restarts the queue's
+        round robin."""
         entries = tuple((e.name, e.weight) for e in pool.entries)
         state = self._rr.get(queue_name)
         if state is None or state[0] != entries:
             state = (entries, WeightedRoundRobin(entries))
             self._rr[queue_name] = state
-        return state[1].next()
+        return state[1].next(exclude)
 
     def expire(self) -> None:
         """Forget every cached pool and source (a policy reload): the next use asks again."""

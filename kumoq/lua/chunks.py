@@ -67,6 +67,7 @@ KUMO_TIME: Final = _read("kumo_time.lua", "=kumoq/kumo_time")
 KUMO_PROCESS: Final = _read("kumo_process.lua", "=kumoq/kumo_process")
 KUMO_SHAPING: Final = _read("kumo_shaping.lua", "=kumoq/kumo_shaping")
 KUMO_HTTP: Final = _read("kumo_http.lua", "=kumoq/kumo_http")
+KUMO_THROTTLE: Final = _read("kumo_throttle.lua", "=kumoq/kumo_throttle")
 BUDGET: Final = _read("budget.lua", "=kumoq/budget")
 ALL: Final = (
     SANDBOX,
@@ -80,5 +81,6 @@ ALL: Final = (
     KUMO_PROCESS,
     KUMO_SHAPING,
     KUMO_HTTP,
+    KUMO_THROTTLE,
     BUDGET,
 )

@@ -309,7 +309,8 @@ for _, kind in ipairs { 'rsa_sha256_signer', 'ed25519_signer' } do
 end
 
 -- KumoMTA's utility modules, each a chunk of its own (kumoq.lua.chunks).
-local EXTENSIONS = { 'cache', 'data', 'time', 'process', 'shaping', 'http' }
+local EXTENSIONS =
+  { 'cache', 'data', 'time', 'process', 'shaping', 'http', 'throttle' }
 for _, name in ipairs(EXTENSIONS) do
   local src, chunkname = py.kumo_chunk(name)
   if src == ERR then

@@ -28,7 +28,8 @@ Defined in Lua (``kumo.lua`` beside this module, loaded by the runtime as the ch
 - ``kumo.dns.configure_test_resolver`` (a declaration), ``kumo.dns.lookup_mx`` (which
   waits, see kumoq.lua.waits), and ``lookup_addr``, ``lookup_ptr``, ``lookup_txt``,
   ``reverse_ip`` and ``ptr_host`` (kumoq.lua.dns_api);
-- ``kumo.http`` (``kumo_http.lua`` on kumoq.lua.http_api, whose ``request:send()`` waits).
+- ``kumo.http`` (``kumo_http.lua`` on kumoq.lua.http_api, whose ``request:send()`` waits);
+- ``kumo.make_throttle`` (``kumo_throttle.lua`` on kumoq.lua.throttle_api).
 
 Builders come from the runtime's injected ``builders`` mapping, else from kumoq.lua.dkim_api's
 ``BUILDERS`` (the ``kumo.dkim.*_signer`` makers ``kumo.lua`` defines); this module imports no
@@ -37,8 +38,8 @@ config classes. A builder's ConfigError becomes a Lua error raised at the policy
 has it (structurally, checked by mypy where the runtime calls ``python_api``).
 
 L2: imports the standard library, kumoq.message, kumoq.lua.message, kumoq.lua.kumo_extras,
-kumoq.lua.http_api, kumoq.lua.dns_api and kumoq.lua.dkim_api (whose ``dkim_sign`` it
-includes); must not import the runtime module (``runtime.py`` here), not even under
+kumoq.lua.http_api, kumoq.lua.throttle_api, kumoq.lua.dns_api and kumoq.lua.dkim_api (whose
+``dkim_sign`` it includes); must not import the runtime module (``runtime.py`` here), not even under
 TYPE_CHECKING: it imports this one.
 """
 
@@ -48,7 +49,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Protocol
 
-from kumoq.lua import dkim_api, dns_api, http_api, kumo_extras, shaping_api
+from kumoq.lua import dkim_api, dns_api, http_api, kumo_extras, shaping_api, throttle_api
 from kumoq.lua.kumo_extras import ExtrasRuntime
 from kumoq.lua.message import LuaApiError
 from kumoq.lua.waits import Waits
@@ -167,6 +168,7 @@ def python_api(rt: KumoApiRuntime) -> dict[str, Callable[..., Any]]:
         | dkim_api.python_api(rt)
         | dns_api.python_api(rt)
         | http_api.python_api(rt)
+        | throttle_api.python_api(rt)
         | {
             "kumo_log": rt.guard("log", log),
             "kumo_declare": rt.guard(None, declare),

@@ -46,6 +46,7 @@ EXTENSION_CHUNKS: Final = {
     "process": chunks.KUMO_PROCESS,
     "shaping": chunks.KUMO_SHAPING,
     "http": chunks.KUMO_HTTP,
+    "throttle": chunks.KUMO_THROTTLE,
 }
 """The chunks ``kumo.lua`` loads, by the name it asks for."""
 

@@ -25,8 +25,8 @@ and is an error the policy may ``pcall`` in the synchronous ones.
 kumoq calls synchronously cannot sleep (running it again would sleep again), so there the
 call fails with an error the policy may ``pcall``.
 
-L2: imports kumoq.dns (results only) and kumoq.errors; no asyncio beyond awaiting the seam and
-``asyncio.sleep``.
+L2: imports kumoq.dns (results only), kumoq.throttle and kumoq.errors; no asyncio beyond
+awaiting the seam and ``asyncio.sleep``.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from typing import Any, Final, Protocol, final
 from kumoq.dns.mx_cache import MxFailure, MxResult
 from kumoq.dns.site_name import MailExchanger
 from kumoq.errors import PolicyWouldBlock
+from kumoq.throttle import Throttle
 
 __all__ = ["AsyncOp", "PolicyDns", "Waits", "mx_to_data"]
 
@@ -72,6 +73,9 @@ class Waits:
         self._to_lua = to_lua
         self._now = now
         self.dns: PolicyDns | None = None
+        #: the throttles ``kumo.make_throttle`` checks (the daemon attaches its own, shared
+        #: with egress, so that a name means one throttle in the whole process)
+        self.throttle = Throttle()
         #: further ops by name, each awaited in the awaited events only
         self.ops: dict[str, AsyncOp] = {}
         # Answers fetched for a PolicyWouldBlock, kept for the re-run that follows even when

@@ -183,3 +183,34 @@ def test_requeue_by_error_example_rebinds_caps_and_varies_the_retry(kumoq, smart
     assert grey_queues == ["example.com", "greylisted@example.com", "greylisted@example.com"]
     full_attempts = [r["num_attempts"] for r in failures if r["recipient"].startswith("452")]
     assert full_attempts == [0, 2]  # two failures, counted as three attempts
+
+
+def test_tenant_throttles_example_limits_each_tenant_on_its_own(kumoq, smart_sink):
+    """examples/tenant-throttles.lua with a rate of 2 a minute: a tenant's third message is
+    refused with a 451 naming the wait, another tenant is not affected, a patient tenant's
+    session waits instead, and the accepted ones are relayed through the shared egress
+    throttles."""
+    import smtplib
+
+    text = (ROOT / "examples" / "tenant-throttles.lua").read_text()
+    for old, new in [
+        ("TENANT_RATE = '1,000/min'", "TENANT_RATE = '2/min'"),
+        ("['newsletters'] = '10/s'", "['newsletters'] = '2/s,max_burst=1'"),
+    ]:
+        assert old in text
+        text = text.replace(old, new)
+    env = {"KUMOQ_SMTP_LISTEN": "127.0.0.1:0", "KUMOQ_RELAY_HOST": smart_sink.target}
+    daemon = kumoq(text, env=env)
+    for _ in range(2):
+        daemon.send("s@example.com", ["250-a@example.com"], headers={"X-Tenant": "acme"})
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        daemon.send("s@example.com", ["250-a@example.com"], headers={"X-Tenant": "acme"})
+    assert refused.value.smtp_code == 451
+    assert b"tenant acme is over its rate; try again in" in refused.value.smtp_error
+    daemon.send("s@example.com", ["250-b@example.com"], headers={"X-Tenant": "other"})
+    for _ in range(2):
+        daemon.send("s@example.com", ["250-n@example.com"], headers={"X-Tenant": "newsletters"})
+    deliveries = daemon.wait_for_records("Delivery", 5, timeout=30)
+    assert sorted(d["meta"]["tenant"] for d in deliveries) == [
+        "acme", "acme", "newsletters", "newsletters", "other",
+    ]  # fmt: skip

@@ -59,6 +59,7 @@ def test_chunks_are_loaded_in_order() -> None:
         "=kumoq/kumo_process",
         "=kumoq/kumo_shaping",
         "=kumoq/kumo_http",
+        "=kumoq/kumo_throttle",
         "=kumoq/budget",
     ]
 

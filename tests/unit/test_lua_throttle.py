@@ -1,0 +1,121 @@
+"""kumo.make_throttle: the throttle object, its result table and sleep_if_throttled.
+
+Real Lua through lupa; the throttle state is the runtime's ``waits.throttle``, checked against
+the runtime clock (a FakeClock where a test needs exact values)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kumoq.clock import FakeClock
+from kumoq.config.values import ThrottleSpec
+from kumoq.errors import PolicyError
+from kumoq.lua import PolicyEvents, PolicyRuntime
+from kumoq.throttle import Throttle
+
+from .lua_kumo_support import call, load
+
+POLICY = """
+local kumo = require 'kumo'
+kumo.on('check', function(name, spec)
+  return kumo.make_throttle(name, spec):throttle()
+end)
+kumo.on('sleep', function(name, spec)
+  local t = kumo.make_throttle(name, spec)
+  return t:sleep_if_throttled()
+end)
+"""
+
+
+async def fire(rt: PolicyRuntime, name: str, *args: str) -> Any:
+    return await rt.invoke_async(name, "v" * len(args), *(rt.to_lua(a) for a in args))
+
+
+def test_throttle_returns_kumomta_result_table(tmp_path: Path) -> None:
+    clock = FakeClock(1_000_000.0)
+    events = PolicyEvents(load(tmp_path, POLICY, clock=clock))
+    first = events.call("check", "tenant-a", "2/min")
+    assert first == {
+        "throttled": False,
+        "limit": 2,
+        "remaining": 1,
+        "reset_after": {"secs": 30, "nanos": 0},
+    }
+    assert events.call("check", "tenant-a", "2/min")["remaining"] == 0
+    third = events.call("check", "tenant-a", "2/min")
+    assert third["throttled"] is True
+    assert third["retry_after"] == {"secs": 30, "nanos": 0}
+    # another name is another throttle
+    assert events.call("check", "tenant-b", "2/min")["throttled"] is False
+    clock.advance(30)
+    assert events.call("check", "tenant-a", "2/min")["throttled"] is False
+
+
+def test_the_key_is_kumomtas_and_shared_with_the_attached_throttle(tmp_path: Path) -> None:
+    clock = FakeClock(1_000_000.0)
+    rt = load(tmp_path, POLICY, clock=clock)
+    shared = Throttle()
+    rt.waits.throttle = shared
+    spec = ThrottleSpec.parse("t", "1/h")
+    assert not shared.check("lua-user-throttle-x", spec, clock.now()).throttled
+    assert PolicyEvents(rt).call("check", "x", "1/h")["throttled"] is True
+
+
+def test_bad_spec_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match=r"kumo.make_throttle: invalid rate"):
+        call(tmp_path, "return kumo.make_throttle('x', '10/fortnight')")
+    with pytest.raises(PolicyError, match="name must be a string"):
+        call(tmp_path, "return kumo.make_throttle(nil, '10/s')")
+
+
+def test_sleep_if_throttled_cannot_wait_in_a_synchronous_event(tmp_path: Path) -> None:
+    events = PolicyEvents(load(tmp_path, POLICY))
+    assert events.call("sleep", "s", "1/h") is False  # allowed: no wait needed
+    with pytest.raises(PolicyError, match=r"kumo\.throttle_sleep: cannot wait in this event"):
+        events.call("sleep", "s", "1/h")
+
+
+async def test_sleep_if_throttled_waits_without_blocking_the_loop(tmp_path: Path) -> None:
+    rt = load(tmp_path, POLICY)
+    assert await fire(rt, "sleep", "z", "local:5/s,max_burst=1") is False
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    task = asyncio.ensure_future(ticker())
+    started = time.monotonic()
+    try:
+        assert await fire(rt, "sleep", "z", "local:5/s,max_burst=1") is True
+    finally:
+        task.cancel()
+    # the GCRA admits the second one T = 0.2 s after the first: it slept at least most of it
+    assert time.monotonic() - started >= 0.1
+    assert ticks >= 2  # the loop ran other work while the handler slept
+
+
+def test_methods_kumoq_lacks_are_named(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match="throttle:explain is not available in kumoq"):
+        call(tmp_path, "return kumo.make_throttle('x', '1/s'):explain()")
+
+
+def test_delay_message_if_throttled_sets_the_due_time_when_throttled(tmp_path: Path) -> None:
+    result = call(
+        tmp_path,
+        """
+        local t = kumo.make_throttle('delays', '1/h')
+        local msg = kumo.make_message(
+          'a@example.com', 'b@example.com', 'Subject: x\\r\\n\\r\\nhi\\r\\n'
+        )
+        return { t:delay_message_if_throttled(msg), t:delay_message_if_throttled(msg) }
+        """,
+    )
+    assert result == [False, True]
