@@ -81,7 +81,7 @@ bench-deps:
 bench: $(STAMP) bench-deps bench-simulate
 	$(BIN)/python -m bench.timeq
 	$(BIN)/python -m bench.scheduling
-	$(BIN)/python -m bench.run --with-postfix --with-haraka --with-dkim
+	$(BIN)/python -m bench.run --with-postfix --with-haraka --with-dkim --with-inject
 	$(BIN)/python -m bench.restart --spool RocksDB
 
 # kumoq simulate: 100,000 messages over up to 3 virtual days, 5% tempfail and a 421 window
@@ -91,7 +91,7 @@ bench-simulate: $(STAMP)
 
 # Only the SMTP cases beside the peers (no timer, scheduling or restart benchmarks).
 bench-e2e: $(STAMP) bench-deps
-	$(BIN)/python -m bench.run --with-postfix --with-haraka --with-dkim
+	$(BIN)/python -m bench.run --with-postfix --with-haraka --with-dkim --with-inject
 
 # kill -9 under load for 20 rounds, a disk-full and a SIGTERM round, per spool kind; then count
 # acknowledged, delivered, duplicated and missing mail (docs/reliability.md). Root mounts a tmpfs.

@@ -7,7 +7,8 @@ scratch directory, running ``smtp-source`` against it (the same command line for
 daemon's CPU (utime+stime from ``/proc/<pid>/stat``, all its threads), smtp-source's CPU
 (``wait4`` rusage) and the busy share of all CPUs (``/proc/stat``). Every wait is bounded;
 the daemon is stopped with SIGTERM. The peer MTAs (bench.peers) use the same load, sink and
-measurements.
+measurements. ``run_kumoq_case(client=...)`` swaps smtp-source for another load generator
+(``StartClient``; bench.inject's ``kumoq traffic-gen``), measured the same way.
 
 Imports only the standard library and ``kumoq.logs.tail`` (to count log records after a run);
 nothing in ``kumoq`` imports this.
@@ -41,6 +42,7 @@ __all__ = [
     "RunResult",
     "Sink",
     "SourceResult",
+    "StartClient",
     "busy_pct",
     "count_files",
     "free_port",
@@ -248,6 +250,9 @@ class Sink:
 
 # -- the load generator ---------------------------------------------------------------------
 
+# Starts a load generator against a started daemon, its stdout to the path (stderr beside it).
+StartClient = Callable[[KumoqProcess, Path], "subprocess.Popen[bytes]"]
+
 
 @dataclass(frozen=True, slots=True)
 class SourceResult:
@@ -336,6 +341,7 @@ def run_kumoq_case(
     deliver: bool,
     root: str | None = None,
     argv_prefix: list[str] | None = None,
+    client: StartClient | None = None,
 ) -> RunResult:
     """Start kumoq on ``bench/policies/<policy>.lua``, inject ``load``, measure, stop.
 
@@ -344,8 +350,10 @@ def run_kumoq_case(
     ``load.n``; otherwise stop once smtp-source has exited (reception only). The run's
     directory is created under ``root`` and left in place: the caller removes it when no run
     is in progress, because deleting thousands of files makes the next file creations slower
-    on some filesystems.
+    on some filesystems. ``client`` starts the load generator (default: ``start_source``
+    against the daemon's SMTP port); its stdout goes to ``source.out`` in the run's directory.
     """
+    start_client = client or (lambda d, out: start_source(load, d.port, out))
     workdir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=root))
     env = {"KUMOQ_BENCH_SPOOL": spool_kind, "KUMOQ_BENCH_LISTEN": f"{HOST}:0"}
     # The relay policy delivers by SMTP to smtp-sink: counted by the sink's mesg= counter.
@@ -367,7 +375,7 @@ def run_kumoq_case(
             sink_cpu0 = proc_cpu_seconds(sink.pid) if sink else 0.0
             t0 = time.monotonic()
             deadline = t0 + load.timeout
-            source = wait_source(start_source(load, daemon.port, workdir / "source.out"), deadline)
+            source = wait_source(start_client(daemon, workdir / "source.out"), deadline)
             if source.rc is None:
                 status = "timeout"
             elif source.rc != 0:

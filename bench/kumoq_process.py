@@ -1,8 +1,8 @@
 """``python -m kumoq serve`` as a child process for the benchmarks and ``make torture``.
 
-Owns starting the daemon under a bench policy in a scratch directory, reading its SMTP port
-from stderr, and stopping it: SIGTERM (bounded, then SIGKILL), a plain SIGKILL for crash
-rounds, or any signal. Imports only the standard library; nothing in ``kumoq`` imports this.
+Owns starting the daemon under a bench policy in a scratch directory, reading its SMTP (and
+HTTP) port from stderr, and stopping it: SIGTERM (bounded, then SIGKILL), a plain SIGKILL for
+crash rounds, or any signal. Imports only the standard library; nothing in ``kumoq`` imports this.
 """
 
 from __future__ import annotations
@@ -20,13 +20,15 @@ from pathlib import Path
 __all__ = ["KumoqProcess"]
 
 _LISTENER = re.compile(r"smtp listener on (\S+):(\d+)")
+_HTTP_LISTENER = re.compile(r"http listener on (\S+):(\d+)")
 
 
 class KumoqProcess:
     """``python -m kumoq serve`` running ``policy`` in ``workdir``, with ``env`` added.
 
     ``start()`` waits (bounded) for ``initialization complete`` and reads the SMTP port from
-    stderr; ``stop()`` sends SIGTERM and waits (bounded), then SIGKILLs this pid only.
+    stderr (``http_port`` from the first ``http listener on`` line, 0 without one); ``stop()``
+    sends SIGTERM and waits (bounded), then SIGKILLs this pid only.
     ``argv_prefix`` replaces ``[sys.executable]`` (e.g. to run under cProfile).
     """
 
@@ -47,6 +49,7 @@ class KumoqProcess:
         self.env = env
         self.argv_prefix = argv_prefix or [sys.executable]
         self.port = 0
+        self.http_port = 0
         self.stderr_lines: list[str] = []
         self.line_times: list[float] = []  # time.monotonic() each stderr line was read
         self._ready = threading.Event()
@@ -68,6 +71,7 @@ class KumoqProcess:
     def start(self, timeout: float = 30.0) -> None:
         self._ready.clear()  # a restart waits for the new process's lines
         self.port = 0
+        self.http_port = 0
         self._proc = subprocess.Popen(
             [*self.argv_prefix, "-m", "kumoq", "serve", "--policy", str(self.policy)],
             cwd=self.workdir,
@@ -97,6 +101,9 @@ class KumoqProcess:
             m = _LISTENER.search(line)
             if m and not self.port:
                 self.port = int(m.group(2))
+            m = _HTTP_LISTENER.search(line)
+            if m and not self.http_port:
+                self.http_port = int(m.group(2))
             if "initialization complete" in line:
                 self._ready.set()
         proc.stderr.close()

@@ -3,12 +3,14 @@ Postfix's ``smtp-source``, beside Postfix and Haraka on the same load.
 
     python -m bench.run [--n N] [--conc C] [--size S] [--repeat R]
                         [--spool SQLite|LocalDisk|RocksDB|both|all]
-                        [--only e2e|reception|relay] [--with-postfix] [--with-haraka]
-                        [--with-spool-bench] [--cprofile FILE] [--keep] [--no-netns]
+                        [--only e2e|reception|relay|inject] [--with-postfix] [--with-haraka]
+                        [--with-inject] [--batch B] [--with-spool-bench] [--cprofile FILE]
+                        [--keep] [--no-netns]
 
-Each option falls back to an environment variable (N, CONC, SIZE, REPEAT, SPOOL,
-WITH_POSTFIX=1, WITH_HARAKA=1, WITH_SPOOL_BENCH=1), so ``make bench N=10000 REPEAT=5`` works
-(``make bench`` passes ``--with-postfix --with-haraka``).
+Each option falls back to an environment variable (N, CONC, SIZE, REPEAT, SPOOL, BATCH,
+WITH_POSTFIX=1, WITH_HARAKA=1, WITH_INJECT=1, WITH_SPOOL_BENCH=1), so ``make bench N=10000
+REPEAT=5`` works (``make bench`` passes ``--with-postfix --with-haraka --with-dkim
+--with-inject``).
 
 Cases, each run REPEAT times (interleaved), each run in a fresh directory (a fresh spool and
 maildir) under one scratch root that is removed at the end:
@@ -23,6 +25,10 @@ maildir) under one scratch root that is removed at the end:
 - ``postfix-maildir`` (``--with-postfix``, beside the maildir case), ``postfix-smtp``
   (``--with-postfix``, beside the relay case) and ``haraka-queue`` (``--with-haraka``, beside
   the relay case): the peer MTAs, set up and measured by ``bench.peers``;
+- ``kumoq-inject-<kind>`` (``--with-inject``): HTTP ``POST /api/inject/v1`` -> spool (fsync)
+  -> maildir (``bench/policies/inject.lua``), loaded by ``kumoq traffic-gen --http`` with
+  BATCH recipients a request, which smtp-source cannot do (``bench.inject``); timed until N
+  files are in ``maildir/new``;
 - ``--with-spool-bench``: ``python -m bench.spool`` (the spool kinds alone), its table printed.
 
 The spool kind comes from ``KUMOQ_BENCH_SPOOL``. For ``LocalDisk`` the policies define their
@@ -36,10 +42,12 @@ Haraka is installed with npm before that (it needs the registry); when npm or th
 is missing, the Haraka case is skipped with the reason.
 
 The load is ``smtp-source -c -m N -s CONC -l SIZE -f from@example.com -t to@example.net
-127.0.0.1:PORT``: a new connection per message. Prints one RESULT line per run and a markdown
+127.0.0.1:PORT``: a new connection per message (the client of every case but
+``kumoq-inject-<kind>``). Prints one RESULT line per run and a markdown
 table of the median runs (the median by the case's headline figure).
 
-Owns bench/run.py only; imports bench.e2e, bench.peers and the standard library.
+Owns bench/run.py only; imports bench.e2e, bench.inject, bench.peers and the standard
+library.
 """
 
 from __future__ import annotations
@@ -59,6 +67,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.e2e import SMTP_SOURCE, Load, RunResult, run_kumoq_case, wait_for_quiet
+from bench.inject import DEFAULT_BATCH, client_ms_per_msg, run_inject_case
 from bench.peers import PEER_CASES, peer_unavailable, prepare_haraka, run_peer
 
 IN_NETNS = "KUMOQ_BENCH_IN_NETNS"  # set by the re-execution inside the private namespace
@@ -142,7 +151,7 @@ def _fmt(value: float | None, spec: str = ".0f") -> str:
 def markdown_table(cases: list[Case]) -> str:
     head = (
         "| case | median msgs/s | runs (msgs/s) | inject s | end-to-end s | inject msgs/s "
-        "| MTA CPU s (ms/msg) | smtp-source CPU s | sink CPU s | all-CPU busy % | other CPU s |\n"
+        "| MTA CPU s (ms/msg) | client CPU s | sink CPU s | all-CPU busy % | other CPU s |\n"
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     )
     rows = [head]
@@ -178,6 +187,16 @@ def ratios(cases: list[Case]) -> list[str]:
                     f"({case.figure(m):.0f} vs {pf:.0f}); CPU per message "
                     f"{m.cpu_ms_per_msg:.2f} ms vs {pf_cpu:.2f} ms"
                 )
+    for case in cases:
+        e2e = by_name.get(case.name.replace("-inject-", "-e2e-"))
+        if case.name.startswith("kumoq-inject-") and case.runs and e2e is not None:
+            m, e = case.median_run(), e2e.median_run()
+            lines.append(
+                f"{case.name} / {e2e.name}: {case.figure(m) / e2e.figure(e):.2f}x msgs/s "
+                f"({case.figure(m):.0f} vs {e2e.figure(e):.0f}); MTA CPU per message "
+                f"{m.cpu_ms_per_msg:.2f} ms vs {e.cpu_ms_per_msg:.2f} ms; client CPU per "
+                f"message {client_ms_per_msg(m):.2f} ms vs {client_ms_per_msg(e):.2f} ms"
+            )
     for case in cases:
         plain = by_name.get(case.name.replace("-relay_dkim-", "-relay-"))
         if "-relay_dkim-" in case.name and case.runs and plain is not None:
@@ -227,7 +246,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--only",
-        choices=("e2e", "reception", "relay"),
+        choices=("e2e", "reception", "relay", "inject"),
         help="run only one kumoq case (with its peers: --with-postfix runs postfix-maildir "
         "beside e2e and reception, postfix-smtp beside relay)",
     )
@@ -250,6 +269,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=_env_flag("WITH_DKIM"),
         help="beside each relay case, the same with DKIM signing on (policies/relay_dkim.lua)",
     )
+    p.add_argument(
+        "--with-inject",
+        action="store_true",
+        default=_env_flag("WITH_INJECT"),
+        help="also kumoq-inject-<kind>: HTTP injection by kumoq traffic-gen -> maildir",
+    )
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=_env_int("BATCH", DEFAULT_BATCH),
+        help="recipients per HTTP request in kumoq-inject-<kind>",
+    )
     p.add_argument("--with-spool-bench", action="store_true", default=_env_flag("WITH_SPOOL_BENCH"))
     p.add_argument(
         "--cprofile",
@@ -270,6 +301,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="stay in the host's network namespace (as root the bench enters a private one)",
     )
     return p.parse_args(argv)
+
+
+def kumoq_cases(args: argparse.Namespace, kinds: list[str]) -> list[Case]:
+    """The kumoq cases the options ask for, for each spool kind (no runs yet)."""
+    cases: list[Case] = []
+    if args.no_kumoq:
+        return cases
+    for kind in kinds:
+        if args.only in (None, "e2e"):
+            what = f"kumoq -> spool ({kind}, fsync) -> maildir, end-to-end"
+            cases.append(Case(f"kumoq-e2e-{kind}", what, [], "e2e"))
+        if args.only in (None, "reception"):
+            what = f"kumoq -> spool ({kind}, fsync), reception only"
+            cases.append(Case(f"kumoq-reception-{kind}", what, [], "inject"))
+        if args.only in (None, "relay"):
+            what = f"kumoq -> spool ({kind}, fsync) -> SMTP -> smtp-sink, end-to-end"
+            cases.append(Case(f"kumoq-relay-{kind}", what, [], "e2e"))
+            if args.with_dkim:
+                what = f"kumoq -> DKIM (RSA-2048) -> spool ({kind}, fsync) -> SMTP -> smtp-sink"
+                cases.append(Case(f"kumoq-relay_dkim-{kind}", what, [], "e2e"))
+        if (args.with_inject and args.only is None) or args.only == "inject":
+            what = f"kumoq HTTP inject (batch {args.batch}) -> spool ({kind}, fsync) -> maildir"
+            cases.append(Case(f"kumoq-inject-{kind}", what, [], "e2e"))
+    return cases
 
 
 def _profile(args: argparse.Namespace, load: Load, kind: str) -> None:
@@ -309,6 +364,9 @@ def _run_cases(args: argparse.Namespace, load: Load, cases: list[Case], root: Pa
             result: RunResult | None
             if case.name in PEER_CASES:
                 result = run_peer(case.name, load, root / f"{case.name}-{i + 1}")
+            elif case.name.startswith("kumoq-inject-"):
+                kind = case.name.rsplit("-", 1)[1]
+                result = run_inject_case(case.name, kind, load, batch=args.batch, root=str(root))
             else:
                 kind = case.name.rsplit("-", 1)[1]
                 policy = case.name.split("-")[1]  # e2e, reception, relay or relay_dkim
@@ -350,21 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         _profile(args, load, kinds[0])
         return 0
 
-    cases: list[Case] = []
-    if not args.no_kumoq:
-        for kind in kinds:
-            if args.only in (None, "e2e"):
-                what = f"kumoq -> spool ({kind}, fsync) -> maildir, end-to-end"
-                cases.append(Case(f"kumoq-e2e-{kind}", what, [], "e2e"))
-            if args.only in (None, "reception"):
-                what = f"kumoq -> spool ({kind}, fsync), reception only"
-                cases.append(Case(f"kumoq-reception-{kind}", what, [], "inject"))
-            if args.only in (None, "relay"):
-                what = f"kumoq -> spool ({kind}, fsync) -> SMTP -> smtp-sink, end-to-end"
-                cases.append(Case(f"kumoq-relay-{kind}", what, [], "e2e"))
-                if args.with_dkim:
-                    what = f"kumoq -> DKIM (RSA-2048) -> spool ({kind}, fsync) -> SMTP -> smtp-sink"
-                    cases.append(Case(f"kumoq-relay_dkim-{kind}", what, [], "e2e"))
+    cases = kumoq_cases(args, kinds)
     peers = []
     if args.with_postfix and args.only != "relay":
         peers.append("postfix-maildir")
