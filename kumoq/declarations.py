@@ -180,7 +180,7 @@ def load_policy(
     declarations.spool_pair()
     events = PolicyEvents(runtime)
     if serving:
-        for site, text in unfired_handlers(runtime.handler_names):
+        for site, text in [*unfired_handlers(runtime.handler_names), *runtime.unknown_fields]:
             log.warning("%s: %s", site, text)
         events.validate_config()
         if declarations.validation_failures:

@@ -197,7 +197,8 @@ def validate_policy(path: Path, queues: Sequence[str] = ()) -> Report:
         for name in queues or DEFAULT_DOMAINS:
             validator.queue(name)
         validator.validate_config(decl.validation_failures)
-        for site, text in unfired_handlers(runtime.handler_names, validator.constructors):
+        unfired = unfired_handlers(runtime.handler_names, validator.constructors)
+        for site, text in [*unfired, *runtime.unknown_fields]:
             report.add("warning", text, _in_policy_dir(path, site), None)
     finally:
         validator.close()

@@ -17,9 +17,9 @@ messages, connections and built configs by integer handles. ``load``/``loadfile`
 and ``require`` accept text chunks only, and C modules cannot be loaded (as with mlua's safe
 standard library in KumoMTA).
 
-Values cross the boundary through ``from_lua`` and ``to_lua`` (kumoq.lua.convert).
-Each event fired (not a connection's ``send``/``close``) counts in KumoMTA's ``lua_event_started``
-and ``lua_event_latency`` (label ``event``; an async event's latency includes its DNS waits).
+Values cross the boundary through ``from_lua`` and ``to_lua`` (kumoq.lua.convert). Each event
+fired (not a connection's ``send``/``close``) counts in ``lua_event_started`` and
+``lua_event_latency`` (label ``event``; an async event's latency includes its DNS waits).
 
 Budgets (kumoq.lua.budget): every call into the policy runs under a time budget, enforced by
 the count hook of ``budget.lua``, and the Lua state under lupa's ``max_memory``; over either,
@@ -34,8 +34,7 @@ kumoq.lua.message (``MessageApiRuntime``) declare for what their ``python_api`` 
 modules never import this one.
 
 L2: imports lupa, kumoq.errors, kumoq.clock, kumoq.config.queue, kumoq.message, kumoq.metrics
-and the sibling modules budget, chunks, convert, kumo_api, message and waits; must not import
-kumoq.lua.events (it imports this).
+and its siblings budget, chunks, convert, field_check, kumo_api, message and waits (not events).
 """
 
 from __future__ import annotations
@@ -57,7 +56,7 @@ from lupa import lua54
 from kumoq.clock import Clock, SystemClock
 from kumoq.config.queue import QueueConfig
 from kumoq.errors import KumoqError, PolicyError, RejectError
-from kumoq.lua import chunks, kumo_api, message
+from kumoq.lua import chunks, field_check, kumo_api, message
 from kumoq.lua.budget import (
     HEADROOM,
     HOOK_INSTRUCTIONS,
@@ -230,6 +229,7 @@ class PolicyRuntime:
         if not self._room(HEADROOM):  # handler_names() returns a table
             raise self._budget_error(f"loading {self.path.name}", "memory", None, ran=False)
         self.handler_names = dict(self._M.handler_names().items())
+        self.unknown_fields = field_check.check(src, self.path.name, self._M.kumo)
         self._set_phase("init")
         self.phase = "loaded"
 

@@ -114,7 +114,7 @@ def test_errors_in_a_helper_name_its_file_and_line(tmp_path, monkeypatch):
         ("kumo.no_such_function()", "kumo.no_such_function"),
         ("local f = kumo.configure_accounting_db_path", "kumo.configure_accounting_db_path"),
         ("kumo.string.no_such()", "kumo.string.no_such"),
-        ("kumo.dns.lookup_txt('x')", "kumo.dns.lookup_txt"),
+        ("kumo.dns.define_resolver('x', {})", "kumo.dns.define_resolver"),
         ("kumo.serde.toml_encode_pretty_compact({})", "kumo.serde.toml_encode_pretty_compact"),
         ("kumo.time.start_timer('x')", "kumo.time.start_timer"),
     ],
