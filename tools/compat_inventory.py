@@ -54,6 +54,14 @@ _N: Final = "not yet available"
 #: Items found but not complete, or found as a stub that raises: ``group:name`` -> status, why.
 OVERRIDES: Final[dict[str, tuple[Status, str]]] = {
     "function:kumo.configure_local_logs": (_P, "`filter_event` is stored, never called"),
+    "function:kumo.configure_bounce_classifier": (
+        _P,
+        "Python `re` rules; read at start only; `pool_size`, `back_pressure` only checked",
+    ),
+    "function:kumo.shaping.load": (
+        _P,
+        "`automation` and `provider` blocks ignored with a warning; `http(s)` sources not fetched",
+    ),
     "function:kumo.make_egress_path": (
         _P,
         "no SMTP AUTH, `max_recipients_per_batch` splitting, `reconnect_strategy`, "
@@ -282,8 +290,8 @@ def statuses(items: Sequence[Item]) -> dict[str, tuple[Status, str]]:
     out: dict[str, tuple[Status, str]] = {}
     for item in items:
         notes = {"event": NOT_FIRED_YET.get(item.name, ""), "endpoint": "not served (`404`)"}
-        note = notes.get(item.group, "")
         status: Status = "supported" if item.key in found else "not yet available"
+        note = "" if status == "supported" else notes.get(item.group, "")
         out[item.key] = OVERRIDES.get(item.key, (status, note)) if status != _N else (_N, note)
     return out
 
