@@ -102,7 +102,7 @@ def _from_record(spool_id: str, record: object, *, copy_meta: bool) -> tuple[Mes
         schedule=schedule,
         num_attempts=attempts,
         due=_time(record, "due"),
-        created=_time(record, "created"),
+        created=_time(record, "created") if "created" in record else None,
     )
     last = get("last_response")
     if isinstance(last, str):
@@ -157,6 +157,8 @@ def _time(record: dict[str, Any], key: str) -> float | None:
     value = record.get(key)
     if value is None:
         return None
+    if type(value) is float and 0.0 <= value < _MAX_TIME:  # the usual case, checked at once
+        return value
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise SpoolRecordError(key, f"expected a unix time or null, got {_kind(value)}")
     if not 0.0 <= value < _MAX_TIME:  # False for NaN too

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterable, Iterator
 from typing import Any, Final
 
 from kumoq.clock import Clock
@@ -20,6 +20,7 @@ from kumoq.config.queue import QueueConfig
 from kumoq.errors import KumoqError, PolicyError, PolicyWouldBlock
 from kumoq.message import Message, parse_queue_name
 from kumoq.scheduler.attempt import POLICY_WAIT_RERUNS, QueueConfigSource
+from kumoq.scheduler.context import InsertContext, InsertReason
 from kumoq.scheduler.retry import FailureCache
 from kumoq.scheduler.scheduled import ScheduledQueue
 from kumoq.scheduler.singleton import SingletonWheel
@@ -29,6 +30,7 @@ __all__ = ["FAILED_RESOLVE_TTL", "QueueRegistry"]
 log = logging.getLogger("kumoq.queue")
 
 FAILED_RESOLVE_TTL: Final = 60.0
+ENUMERATED: Final = InsertContext(InsertReason.Enumerated)
 
 
 class QueueRegistry(ABC):
@@ -50,6 +52,49 @@ class QueueRegistry(ABC):
     @abstractmethod
     def _maybe_idle(self, queue: ScheduledQueue) -> None:
         """Note that ``queue`` may have become idle (the queue manager)."""
+
+    @abstractmethod
+    def insert(
+        self, msg: Message, context: InsertContext | None = None, queue_name: str | None = None
+    ) -> None:
+        """Take a spooled message into its queue (the queue manager)."""
+
+    @abstractmethod
+    def _admin_bounced(self, queue: ScheduledQueue, msg: Message) -> bool:
+        """An admin bounce rule matches ``queue``: ``msg`` is bounced (the queue manager)."""
+
+    # -- a restart ---------------------------------------------------------------------------
+
+    def insert_enumerated(
+        self,
+        batch: Iterable[tuple[Message, str]],
+        queues: dict[str, ScheduledQueue | None] | None = None,
+    ) -> None:
+        """``insert`` for messages read back from the spool at start, with their queue names:
+        the hot path of a restart (docs/benchmarks.md, "Restart"). Each queue is resolved
+        once, and a message due later goes straight into it, without a ``Delayed`` record
+        (KumoMTA logs none for ``Enumerated``). One whose queue does not resolve at once, or
+        that is due now, takes ``insert``'s path. ``queues``: the queues resolved so far,
+        kept by the caller from one batch to the next of the same enumeration."""
+        queues = {} if queues is None else queues
+        now = self._clock.now()
+        for msg, name in batch:
+            if name in queues:
+                queue = queues[name]
+            else:
+                queue = queues[name] = self._resolved_now(name)
+            due = msg.due
+            if queue is None or due is None or due <= now:
+                self.insert(msg, ENUMERATED, name)
+            elif not self._admin_bounced(queue, msg):
+                msg.state = ("scheduled", "Enumerated", due)
+                queue.insert_delayed(msg, due)
+
+    def _resolved_now(self, name: str) -> ScheduledQueue | None:
+        try:
+            return self.resolve(name)
+        except Exception:  # a wait for DNS, a policy error: insert() knows what to do
+            return None
 
     # -- queues ------------------------------------------------------------------------------
 

@@ -10,7 +10,8 @@ import pytest
 from kumoq.clock import FakeClock
 from kumoq.config.queue import QueueConfig
 from kumoq.errors import PolicyError, PolicyWouldBlock
-from kumoq.message import QueueNameParts
+from kumoq.logs.records import RecordType
+from kumoq.message import EnvelopeAddress, Message, QueueNameParts, new_spool_id
 from kumoq.scheduler.attempt import POLICY_WAIT_RERUNS
 from kumoq.scheduler.manager import QueueConfigSource, QueueManager
 from kumoq.testing.faults import NullSpool
@@ -171,3 +172,56 @@ async def test_a_refresh_that_keeps_waiting_gives_up_and_keeps_the_config():
     assert manager.resolve("example.com") is queue  # and no new refresh until refresh_interval
     assert source.calls == 1 + 1 + POLICY_WAIT_RERUNS
     await manager.close()
+
+
+class CountingSource:
+    """A config per domain, counting the calls; ``broken.example`` fails."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def get_queue_config(self, parts: QueueNameParts) -> QueueConfig:
+        self.calls.append(parts.domain)
+        if parts.domain == "broken.example":
+            raise PolicyError("init.lua:3: broken", location="init.lua:3")
+        return QueueConfig()
+
+
+class RecordedTypes:
+    def __init__(self) -> None:
+        self.types: list[RecordType] = []
+
+    def log(self, type: RecordType, msg: Message, **fields: object) -> None:
+        self.types.append(type)
+
+
+async def test_insert_enumerated_resolves_each_queue_once_and_logs_no_delayed():
+    """A restart's batch: every message due later waits in its queue, its queue resolved once
+    for the batch, no Delayed record (KumoMTA logs none for Enumerated); a message whose
+    queue fails to resolve takes insert's path (parked, still spooled)."""
+    clock, source, records = FakeClock(1_000_000.0), CountingSource(), RecordedTypes()
+    manager = QueueManager(
+        configs=source, deliverers={}, spool=NullSpool(), records=records, clock=clock
+    )
+    due = clock.now() + 3600
+    batch = []
+    for n, domain in enumerate(["a.example", "b.example", "a.example", "broken.example"] * 3):
+        msg = Message(
+            id=new_spool_id(clock.now()),
+            sender=EnvelopeAddress.parse("s@x.example"),
+            recipients=[EnvelopeAddress.parse(f"u{n}@{domain}")],
+            due=due,
+        )
+        batch.append((msg, msg.queue_name()))
+    try:
+        manager.insert_enumerated(batch)
+        assert sorted(source.calls) == ["a.example", "b.example", "broken.example"]
+        assert dict(manager.scheduled_counts()) == {"a.example": 6, "b.example": 3}
+        for msg, name in batch:
+            if name == "broken.example":
+                assert manager.find(msg.id) == (msg, None)  # parked, still spooled
+            else:
+                assert msg.state == ("scheduled", "Enumerated", due)
+        assert records.types == []
+    finally:
+        await manager.close()

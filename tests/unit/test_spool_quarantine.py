@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, cast
 
@@ -22,7 +23,6 @@ from kumoq.daemon import Daemon
 from kumoq.errors import SpoolCorruptError, SpoolError, SpoolRecordError
 from kumoq.message import EnvelopeAddress, Message, new_spool_id, spool_id_created
 from kumoq.metrics import REGISTRY
-from kumoq.scheduler.context import InsertContext
 from kumoq.scheduler.manager import QueueManager
 from kumoq.spool import LocalDiskSpool, SqliteSpool, open_spool
 from kumoq.spool.base import QUARANTINE, REMOVE, STORE, Spool, fold_ops
@@ -226,11 +226,10 @@ class RecordingQueues:
     def __init__(self) -> None:
         self.inserted: list[str] = []
 
-    def insert(
-        self, msg: Message, context: InsertContext | None = None, queue_name: str | None = None
-    ) -> None:
-        assert queue_name in (None, msg.queue_name())
-        self.inserted.append(msg.id)
+    def insert_enumerated(self, batch: Iterable[tuple[Message, str]], queues: object) -> None:
+        for msg, queue_name in batch:
+            assert queue_name == msg.queue_name()
+            self.inserted.append(msg.id)
 
 
 def quarantined_count(reason: str) -> float:
