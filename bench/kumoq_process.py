@@ -43,9 +43,9 @@ class KumoqProcess:
         self.workdir = workdir
         self.policy = workdir / "init.lua"
         shutil.copyfile(policy, self.policy)
-        shared = policy.parent / "bench_init.lua"  # required by every bench policy
-        if shared.exists():
-            shutil.copyfile(shared, workdir / shared.name)
+        for shared in policy.parent.glob("*.lua"):  # bench_init, and a policy another requires
+            if shared != policy:
+                shutil.copyfile(shared, workdir / shared.name)
         self.env = env
         self.argv_prefix = argv_prefix or [sys.executable]
         self.port = 0
