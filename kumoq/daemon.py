@@ -46,6 +46,7 @@ from kumoq.egress.maildir_dispatch import MaildirDispatch
 from kumoq.egress.smtp_dispatch import SmtpDispatch
 from kumoq.egress.sources import SourceSelector
 from kumoq.errors import ConfigError, KumoqError, SpoolRecordError
+from kumoq.gauges import LiveGauges
 from kumoq.harness_mode import HarnessMode, RerootedMaildir
 from kumoq.http import HttpListener, HttpServices, start_http_listener
 from kumoq.logs.hooks import HookTargets, LogHooks
@@ -53,7 +54,7 @@ from kumoq.logs.logger import RecordLogger
 from kumoq.logs.writer import LocalLogWriter
 from kumoq.lua.events import PolicyEvents
 from kumoq.message import Message
-from kumoq.metrics import REGISTRY, SPOOL_QUARANTINED, LiveGauges
+from kumoq.metrics import REGISTRY, SPOOL_QUARANTINED
 from kumoq.reception import Reception
 from kumoq.scheduler.attempt import Deliverer
 from kumoq.scheduler.dead_letters import DEAD_LETTER_KEY, dead_letter_block

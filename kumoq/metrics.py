@@ -11,8 +11,8 @@ the HTTP listener exposes as is (kumoq.http.metrics). Incrementing one is a dict
 event loop thread: no lock, no label lookup.
 
 KumoMTA's gauges of what is waiting and connected (``scheduled_count``, ``ready_count``,
-``connection_count``...) cost nothing on the hot path: ``LiveGauges`` computes them at scrape
-time from ``CountSource``s, which the daemon builds from its live queues and listeners.
+``connection_count``...) cost nothing on the hot path: ``kumoq.gauges.LiveGauges`` computes
+them at scrape time from the daemon's live queues and listeners.
 
 Histograms observed on the event loop thread are ``LoopHistogram``s: ``child(label_value)``
 returns the series once (kept in a dict), and ``observe`` is a bisect and two additions, with no
@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import os
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Final, Protocol, cast
+from collections.abc import Callable, Iterator, Sequence
+from typing import Final, cast
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
@@ -56,11 +56,10 @@ __all__ = [
     "TOTAL_MESSAGES_FAIL",
     "TOTAL_MESSAGES_RECEIVED",
     "TOTAL_MESSAGES_TRANSFAIL",
-    "CountSource",
+    "USER_LUA_LATENCY",
     "ExactCounter",
     "ExactNameFamily",
     "HistogramChild",
-    "LiveGauges",
     "LoopHistogram",
     "ProcessGauges",
     "note_delayed",
@@ -332,6 +331,13 @@ LUA_EVENT_LATENCY: Final = LoopHistogram(
     _FINE_BUCKETS + LATENCY_BUCKETS,
 )
 
+USER_LUA_LATENCY: Final = LoopHistogram(
+    "user_lua_latency",
+    "how long something user-defined took to run in your lua policy",
+    "label",
+    LATENCY_BUCKETS,
+)
+
 MESSAGE_SAVE_LATENCY: Final = LoopHistogram(
     "message_save_latency",
     "How many seconds it takes to save a message to spool",
@@ -371,109 +377,6 @@ MESSAGES_RECEIVED_BY_PRIORITY: Final = Counter(
     ["priority"],
     registry=REGISTRY,
 )
-
-
-class CountSource(Protocol):
-    """Called at scrape time (on the event loop thread): one ``(label value, count)`` pair per
-    live object, such as a scheduled queue's name and the messages waiting in it."""
-
-    def __call__(self) -> Iterable[tuple[str, float]]: ...
-
-
-class LiveGauges:
-    """Gauges read from their sources when scraped, with KumoMTA's names and labels:
-
-    - ``scheduled``: ``(scheduled queue, messages)`` → ``scheduled_count{queue}``, and their
-      sum and number as ``scheduled_count_total`` and ``scheduled_queue_count``;
-    - ``ready``: ``(ready queue, messages)`` → ``ready_count{service}``, KumoMTA's service
-      being ``<protocol>:<ready queue>`` (``smtp_client:unspecified->mx.example.com@smtp_client``)
-      plus one total per protocol (``smtp_client``), which is what kcli reads;
-    - ``connections``: ``(service, connections)`` → ``connection_count{service}`` as given;
-    - ``dead_letters`` (optional): kumoq's ``kumoq_dead_letter_count``.
-
-    The daemon registers one in ``REGISTRY`` when it starts and unregisters it at shutdown.
-    A queue that was reaped is simply absent, as in KumoMTA once its metrics are pruned."""
-
-    SCHEDULED: Final = ("scheduled_count", "number of messages in the scheduled queue")
-    SCHEDULED_TOTAL: Final = (
-        "scheduled_count_total",
-        "total number of messages across all scheduled queues",
-    )
-    SCHEDULED_QUEUES: Final = (
-        "scheduled_queue_count",
-        "how many scheduled queues are tracked by the QueueManager",
-    )
-    READY: Final = ("ready_count", "number of messages in the ready queue")
-    CONNECTIONS: Final = ("connection_count", "number of active connections")
-    DEAD_LETTERS: Final = (
-        "kumoq_dead_letter_count",
-        "Messages kept in the dead-letter store (bounced or expired, within "
-        "dead_letter_retention) (kumoq).",
-    )
-
-    def __init__(
-        self,
-        *,
-        scheduled: CountSource,
-        ready: CountSource,
-        connections: CountSource,
-        dead_letters: Callable[[], int] | None = None,
-    ) -> None:
-        self._scheduled = scheduled
-        self._ready = ready
-        self._connections = connections
-        self._dead_letters = dead_letters
-
-    def describe(self) -> list[Metric]:
-        families: list[Metric] = [
-            GaugeMetricFamily(*self.SCHEDULED, labels=["queue"]),
-            GaugeMetricFamily(*self.SCHEDULED_TOTAL),
-            GaugeMetricFamily(*self.SCHEDULED_QUEUES),
-            GaugeMetricFamily(*self.READY, labels=["service"]),
-            GaugeMetricFamily(*self.CONNECTIONS, labels=["service"]),
-        ]
-        if self._dead_letters is not None:
-            families.append(GaugeMetricFamily(*self.DEAD_LETTERS))
-        return families
-
-    def collect(self) -> Iterator[Metric]:
-        scheduled = GaugeMetricFamily(*self.SCHEDULED, labels=["queue"])
-        total, queues = 0.0, 0
-        for queue, count in self._scheduled():
-            scheduled.add_metric([queue], float(count))
-            total += count
-            queues += 1
-        yield scheduled
-        yield GaugeMetricFamily(*self.SCHEDULED_TOTAL, value=total)
-        yield GaugeMetricFamily(*self.SCHEDULED_QUEUES, value=queues)
-
-        ready = GaugeMetricFamily(*self.READY, labels=["service"])
-        by_protocol: dict[str, float] = {}
-        for queue, count in self._ready():
-            protocol = _ready_protocol(queue)
-            ready.add_metric([f"{protocol}:{queue}"], float(count))
-            by_protocol[protocol] = by_protocol.get(protocol, 0.0) + count
-        for protocol, count in by_protocol.items():
-            ready.add_metric([protocol], count)
-        yield ready
-
-        connections = GaugeMetricFamily(*self.CONNECTIONS, labels=["service"])
-        for service, count in self._connections():
-            connections.add_metric([service], float(count))
-        yield connections
-        if self._dead_letters is not None:
-            yield GaugeMetricFamily(*self.DEAD_LETTERS, value=float(self._dead_letters()))
-
-
-def _ready_protocol(queue: str) -> str:
-    """KumoMTA's service type of a ready queue ``<source>-><site>@<protocol>``: ``smtp_client``,
-    ``lua`` (``@lua:<constructor>``) or ``maildir`` (``@maildir:<path>``)."""
-    if queue.endswith("@smtp_client"):
-        return "smtp_client"
-    for protocol in ("lua", "maildir"):
-        if f"@{protocol}:" in queue:
-            return protocol
-    return queue.rpartition("@")[2] or "unknown"
 
 
 class ProcessGauges:

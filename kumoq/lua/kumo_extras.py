@@ -36,6 +36,7 @@ from kumoq.lua import chunks, host, serde, text_api, time_api
 from kumoq.lua.config_data import config_data
 from kumoq.lua.message import LuaApiError
 from kumoq.lua.tasks import TASKS
+from kumoq.metrics import USER_LUA_LATENCY
 
 __all__ = ["EXTENSION_CHUNKS", "ExtrasRuntime", "python_api"]
 
@@ -150,6 +151,9 @@ def python_api(rt: ExtrasRuntime) -> dict[str, Callable[..., Any]]:
             return round(rt.clock.now() * time_api.NS)
         if op == "monotonic":
             return rt.clock.monotonic()
+        if op == "user_lua_latency":  # a kumo.time.start_timer timer's done(): label, seconds
+            USER_LUA_LATENCY.child(str(args[0])).observe(float(args[1]))
+            return True
         return to_lua(_TIME_OPS[op](*args))
 
     def spawn_task(params: object) -> None:

@@ -1,6 +1,6 @@
 -- kumoq/kumo_time: kumo.time (Time and TimeDelta objects, now,
 -- from_unix_timestamp, with_ymd_hms, parse_rfc2822, parse_rfc3339,
--- parse_duration, sleep) and the older kumo.sleep. Arguments: py (the Python
+-- parse_duration, start_timer, sleep) and the older kumo.sleep. Arguments: py (the Python
 -- functions of kumoq.lua.kumo_extras), M (kumoq's private table) and kumo.
 --
 -- A Time holds the nanoseconds since the Unix epoch, a TimeDelta a signed
@@ -197,6 +197,39 @@ function time.parse_duration(value)
     error('kumo.time.parse_duration: the duration is not valid UTF-8', 2)
   end
   return make(DELTA, call('parse_duration', value))
+end
+
+-- kumo.time.start_timer(label): a Timer whose :done() records the seconds
+-- since its start in the user_lua_latency histogram (label `label`) and
+-- returns them; a `local t <close> = ...` timer is done when it goes out of
+-- scope. It records once: a later :done() only returns the seconds.
+local TIMERS = setmetatable({}, { __mode = 'k' }) -- Timer -> its state
+local TIMER = { __metatable = 'Timer', __index = {} }
+function TIMER.__index.done(self)
+  local state = TIMERS[self]
+  if state == nil then
+    error('timer:done(): expected a Timer from kumo.time.start_timer', 2)
+  end
+  local elapsed = call('monotonic') - state.start
+  if not state.recorded then
+    state.recorded = true
+    call('user_lua_latency', state.label, elapsed)
+  end
+  return elapsed
+end
+function TIMER.__close(self)
+  TIMER.__index.done(self)
+end
+function time.start_timer(label)
+  if type(label) ~= 'string' then
+    error(
+      'kumo.time.start_timer: expected a label string, got ' .. type(label),
+      2
+    )
+  end
+  local timer = setmetatable({}, TIMER)
+  TIMERS[timer] = { label = label, start = call('monotonic') }
+  return timer
 end
 
 -- kumo.time.sleep(seconds) and kumo.sleep(seconds)

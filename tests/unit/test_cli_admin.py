@@ -18,7 +18,8 @@ import pytest
 from kumoq.cli import main
 from kumoq.cli.queue_summary import ready_parts, rows_from_metrics
 from kumoq.cli.render import humantime, table, waiting_sentence
-from kumoq.metrics import REGISTRY, LiveGauges
+from kumoq.gauges import LiveGauges
+from kumoq.metrics import REGISTRY
 from kumoq.scheduler.admin_rules import AdminCriteria
 from tests.unit.admin_support import MSG, OTHER_MSG, RULE, AdminRig, AdminRigs
 

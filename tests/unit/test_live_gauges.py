@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
+from kumoq.gauges import LiveGauges
 from kumoq.http.metrics import metrics_json, prometheus_text
-from kumoq.metrics import LiveGauges
 
 
 def test_gauges_read_their_sources_at_each_scrape():

@@ -116,7 +116,7 @@ def test_errors_in_a_helper_name_its_file_and_line(tmp_path, monkeypatch):
         ("kumo.string.no_such()", "kumo.string.no_such"),
         ("kumo.dns.define_resolver('x', {})", "kumo.dns.define_resolver"),
         ("kumo.serde.toml_encode_pretty_compact({})", "kumo.serde.toml_encode_pretty_compact"),
-        ("kumo.time.start_timer('x')", "kumo.time.start_timer"),
+        ("kumo.time.no_such_timer('x')", "kumo.time.no_such_timer"),
     ],
 )
 def test_an_unknown_kumo_field_is_an_error_naming_it_at_its_line(tmp_path, expr, name):

@@ -9,6 +9,8 @@ import pytest
 
 from kumoq.clock import FakeClock
 from kumoq.errors import PolicyError
+from kumoq.lua import PolicyEvents
+from kumoq.metrics import USER_LUA_LATENCY
 from tests.unit.lua_kumo_support import call, load
 
 
@@ -152,3 +154,35 @@ def test_sleep_in_a_synchronous_event_is_an_error(tmp_path):
         call(tmp_path, "kumo.time.sleep(0.01)")
     with pytest.raises(PolicyError, match=r"kumo.time.sleep: expected a number of seconds >= 0"):
         call(tmp_path, "kumo.sleep(-1)")
+
+
+def test_start_timer_records_the_elapsed_seconds_once_in_user_lua_latency(tmp_path):
+    clock = FakeClock()
+    rt = load(
+        tmp_path,
+        """
+        local timer
+        kumo.on('start', function() timer = kumo.time.start_timer 'tq-op' end)
+        kumo.on('stop', function() return { timer:done(), timer:done() } end)
+        kumo.on('scoped', function()
+          do
+            local t <close> = kumo.time.start_timer 'tq-scoped'
+          end
+          return true
+        end)
+        kumo.on('bad', function() return kumo.time.start_timer(42) end)
+        """,
+        clock=clock,
+    )
+    events = PolicyEvents(rt)
+    op, scoped = USER_LUA_LATENCY.child("tq-op"), USER_LUA_LATENCY.child("tq-scoped")
+    before, before_scoped = sum(op.counts), sum(scoped.counts)
+    events.call("start")
+    clock.advance(1.5)
+    assert events.call("stop") == [1.5, 1.5]  # the second done() only returns the seconds
+    assert sum(op.counts) == before + 1
+    assert op.sum >= 1.5
+    assert events.call("scoped") is True  # <close> called done()
+    assert sum(scoped.counts) == before_scoped + 1
+    with pytest.raises(PolicyError, match="start_timer: expected a label string, got number"):
+        events.call("bad")

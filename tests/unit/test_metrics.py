@@ -18,6 +18,7 @@ from kumoq.clock import FakeClock
 from kumoq.config.listener import EsmtpListenerConfig
 from kumoq.config.spool import SpoolDefinition
 from kumoq.errors import PolicyError
+from kumoq.gauges import LiveGauges
 from kumoq.http.metrics import metrics_json, prometheus_text
 from kumoq.logs.logger import RecordLogger
 from kumoq.logs.records import RecordType, Response
@@ -34,7 +35,6 @@ from kumoq.metrics import (
     REGISTRY,
     SMTP_SERVER_REJECTIONS,
     TOTAL_CONNECTIONS_DENIED,
-    LiveGauges,
     LoopHistogram,
     ProcessGauges,
     note_delayed,
