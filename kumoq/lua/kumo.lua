@@ -308,6 +308,83 @@ for _, kind in ipairs { 'rsa_sha256_signer', 'ed25519_signer' } do
   kumo.dkim[kind] = maker(kind)
 end
 
+-- msg:dkim_verify(), msg:arc_verify() and msg:arc_seal(signer, server_id,
+-- results) (kumoq.lua.dkim_verify_api), methods of message.lua's Message:
+-- the key records are fetched first, by yielding the 'dkim.keys' op to the
+-- event coroutine as kumo.dns.lookup_txt does, then handed to the Python
+-- verifier with the message.
+local MSG, MH, py_key_names = M.MSG, M.MH, py.dkim_key_names
+local function not_message(name)
+  error(
+    name .. ': expected a Message object (call it as msg:' .. name .. '(...))',
+    3
+  )
+end
+local function fetch_keys(name, h, which, resolver)
+  if resolver ~= nil then
+    error(
+      name
+        .. ': no resolver named '
+        .. tostring(resolver)
+        .. ' (kumoq has no kumo.dns.define_resolver)',
+      3
+    )
+  end
+  local names, e = py_key_names(h, which)
+  if names == ERR then
+    error(name .. ': ' .. tostring(e), 3)
+  end
+  if #names == 0 then
+    return {}
+  end
+  if not EVENT_COROUTINES[running()] or not isyieldable() then
+    error(
+      name
+        .. ': cannot wait for DNS here; call it from the handler itself, '
+        .. "not from a coroutine, metamethod or callback of the policy's own",
+      3
+    )
+  end
+  local ok, res = yield(PENDING, 'dkim.keys', names)
+  if not ok then
+    error(name .. ': ' .. gsub(tostring(res), '^kumo%.dkim%.keys: ', ''), 3)
+  end
+  return res
+end
+for _, name in ipairs { 'dkim_verify', 'arc_verify' } do
+  local f = py[name]
+  MSG[name] = function(self, resolver)
+    local h = MH[self]
+    if h == nil then
+      not_message(name)
+    end
+    local which = name == 'dkim_verify' and 'dkim' or 'arc'
+    local r, e = f(h, fetch_keys(name, h, which, resolver))
+    if r == ERR then
+      error(e, 2)
+    end
+    return r
+  end
+end
+local py_arc_seal = py.arc_seal
+function MSG:arc_seal(signer, server_id, results, resolver)
+  local h = MH[self]
+  if h == nil then
+    not_message 'arc_seal'
+  end
+  if type(server_id) == 'string' and utf8len(server_id) == nil then
+    error('arc_seal: string argument is not valid UTF-8', 2)
+  end
+  if type(results) == 'table' and M.plain ~= nil then
+    results = M.plain(results)
+  end
+  local keys = fetch_keys('arc_seal', h, 'arc', resolver)
+  local r, e = py_arc_seal(h, OPAQUE[signer] or false, server_id, results, keys)
+  if r == ERR then
+    error(e, 2)
+  end
+end
+
 -- KumoMTA's utility modules, each a chunk of its own (kumoq.lua.chunks).
 local EXTENSIONS =
   { 'cache', 'data', 'time', 'process', 'shaping', 'http', 'throttle' }

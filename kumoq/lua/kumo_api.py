@@ -38,8 +38,9 @@ config classes. A builder's ConfigError becomes a Lua error raised at the policy
 has it (structurally, checked by mypy where the runtime calls ``python_api``).
 
 L2: imports the standard library, kumoq.message, kumoq.lua.message, kumoq.lua.kumo_extras,
-kumoq.lua.http_api, kumoq.lua.throttle_api, kumoq.lua.dns_api and kumoq.lua.dkim_api (whose
-``dkim_sign`` it includes); must not import the runtime module (``runtime.py`` here), not even under
+kumoq.lua.http_api, kumoq.lua.throttle_api, kumoq.lua.dns_api, kumoq.lua.dkim_api (whose
+``dkim_sign`` it includes) and kumoq.lua.dkim_verify_api (``msg:dkim_verify`` and ARC); must
+not import the runtime module (``runtime.py`` here), not even under
 TYPE_CHECKING: it imports this one.
 """
 
@@ -49,7 +50,15 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Protocol
 
-from kumoq.lua import dkim_api, dns_api, http_api, kumo_extras, shaping_api, throttle_api
+from kumoq.lua import (
+    dkim_api,
+    dkim_verify_api,
+    dns_api,
+    http_api,
+    kumo_extras,
+    shaping_api,
+    throttle_api,
+)
 from kumoq.lua.kumo_extras import ExtrasRuntime
 from kumoq.lua.message import LuaApiError
 from kumoq.lua.waits import Waits
@@ -166,6 +175,7 @@ def python_api(rt: KumoApiRuntime) -> dict[str, Callable[..., Any]]:
         kumo_extras.python_api(rt)
         | shaping_api.python_api(rt)
         | dkim_api.python_api(rt)
+        | dkim_verify_api.python_api(rt)
         | dns_api.python_api(rt)
         | http_api.python_api(rt)
         | throttle_api.python_api(rt)
