@@ -15,7 +15,10 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import subprocess
+import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -265,3 +268,24 @@ def test_records_of_a_stopped_daemon_arrive_after_its_restart(kumoq, webhook):
     assert {(r["type"], r["id"]) for r in got} == {
         (kind, msg_id) for kind in ("Reception", "Delivery") for msg_id in received
     }
+
+
+def test_the_hook_policy_passes_validate_and_runs_under_the_harness(harness, webhook, tmp_path):
+    """Issue 14: the policies of tests/ in the style of each helper are loaded by ``kumoq
+    validate`` and run by the harness fixture; this is the log_hooks one."""
+    path = tmp_path / "hook-policy" / "init.lua"
+    path.parent.mkdir()
+    path.write_text(policy(HOOK_HELPER.replace("{port}", str(webhook.port)), MAILDIR_QUEUE))
+    validated = subprocess.run(
+        [sys.executable, "-m", "kumoq", "validate", "--policy", str(path)],
+        capture_output=True, text=True, cwd=path.parent, timeout=120, check=False,
+    )  # fmt: skip
+    assert validated.returncode == 0, validated.stdout + validated.stderr
+    result = harness(path, messages=20, timeout=120)
+    assert result.traffic["accepted"] == 20
+    posted = [r for r in webhook.got() if r["queue"] != HOOK_QUEUE]
+    deadline = time.monotonic() + 60
+    while len(posted) < 40 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        posted = [r for r in webhook.got() if r["queue"] != HOOK_QUEUE]
+    assert Counter(r["type"] for r in posted) == {"Reception": 20, "Delivery": 20}
