@@ -70,6 +70,9 @@ __all__ = [
 
 log = logging.getLogger("kumoq.reception")
 
+#: An admitted message whose queue cannot be resolved: the reason is logged, not sent back.
+POLICY_FAILED: Final = "451 4.3.0 technical difficulties (the reason is in kumoq's log)"
+
 #: The reply to MAIL FROM while storage is below a free-space floor (Postfix's).
 INSUFFICIENT_STORAGE: Final = Reply(452, "4.3.1", "Insufficient system storage")
 #: The reply to DATA when no message of the transaction may be relayed (KumoMTA's).
@@ -400,8 +403,9 @@ class Reception:
                 if name != NULL_QUEUE:
                     await self._queues.resolve_waiting(name)
                     to_store.append(msg)
-            except (QueueNameError, PolicyError) as exc:
-                outcomes[index] = f"technical difficulties: {exc}"
+            except (QueueNameError, PolicyError) as exc:  # the text stays in the log
+                log.error("message %s: cannot resolve its queue: %s", msg.id, exc)
+                outcomes[index] = POLICY_FAILED
                 continue
             taken.append(index)
             names.append(name)

@@ -260,8 +260,9 @@ class Injector:
                     await wait.wait()
         except RejectError as exc:
             raise _Failed(f"{exc.code} {exc.reply_text}") from None
-        except PolicyError as exc:
-            raise _Failed(f"{EVENT}: {exc}") from None
+        except PolicyError as exc:  # the error and its file:line stay in the log
+            log.error("%s failed for %s: %s", EVENT, msg.recipient.email, exc)
+            raise _Failed(f"451 4.3.0 technical difficulties: {EVENT} failed") from None
         raise _Failed(f"{EVENT}: still waiting for DNS")
 
     async def _admit(

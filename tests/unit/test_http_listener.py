@@ -309,6 +309,25 @@ async def test_a_policy_rejection_fails_only_that_recipient(rig):
     }
 
 
+async def test_a_policy_error_fails_that_recipient_with_a_generic_text(rig, caplog):
+    """The Lua error's text and file:line go to the log, never to the HTTP client."""
+    r = await rig()
+
+    def generated(msg: Message, auth: Any) -> None:
+        if msg.recipient.local_part == "bad":
+            raise PolicyError("init.lua:7: secret table is nil", location="init.lua:7")
+
+    r.policy.handlers["http_message_generated"] = generated
+    request = {**RAW, "recipients": [{"email": "bad@example.com"}, {"email": "ok@example.com"}]}
+    async with aiohttp.ClientSession() as client:
+        _, body = await answer(await client.post(f"{r.url}/api/inject/v1", json=request))
+    assert body["success_count"] == 1
+    assert body["errors"] == [
+        "bad@example.com: 451 4.3.0 technical difficulties: http_message_generated failed"
+    ]
+    assert "init.lua:7: secret table is nil" in caplog.text
+
+
 async def test_gzip_and_deflate_bodies(rig):
     r = await rig()
     data = json.dumps(RAW).encode()
