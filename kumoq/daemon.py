@@ -63,11 +63,12 @@ from kumoq.scheduler.scheduled import ScheduledQueue
 from kumoq.scheduler.scheduling import parse_scheduling
 from kumoq.shutdown import GRACE, ShutdownBounds, shutdown_bounds, watchdog, within
 from kumoq.smtp.server import EsmtpListener, start_esmtp_listener
-from kumoq.spool import open_spool
+from kumoq.spool import open_worker_spool, worker_spool_pair
 from kumoq.spool.base import Spool
 from kumoq.spool.health import FreeSpaceMonitor
 from kumoq.spool_record import spooled_message
 from kumoq.throttle import Throttle
+from kumoq.workers import WorkerSlot
 
 __all__ = ["Daemon"]
 
@@ -85,10 +86,31 @@ def _node_id(meta_spool: SpoolDefinition) -> str:
     try:
         return str(uuid.UUID(path.read_text().strip()))
     except (OSError, ValueError):
-        node = str(uuid.uuid4())
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(node + "\n")
-        return node
+        pass
+    # Workers starting together must agree: the first link wins, the others read it.
+    node = str(uuid.uuid4())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}")
+    tmp.write_text(node + "\n")
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        try:
+            return str(uuid.UUID(path.read_text().strip()))
+        except ValueError:  # a damaged file from an older run: replace it
+            os.replace(tmp, path)
+            return node
+    finally:
+        tmp.unlink(missing_ok=True)
+    return node
+
+
+def _listing(path: str) -> list[str]:
+    """The names at the top of ``path`` (none when it does not exist yet)."""
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
 
 
 DEAD_MARK = f'"{DEAD_LETTER_KEY}"'.encode()  # a meta record that may be a dead letter
@@ -122,6 +144,8 @@ class Daemon:
         # One throttle state for the process: egress paths, queues and kumo.make_throttle
         # (an additional_* name or a make_throttle name is one key everywhere); kept on reload.
         self._throttle = Throttle()
+        # kumoq serve --workers N: this process's place among the workers (kumoq.workers)
+        self.slot = WorkerSlot.from_env(os.environ)
 
     def request_reload(self) -> None:
         """Reload the policy soon (SIGHUP, ``kumo.bump_config_epoch``); requests made while a
@@ -182,9 +206,13 @@ class Daemon:
 
         # The spool lock comes first: a second instance must fail before it touches anything
         # the running one owns (its log segments included).
-        spool: Spool = open_spool(data_def, meta_def)
+        # kumoq serve --workers N: this worker's own directory, and those of workers that no
+        # longer run, which it adopts (kumoq.workers); alone, the configured one and them all.
+        found = await asyncio.to_thread(_listing, data_def.path)
+        spool: Spool = open_worker_spool(data_def, meta_def, self.slot, found)
         await spool.start()
-        nodeid = await asyncio.to_thread(_node_id, meta_def)
+        nodeid = await asyncio.to_thread(_node_id, meta_def)  # one node id for every worker
+        data_def, meta_def = worker_spool_pair(data_def, meta_def, self.slot)
         writers = [LocalLogWriter(cfg) for cfg in decl.logs]
         try:
             for writer in writers:
@@ -281,15 +309,21 @@ class Daemon:
         REGISTRY.register(gauges)
         try:
             for cfg, reception in zip(decl.listeners, receptions, strict=True):
-                self.listeners.append(await start_esmtp_listener(cfg, reception))
+                self.listeners.append(
+                    await start_esmtp_listener(cfg, reception, reuse_port=self.slot is not None)
+                )
             for http_cfg, reception in zip(decl.http_listeners, http_receptions, strict=True):
                 services = HttpServices(reception, events, self.clock, admin=admin)
-                self.http_listeners.append(await start_http_listener(http_cfg, services))
+                self.http_listeners.append(
+                    await start_http_listener(http_cfg, services, reuse_port=self.slot is not None)
+                )
             await self._enumerate(spool, queues, progress)
             for reception in (*receptions, *http_receptions):
                 reception.set_ready()
             reloader = asyncio.create_task(self._reloader(), name="kumoq-reload")
             log.info("initialization complete")
+            if self.slot is not None:
+                await asyncio.to_thread(self.slot.mark_ready)
             await stop.wait()
             log.info("shutting down: draining sessions and deliveries")
             for http in self.http_listeners:

@@ -31,12 +31,21 @@ __all__ = ["register", "setup_diagnostics"]
 log = logging.getLogger("kumoq")
 
 
+# A worker of `kumoq serve --workers N` says which one it is in every diagnostic line.
+_WORKER = os.environ.get("KUMOQ_WORKER_INDEX")
+_WORKER_FIELD: dict[str, str] = {} if _WORKER is None else {"worker": _WORKER}
+_TEXT_FORMAT = "%(asctime)s %(levelname)-5s " + (
+    "%(name)s: %(message)s" if _WORKER is None else f"worker-{_WORKER} %(name)s: %(message)s"
+)
+
+
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created)),
             "level": record.levelname,
             "target": record.name,
+            **_WORKER_FIELD,
             "message": record.getMessage(),
         }
         if record.exc_info:
@@ -49,7 +58,7 @@ def setup_diagnostics(fmt: str, level: str) -> None:
     if fmt == "json":
         handler.setFormatter(_JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-5s %(name)s: %(message)s"))
+        handler.setFormatter(logging.Formatter(_TEXT_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -126,6 +135,16 @@ def _validate(policy: Path, queues: list[str], as_json: bool) -> int:
     return 0 if report.ok else 1
 
 
+def _worker_count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if not 1 <= count <= 256:
+        raise argparse.ArgumentTypeError(f"--workers takes a number from 1 to 256, not {text!r}")
+    return count
+
+
 def _queue_name(text: str) -> str:
     from kumoq.message import parse_queue_name
 
@@ -150,6 +169,11 @@ def _run(args: argparse.Namespace) -> int:
             if not args.policy.is_file():
                 log.error("policy file %s does not exist", args.policy)
                 return 1
+            if args.workers > 1:
+                from kumoq.cli.supervisor import supervise
+
+                diag = [f"--diag-format={args.diag_format}", f"--diag-level={args.diag_level}"]
+                return supervise(args.policy, args.workers, diag)
             return _serve(args.policy)
         if args.command == "validate":
             return _validate(args.policy, args.queue, args.json)
@@ -163,6 +187,14 @@ def register(sub: Any) -> None:
     """Add ``serve``, ``validate`` and ``tail`` to the subcommands ``sub``."""
     serve = sub.add_parser("serve", help="run the MTA in the foreground")
     serve.add_argument("--policy", type=Path, required=True, help="the policy file (init.lua)")
+    serve.add_argument(
+        "--workers",
+        type=_worker_count,
+        default=1,
+        metavar="N",
+        help="run N worker processes sharing the listeners (SO_REUSEPORT), each with its own "
+        "spool directory under the configured one (default 1: one process)",
+    )
     validate = sub.add_parser(
         "validate",
         help="load the policy, run init and the queue and egress events for sample queues, "

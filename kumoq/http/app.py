@@ -98,9 +98,12 @@ class HttpListener:
         routes: Sequence[Route],
         authenticator: Authenticator,
         availability: Availability,
+        *,
+        reuse_port: bool = False,
     ) -> None:
         self.config = config
         self.availability = availability
+        self.reuse_port = reuse_port  # SO_REUSEPORT: kumoq serve --workers N
         self.address: tuple[str, int] | None = None
         self._authenticator = authenticator
         self._app = web.Application(middlewares=[self._errors])
@@ -128,7 +131,10 @@ class HttpListener:
         )
         await runner.setup()
         host, port = cfg.address
-        site = web.TCPSite(runner, host, port, ssl_context=context, reuse_address=True)
+        site = web.TCPSite(
+            runner, host, port, ssl_context=context, reuse_address=True,
+            reuse_port=self.reuse_port or None,
+        )  # fmt: skip
         try:
             await site.start()
         except OSError as exc:

@@ -67,12 +67,19 @@ def http_routes(
     return routes
 
 
-async def start_http_listener(config: HttpListenerConfig, services: HttpServices) -> HttpListener:
-    """Bind ``config`` and serve every route; raises ListenerError when binding fails."""
+async def start_http_listener(
+    config: HttpListenerConfig, services: HttpServices, *, reuse_port: bool = False
+) -> HttpListener:
+    """Bind ``config`` and serve every route; raises ListenerError when binding fails.
+    ``reuse_port``: SO_REUSEPORT, for the workers of ``kumoq serve --workers N``."""
     availability = Availability(services.reception)
     routes = http_routes(config, services, availability)
     listener = HttpListener(
-        config, routes, Authenticator(services.policy, services.clock.monotonic), availability
+        config,
+        routes,
+        Authenticator(services.policy, services.clock.monotonic),
+        availability,
+        reuse_port=reuse_port,
     )
     await listener.start()
     return listener

@@ -12,7 +12,9 @@ record. A segment is finished when its uncompressed size reaches ``max_file_size
 record, as KumoMTA does) or ``max_segment_duration`` has elapsed on ``clock.monotonic()``
 (checked on every pass, so also when idle). Finishing ends the zstd frame, closes the file and
 removes its write bits: **a read-only segment is complete** (kumoq.logs.tail relies on it). At
-start every pre-existing file in ``log_dir`` is marked read-only the same way.
+start every pre-existing file in ``log_dir`` is marked read-only the same way, except the
+segments other live writers hold: each writer holds an ``flock`` on its open segment, so the
+workers of ``kumoq serve --workers N`` share one ``log_dir``.
 
 **Whole records only.** A segment writes at the end of its last whole record; a write that
 fails part-way (ENOSPC, EDQUOT, EIO) is cut back to the last whole record. zstd is written in
@@ -28,10 +30,8 @@ pass, so writing resumes by itself. At most ``back_pressure`` records and ``max_
 writing starts failing, at most one per ``REPORT_INTERVAL`` after it, one when it works again.
 ``close()`` tries once more, then drops (and counts) what is still held.
 
-``back_pressure`` otherwise: KumoMTA makes the submitting task wait when its channel is full;
-kumoq never blocks the event loop and ``write`` never drops: past ``back_pressure`` queued
-lines it wakes the thread at once and counts the event in ``submit_full``. Callers that want
-to slow down can check ``backlog``.
+``back_pressure`` otherwise: KumoMTA makes the submitter wait; kumoq never blocks the loop and
+``write`` never drops: past it, it wakes the thread and counts ``submit_full`` (see ``backlog``).
 
 ``start()`` creates ``log_dir`` and marks old segments (blocking IO, once, at startup);
 ``close()`` joins the thread (blocking: call it through ``asyncio.to_thread`` from the loop).
@@ -43,19 +43,16 @@ Imports kumoq.config.logs, kumoq.clock, kumoq.metrics; never asyncio, lupa, queu
 from __future__ import annotations
 
 import collections
-import errno
 import itertools
 import logging
 import os
-import stat
 import threading
-import time
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Final, final
 
 import zstandard
 
 from kumoq.clock import SystemClock
+from kumoq.logs.segment import Segment, bump, in_use, mark_read_only, open_locked, segment_name
 from kumoq.metrics import LOG_RECORDS_DROPPED
 
 if TYPE_CHECKING:
@@ -69,160 +66,6 @@ log = logging.getLogger("kumoq.logs")
 FLUSH_INTERVAL: Final = 0.2
 REPORT_INTERVAL: Final = 60.0  # seconds between two error lines of one outage
 MAX_HELD_BYTES: Final = 64 << 20
-ZSTD_CHUNK: Final = 64 << 10  # uncompressed bytes per zstd write (each ends a block)
-# An empty raw block marked "last": ends a frame (the compressors write no checksum).
-_ZSTD_FRAME_END: Final = b"\x01\x00\x00"
-_OPEN_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-
-
-def mark_read_only(path: str) -> None:
-    """Remove every write bit from ``path``: the segment is complete."""
-    mode = stat.S_IMODE(os.stat(path).st_mode)
-    if mode & 0o222:
-        os.chmod(path, mode & ~0o222)
-
-
-def segment_name(now: float) -> str:
-    """``20230306-022811.123456789`` for ``now`` (UTC)."""
-    sec = int(now)
-    nanos = min(round((now - sec) * 1e9), 999_999_999)
-    return time.strftime("%Y%m%d-%H%M%S", time.gmtime(sec)) + f".{nanos:09d}"
-
-
-@final
-class _Segment:
-    """One open segment file, plain or zstd frames. Its first ``size`` bytes are whole records
-    and a failed write is cut back to them (``torn`` while even that fails: retried first)."""
-
-    def __init__(self, path: str, fd: int, level: int | None, expires: float | None) -> None:
-        self.path = path
-        self.fd = fd
-        # write_checksum=False, explicitly: _ZSTD_FRAME_END has no checksum either.
-        self.zstd = None if level is None else zstandard.ZstdCompressor(level, write_checksum=False)
-        # zstd: None when a new frame must start (first write, or the old one is out of step).
-        self.compressor: zstandard.ZstdCompressionObj | None = None
-        self.frame_open = False  # zstd: the file ends inside a frame, on a block boundary
-        self.size = 0
-        self.torn = False
-        self.written = 0  # uncompressed record bytes, for max_file_size
-        self.expires = expires
-
-    def append(self, lines: list[bytes]) -> tuple[int, Exception | None]:
-        """Write ``lines``: (how many are in the file now, the error that stopped the rest)."""
-        done = 0
-        try:
-            self._cut()
-            if self.zstd is None:
-                return self._append_plain(lines)
-            for count, data in _chunks(lines, ZSTD_CHUNK):
-                self._append_zstd(self.zstd, data)
-                done += count
-        except (OSError, zstandard.ZstdError) as exc:
-            return done, exc
-        return done, None
-
-    def finish(self) -> bool:
-        """End the frame, close, mark read-only; remove the file if it holds no record.
-
-        Returns whether the file was kept. Raises OSError, the segment still open and whole,
-        when the end of the frame cannot be written: call ``finish`` or ``abandon`` later.
-        """
-        self._cut()
-        if self.frame_open:  # after a flushed block, zstd's own frame end is _ZSTD_FRAME_END
-            self.compressor = None
-            self._write(_ZSTD_FRAME_END)
-            self.frame_open = False
-        return self.abandon()
-
-    def abandon(self) -> bool:
-        """Close it as it is: mark it read-only, or remove it if empty. Logs, never raises."""
-        try:
-            try:
-                self._cut()  # if even this fails, it stays writable: not complete
-            finally:
-                os.close(self.fd)
-            if self.size:
-                mark_read_only(self.path)
-            else:
-                os.unlink(self.path)
-        except OSError as exc:
-            log.error("cannot finish log segment %s: %s", self.path, exc)
-        return bool(self.size)
-
-    def _append_plain(self, lines: list[bytes]) -> tuple[int, Exception | None]:
-        data = b"".join(lines)
-        n, error = self._pwrite(data)
-        if error is None:
-            self.size += n
-            self.written += n
-            return len(lines), None
-        kept = count = 0  # keep the records that reached the file whole
-        for line in lines:
-            if kept + len(line) > n:
-                break
-            kept += len(line)
-            count += 1
-        self.size += kept
-        self.written += kept
-        self.torn = n > kept
-        self._cut(quiet=True)
-        return count, error
-
-    def _append_zstd(self, zstd: zstandard.ZstdCompressor, data: bytes) -> None:
-        comp, self.compressor = self.compressor, None  # out of step until its output is written
-        if comp is None:
-            if self.frame_open:
-                self._write(_ZSTD_FRAME_END)
-                self.frame_open = False
-            comp = zstd.compressobj()
-        self._write(comp.compress(data) + comp.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK))
-        self.compressor = comp
-        self.frame_open = True
-        self.written += len(data)
-
-    def _write(self, data: bytes) -> None:
-        """All of ``data`` at ``size``, or nothing (cut back) and OSError."""
-        n, error = self._pwrite(data)
-        if error is not None:
-            self.torn = n > 0
-            self._cut(quiet=True)
-            raise error
-        self.size += n
-
-    def _pwrite(self, data: bytes) -> tuple[int, OSError | None]:
-        view = memoryview(data)
-        done = 0
-        try:
-            while done < len(view):
-                n = os.pwrite(self.fd, view[done:], self.size + done)
-                if n <= 0:
-                    raise OSError(errno.EIO, f"write returned {n}")
-                done += n
-        except OSError as exc:
-            return done, exc
-        return done, None
-
-    def _cut(self, *, quiet: bool = False) -> bool:
-        """Truncate what a failed write left past ``size``; ``quiet``: False if that fails."""
-        if self.torn:
-            try:
-                os.ftruncate(self.fd, self.size)
-            except OSError:
-                if not quiet:
-                    raise
-                return False
-            self.torn = False
-        return True
-
-
-def _chunks(lines: list[bytes], limit: int) -> Iterator[tuple[int, bytes]]:
-    """``lines`` joined into chunks of whole lines of about ``limit`` bytes: (count, data)."""
-    start = size = 0
-    for i, line in enumerate(lines, 1):
-        size += len(line)
-        if size >= limit or i == len(lines):
-            yield i - start, b"".join(lines[start:i])
-            start, size = i, 0
 
 
 @final
@@ -252,7 +95,7 @@ class LocalLogWriter:
         self._back_pressure = config.back_pressure
         self._wake = threading.Event()
         self._io_lock = threading.Lock()
-        self._segment: _Segment | None = None
+        self._segment: Segment | None = None
         self._last_name = ""
         self._prepared = False
         self._closing = False
@@ -445,16 +288,16 @@ class LocalLogWriter:
             self._unreported += count
             self._dropped.inc(count)
 
-    def _open_segment(self) -> _Segment:
+    def _open_segment(self) -> Segment:
         log_dir = self.config.log_dir
         now = self._clock.now()
         while True:
             name = segment_name(now)
             if name <= self._last_name:
-                name = _bump(self._last_name)
+                name = bump(self._last_name)
             path = os.path.join(log_dir, name)
             try:
-                fd = os.open(path, _OPEN_FLAGS, 0o666)
+                fd = open_locked(path)
             except FileExistsError:  # another writer sharing log_dir took this name
                 self._last_name = name
                 continue
@@ -462,7 +305,7 @@ class LocalLogWriter:
             break
         duration = self.config.max_segment_duration
         expires = self._clock.monotonic() + duration if duration is not None else None
-        segment = _Segment(path, fd, self.config.compression_level, expires)
+        segment = Segment(path, fd, self.config.compression_level, expires)
         self._segment = segment
         return segment
 
@@ -484,16 +327,8 @@ class LocalLogWriter:
                 if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
                     continue
                 try:
-                    mark_read_only(entry.path)
+                    if not in_use(entry.path):
+                        mark_read_only(entry.path)
                 except OSError as exc:
                     log.warning("cannot mark %s read-only: %s", entry.path, exc)
         self._prepared = True
-
-
-def _bump(name: str) -> str:
-    """The next name after ``name`` in the same second (one nanosecond later)."""
-    stem, _, frac = name.partition(".")
-    nanos = int(frac or "0") + 1
-    if nanos > 999_999_999:  # 1e9 names in one second: move to a longer fraction
-        return f"{stem}.{frac}0"
-    return f"{stem}.{nanos:09d}"

@@ -209,16 +209,20 @@ class EsmtpListener:
         await self.close()
 
 
-async def start_esmtp_listener(config: EsmtpListenerConfig, handler: SmtpHandler) -> EsmtpListener:
+async def start_esmtp_listener(
+    config: EsmtpListenerConfig, handler: SmtpHandler, *, reuse_port: bool = False
+) -> EsmtpListener:
     """Bind ``config.listen`` and serve ESMTP with ``handler``, offering STARTTLS with the
     configured certificate or a self-signed one (``smtp/tls.py``); returns once listening.
+    ``reuse_port`` (``kumoq serve --workers N``) sets ``SO_REUSEPORT``, so that the workers
+    bind the same address and the kernel spreads connections over them.
 
     Raises ListenerError when the TLS keys cannot be used or the address cannot be bound."""
     loop = asyncio.get_running_loop()
     listener = EsmtpListener(config, handler, loop, server_context(config))
     host, port = config.address
     try:
-        sockets = await _bind(loop, host, port)
+        sockets = await _bind(loop, host, port, reuse_port=reuse_port)
     except OSError as exc:
         raise ListenerError(f"esmtp listener: failed to bind to {config.listen}: {exc}") from exc
     listener._serve(sockets)
@@ -226,9 +230,12 @@ async def start_esmtp_listener(config: EsmtpListenerConfig, handler: SmtpHandler
     return listener
 
 
-async def _bind(loop: asyncio.AbstractEventLoop, host: str, port: int) -> list[socket.socket]:
+async def _bind(
+    loop: asyncio.AbstractEventLoop, host: str, port: int, *, reuse_port: bool = False
+) -> list[socket.socket]:
     """Listening sockets for every address of ``host``, as ``loop.create_server`` binds them:
-    SO_REUSEADDR, IPv6 sockets IPv6-only, an address family the host lacks skipped."""
+    SO_REUSEADDR (and SO_REUSEPORT when asked), IPv6 sockets IPv6-only, an address family the
+    host lacks skipped."""
     infos = await loop.getaddrinfo(
         host or None, port, family=socket.AF_UNSPEC, type=socket.SOCK_STREAM,
         flags=socket.AI_PASSIVE,
@@ -239,6 +246,8 @@ async def _bind(loop: asyncio.AbstractEventLoop, host: str, port: int) -> list[s
             sock = socket.socket(family, kind, proto)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             try:

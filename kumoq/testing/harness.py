@@ -60,8 +60,10 @@ class KumoqDaemon:
         log_dir: str = "var/log",
         maildir: str = "var/maildir",
         start_timeout: float = 30.0,
+        workers: int = 1,
     ) -> None:
         self.workdir = Path(workdir)
+        self.workers = workers  # > 1: `kumoq serve --workers N`, ready when every worker is
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._in_place = isinstance(policy, Path)  # never written: it is the operator's file
         if isinstance(policy, Path):
@@ -79,6 +81,7 @@ class KumoqDaemon:
         self._proc: subprocess.Popen[str] | None = None
         self._reader: threading.Thread | None = None
         self._ready = threading.Event()
+        self._initialized = 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -87,9 +90,11 @@ class KumoqDaemon:
             raise RuntimeError("daemon is already running")
         self.listeners = {}
         self._ready.clear()
+        self._initialized = 0
+        workers = ["--workers", str(self.workers)] if self.workers > 1 else []
         env = {**os.environ, "KUMOQ_TEST_DIR": str(self.workdir), **self.env}
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "kumoq", "serve", "--policy", str(self.policy_path)],
+            [sys.executable, "-m", "kumoq", "serve", "--policy", str(self.policy_path), *workers],
             cwd=self.workdir,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -120,7 +125,9 @@ class KumoqDaemon:
             if m:
                 self.listeners.setdefault(m.group(1), (m.group(2), int(m.group(3))))
             if "initialization complete" in line:
-                self._ready.set()
+                self._initialized += 1
+                if self._initialized >= self.workers:
+                    self._ready.set()
         proc.stderr.close()
 
     def stop(self, timeout: float = 30.0, sig: int = signal.SIGTERM) -> int:

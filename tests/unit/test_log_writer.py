@@ -392,3 +392,27 @@ def test_construction_does_no_io_and_keeps_early_records(tmp_path: Path) -> None
     assert seg.read_bytes() == line(1)
     stamp = calendar.timegm(time.strptime(seg.name.split(".")[0], "%Y%m%d-%H%M%S"))
     assert abs(stamp - time.time()) < 60  # named from the system clock
+
+
+# -- several writers in one directory (kumoq serve --workers N) ----------------------------
+
+
+def test_a_starting_writer_leaves_the_open_segment_of_a_live_writer_writable(
+    make_writer: Any, tmp_path: Path
+) -> None:
+    first = make_writer()
+    first.write(line(1))
+    first.pump()
+    (open_segment,) = segments(tmp_path / "logs")
+    abandoned = tmp_path / "logs" / "20200101-000000.000000000"
+    abandoned.write_bytes(line(0))  # a segment whose writer died: no flock held
+
+    make_writer()  # a second worker starts on the same directory
+
+    assert not is_read_only(open_segment)  # still being written by the first
+    assert is_read_only(abandoned)
+    first.write(line(2))
+    first.pump()
+    first.close()
+    assert is_read_only(open_segment)
+    assert [r["n"] for r in read_all_records(tmp_path / "logs")] == [0, 1, 2]
