@@ -48,7 +48,7 @@ from kumoq.egress.sources import SourceSelector
 from kumoq.errors import ConfigError, KumoqError, SpoolRecordError
 from kumoq.gauges import LiveGauges
 from kumoq.harness_mode import HarnessMode, RerootedMaildir
-from kumoq.http import HttpListener, HttpServices, start_http_listener
+from kumoq.http import HttpListener, HttpServices, start_http_listener, start_worker_listener
 from kumoq.logs.hooks import HookTargets, LogHooks
 from kumoq.logs.logger import RecordLogger
 from kumoq.logs.writer import LocalLogWriter
@@ -313,10 +313,14 @@ class Daemon:
                     await start_esmtp_listener(cfg, reception, reuse_port=self.slot is not None)
                 )
             for http_cfg, reception in zip(decl.http_listeners, http_receptions, strict=True):
-                services = HttpServices(reception, events, self.clock, admin=admin)
+                services = HttpServices(reception, events, self.clock, admin=admin, slot=self.slot)
                 self.http_listeners.append(
                     await start_http_listener(http_cfg, services, reuse_port=self.slot is not None)
                 )
+            if self.slot is not None and decl.http_listeners:  # reached by the other workers
+                services = HttpServices(http_receptions[0], events, self.clock, admin=admin)
+                private = await start_worker_listener(decl.http_listeners[0], services, self.slot)
+                self.http_listeners += [private] if private is not None else []
             await self._enumerate(spool, queues, progress)
             for reception in (*receptions, *http_receptions):
                 reception.set_ready()

@@ -69,12 +69,18 @@ class AdminService:
     # -- bounce --------------------------------------------------------------------------------
 
     async def bounce(
-        self, criteria: AdminCriteria, reason: str, duration: float, suppress_logging: bool
+        self,
+        criteria: AdminCriteria,
+        reason: str,
+        duration: float,
+        suppress_logging: bool,
+        rule_id: str | None = None,
     ) -> Json:
         now = self._clock.now()
         rule = self._rules.add_bounce(
-            criteria, reason, now=now, duration=duration, suppress_logging=suppress_logging
-        )
+            criteria, reason, now=now, duration=duration,
+            suppress_logging=suppress_logging, rule_id=rule_id,
+        )  # fmt: skip
         for queue in self._matching(criteria):
             taken = queue.take_all()
             rule.count(queue.name, len(taken))
@@ -97,8 +103,12 @@ class AdminService:
 
     # -- suspend -------------------------------------------------------------------------------
 
-    def suspend(self, criteria: AdminCriteria, reason: str, duration: float) -> Json:
-        rule = self._rules.add_suspend(criteria, reason, now=self._clock.now(), duration=duration)
+    def suspend(
+        self, criteria: AdminCriteria, reason: str, duration: float, rule_id: str | None = None
+    ) -> Json:
+        rule = self._rules.add_suspend(
+            criteria, reason, now=self._clock.now(), duration=duration, rule_id=rule_id
+        )
         return {"id": rule.id}
 
     def suspend_list(self) -> list[Json]:
@@ -116,9 +126,13 @@ class AdminService:
                 self._retry_queue(queue)
         return True
 
-    def suspend_ready_q(self, name: str, reason: str, duration: float) -> Json:
+    def suspend_ready_q(
+        self, name: str, reason: str, duration: float, rule_id: str | None = None
+    ) -> Json:
         now = self._clock.now()
-        rule = self._rules.add_ready_suspension(name, reason, now=now, duration=duration)
+        rule = self._rules.add_ready_suspension(
+            name, reason, now=now, duration=duration, rule_id=rule_id
+        )
         return {"id": rule.id}
 
     def suspend_ready_q_list(self) -> list[Json]:

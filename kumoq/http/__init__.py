@@ -1,11 +1,13 @@
 """The HTTP listener: ``kumo.start_http_listener``, its auth, and its endpoints.
 
 One module per concept, top to bottom (the ``http modules`` contract in pyproject.toml):
-``server`` (wiring), ``openapi`` (the document of every route), the route modules ``admin``,
+``server`` (wiring), ``fanout`` (with ``kumoq serve --workers N``, one answer for every
+worker) and ``openapi`` (the document of every route), the route modules ``admin``,
 ``inject``, ``liveness`` and ``metrics``, then ``admin_schema`` and ``inject_build``
 (templates, MIME), ``inject_schema`` (the request), ``app`` (the aiohttp listener and its
 middleware), ``auth``, ``availability`` and ``body``, and ``admin_seam`` (what the admin routes
-need of the daemon, implemented by kumoq.admin) and ``errors``.
+need of the daemon, implemented by kumoq.admin), ``errors`` and the pure merges of the
+workers' answers, ``merge_admin`` and ``merge_metrics``.
 
 The package sits between the daemon and the packages it reports on (the ``kumoq layers``
 contract): it may import what lies below reception (scheduler, spool, logs, message, config,
@@ -15,6 +17,6 @@ it meets reception and the Lua policy only through the Protocols it owns (``Rece
 """
 
 from kumoq.http.app import HttpListener
-from kumoq.http.server import HttpServices, start_http_listener
+from kumoq.http.server import HttpServices, start_http_listener, start_worker_listener
 
-__all__ = ["HttpListener", "HttpServices", "start_http_listener"]
+__all__ = ["HttpListener", "HttpServices", "start_http_listener", "start_worker_listener"]

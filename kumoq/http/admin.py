@@ -14,14 +14,18 @@ returns as JSON; a seam answer of None or False is a 404, and an ``AdminRequestE
 raises becomes its status and message. Selectors that would act on every message must say
 ``everything: true`` (retry, requeue, purge), so an empty body never does.
 
-None of these routes is public: a peer in ``trusted_hosts``, or Basic auth.
+None of these routes is public: a peer in ``trusted_hosts``, or Basic auth. A sibling worker
+(``kumoq serve --workers N``: kumoq.http.fanout) that makes a rule names its id in
+``X-Kumoq-Rule-Id``; from anyone else that header is ignored.
 
 Imports kumoq.http.app, .auth, .body, .errors, .admin_schema, .admin_seam, kumoq.clock,
-kumoq.errors and kumoq.scheduler.admin_rules; must not import the other route modules.
+kumoq.errors, kumoq.workers and kumoq.scheduler.admin_rules; must not import the other route
+modules.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -36,6 +40,7 @@ from kumoq.http.auth import AuthInfo
 from kumoq.http.body import read_json
 from kumoq.http.errors import ApiError
 from kumoq.scheduler.admin_rules import AdminCriteria, criteria_from_mapping
+from kumoq.workers import RULE_ID_HEADER
 
 __all__ = ["PATHS", "AdminApi", "routes"]
 
@@ -73,6 +78,16 @@ def _not_found(what: str, value: str, field: str) -> ApiError:
     return ApiError(404, f"no such {what}: {value}", field=field)
 
 
+def _sibling_rule_id(request: web.Request, auth: AuthInfo) -> str | None:
+    """The rule id a sibling worker made (``X-Kumoq-Rule-Id``); None from anyone else."""
+    if not auth.sibling or RULE_ID_HEADER not in request.headers:
+        return None
+    try:
+        return str(uuid.UUID(request.headers[RULE_ID_HEADER]))
+    except ValueError:
+        raise ApiError(400, f"{RULE_ID_HEADER}: not a UUID") from None
+
+
 def _one_of(forms: list[str], allowed: str, action: str) -> str | None:
     """The single selector form given; 400 for none or several."""
     if not forms:
@@ -101,7 +116,8 @@ class AdminApi:
         p = await self._body(request, schema.BOUNCE)
         return _ok(await self._seam.bounce(criteria_from_mapping(p), p["reason"],
                                            schema.rule_duration(p),
-                                           p.get("suppress_logging", False)))  # fmt: skip
+                                           p.get("suppress_logging", False),
+                                           _sibling_rule_id(request, auth)))  # fmt: skip
 
     async def bounce_list(self, request: web.Request, auth: AuthInfo) -> web.Response:
         schema.parse_query(request.query, ())
@@ -115,9 +131,9 @@ class AdminApi:
 
     async def suspend(self, request: web.Request, auth: AuthInfo) -> web.Response:
         p = await self._body(request, schema.SUSPEND)
-        return _ok(
-            self._seam.suspend(criteria_from_mapping(p), p["reason"], schema.rule_duration(p))
-        )
+        return _ok(self._seam.suspend(criteria_from_mapping(p), p["reason"],
+                                      schema.rule_duration(p),
+                                      _sibling_rule_id(request, auth)))  # fmt: skip
 
     async def suspend_list(self, request: web.Request, auth: AuthInfo) -> web.Response:
         schema.parse_query(request.query, ())
@@ -133,7 +149,8 @@ class AdminApi:
         p = await self._body(request, schema.SUSPEND_READY_Q)
         if not p["name"].strip():
             raise ApiError(400, "name: the ready queue's name must not be empty", field="name")
-        return _ok(self._seam.suspend_ready_q(p["name"], p["reason"], schema.rule_duration(p)))
+        return _ok(self._seam.suspend_ready_q(p["name"], p["reason"], schema.rule_duration(p),
+                                              _sibling_rule_id(request, auth)))  # fmt: skip
 
     async def suspend_ready_q_list(self, request: web.Request, auth: AuthInfo) -> web.Response:
         schema.parse_query(request.query, ())

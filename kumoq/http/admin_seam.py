@@ -23,16 +23,24 @@ class AdminSeam(Protocol):
     # -- KumoMTA's endpoints -------------------------------------------------------------------
 
     async def bounce(
-        self, criteria: AdminCriteria, reason: str, duration: float, suppress_logging: bool
+        self,
+        criteria: AdminCriteria,
+        reason: str,
+        duration: float,
+        suppress_logging: bool,
+        rule_id: str | None = None,
     ) -> Json:
-        """``{id, bounced, total_bounced}``: the rule's id and what the immediate sweep bounced."""
+        """``{id, bounced, total_bounced}``: the rule's id and what the immediate sweep bounced.
+        ``rule_id``: the id to make the rule under (a sibling worker's; else a new one)."""
         ...
 
     def bounce_list(self) -> list[Json]: ...
 
     def bounce_cancel(self, rule_id: str) -> bool: ...
 
-    def suspend(self, criteria: AdminCriteria, reason: str, duration: float) -> Json:
+    def suspend(
+        self, criteria: AdminCriteria, reason: str, duration: float, rule_id: str | None = None
+    ) -> Json:
         """``{id}``."""
         ...
 
@@ -42,7 +50,9 @@ class AdminSeam(Protocol):
         """Also makes the queue's waiting messages due now (delivery resumes at once)."""
         ...
 
-    def suspend_ready_q(self, name: str, reason: str, duration: float) -> Json:
+    def suspend_ready_q(
+        self, name: str, reason: str, duration: float, rule_id: str | None = None
+    ) -> Json:
         """``{id}``."""
         ...
 

@@ -9,7 +9,9 @@ aiohttp's own 404/405 become JSON too; any other exception is logged with its tr
 answered ``500 {"error": "internal error..."}``, so no internal text reaches the client.
 Then, before the route's handler, ``Authenticator`` (kumoq.http.auth) decides the caller's
 ``AuthInfo``, which the handler receives; a ``public`` route (liveness) needs no credentials.
-(An unknown path is a 404 before any authentication.)
+(An unknown path is a 404 before any authentication.) A worker's private listener
+(``worker_token``) lets in only the sibling workers that carry the run's token (auth
+``sibling_auth``), on every route.
 
 Bodies arrive as sent (``auto_decompress=False``): kumoq.http.body decompresses within the
 ``request_body_limit``. With ``use_tls`` the listener serves HTTPS from the PEM files. Once
@@ -21,8 +23,8 @@ listener still answers (so a load balancer sees the 503). ``close()`` then stops
 cancels what is still running after ``CLOSE_TIMEOUT`` (a cancelled injection takes its
 unfinished batch back out of the spool: kumoq.reception).
 
-Imports kumoq.http.auth, .availability and .errors, kumoq.config.http, kumoq.errors and
-kumoq.smtp.tls (the self-signed certificate);
+Imports kumoq.http.auth, .availability and .errors, kumoq.config.http, kumoq.errors,
+kumoq.workers and kumoq.smtp.tls (the self-signed certificate);
 must not import the route modules or kumoq.http.server.
 """
 
@@ -41,10 +43,11 @@ from aiohttp import web
 
 from kumoq.config.http import HttpListenerConfig
 from kumoq.errors import ListenerError
-from kumoq.http.auth import Authenticator, AuthInfo
+from kumoq.http.auth import Authenticator, AuthInfo, sibling_auth
 from kumoq.http.availability import Availability
 from kumoq.http.errors import INTERNAL_ERROR, ApiError, json_error
 from kumoq.smtp.tls import self_signed
+from kumoq.workers import WORKER_TOKEN_HEADER
 
 __all__ = ["Handler", "HttpListener", "Route", "format_addr", "local_ip", "peer_ip"]
 
@@ -100,10 +103,13 @@ class HttpListener:
         availability: Availability,
         *,
         reuse_port: bool = False,
+        worker_token: str | None = None,
     ) -> None:
         self.config = config
         self.availability = availability
         self.reuse_port = reuse_port  # SO_REUSEPORT: kumoq serve --workers N
+        # a worker's private listener: only sibling workers, by token (kumoq.http.fanout)
+        self.worker_token = worker_token
         self.address: tuple[str, int] | None = None
         self._authenticator = authenticator
         self._app = web.Application(middlewares=[self._errors])
@@ -192,9 +198,13 @@ class HttpListener:
     def _authenticated(self, route: Route) -> _Plain:
         """``route``'s handler behind the authenticator."""
         authenticate, trusts = self._authenticator.authenticate, self.config.trusts
+        token = self.worker_token
 
         async def handle(request: web.Request) -> web.StreamResponse:
             ip = peer_ip(request)
+            if token is not None:
+                sibling = sibling_auth(ip, request.headers.get(WORKER_TOKEN_HEADER), token)
+                return await route.handler(request, sibling)
             auth = await authenticate(
                 ip, request.headers.get("Authorization"), trusted=trusts(ip), public=route.public
             )

@@ -13,16 +13,22 @@ KumoMTA's rules (kumo-server-common ``http_server/auth.rs``):
   public.
 - Another scheme (``Bearer``) or a header that does not decode answers 400.
 
+A worker's private listener (``kumoq serve --workers N``, kumoq.http.fanout) lets in only a
+sibling worker: ``sibling_auth`` compares ``X-Kumoq-Worker-Token`` with the run's token in
+constant time; no token or another one answers 401. Its AuthInfo says ``sibling``.
+
 ``AuthInfo`` is what KumoMTA passes to ``http_message_generated`` and summarises in the
 ``http_auth`` meta: the user name, else the first identity, else the peer address.
 
-Imports kumoq.errors and kumoq.http.errors; must not import the other kumoq.http modules.
+Imports kumoq.errors, kumoq.workers and kumoq.http.errors; must not import the other kumoq.http
+modules.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,8 +36,16 @@ from typing import Any, Final, Protocol
 
 from kumoq.errors import PolicyError, PolicyWouldBlock
 from kumoq.http.errors import INTERNAL_ERROR, ApiError
+from kumoq.workers import WORKER_TOKEN_HEADER
 
-__all__ = ["TRUSTED_GROUP", "AuthInfo", "Authenticator", "PolicyCalls", "parse_basic"]
+__all__ = [
+    "TRUSTED_GROUP",
+    "AuthInfo",
+    "Authenticator",
+    "PolicyCalls",
+    "parse_basic",
+    "sibling_auth",
+]
 
 log = logging.getLogger("kumoq.http")
 
@@ -56,11 +70,13 @@ class PolicyCalls(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class AuthInfo:
-    """The caller: its address, authenticated ``(identity, context)`` pairs and groups."""
+    """The caller: its address, authenticated ``(identity, context)`` pairs and groups;
+    ``sibling``: another worker of this run, over the private listener (token checked)."""
 
     peer_address: str
     identities: tuple[tuple[str, str], ...] = ()
     groups: tuple[str, ...] = ()
+    sibling: bool = False
 
     @property
     def http_auth(self) -> str:
@@ -95,6 +111,15 @@ def parse_basic(header: str) -> tuple[str, str | None]:
         raise ApiError(400, "Malformed Authorization header: not base64 of UTF-8 text") from None
     user, colon, password = decoded.partition(":")
     return user, (password if colon else None)
+
+
+def sibling_auth(peer_ip: str, token_header: str | None, token: str) -> AuthInfo:
+    """A sibling worker's AuthInfo when ``token_header`` is the run's ``token``; raises
+    ApiError 401 otherwise (also when the run has no token)."""
+    given = (token_header or "").encode("utf-8", "replace")
+    if not token or not hmac.compare_digest(given, token.encode("utf-8")):
+        raise ApiError(401, f"this listener answers only the other workers ({WORKER_TOKEN_HEADER})")
+    return AuthInfo(peer_ip, (("worker", "KumoqWorkerToken"),), (), sibling=True)
 
 
 _Verdict = tuple[tuple[tuple[str, str], ...], tuple[str, ...]] | None  # None: refused

@@ -12,7 +12,9 @@
   and column).
 
 The listener runs aiohttp with ``auto_decompress=False`` so that this module sees the bytes as
-sent. Imports kumoq.http.errors only; must not import the other kumoq.http modules.
+sent. A body read once (kumoq.http.fanout reads it to forward it to the other workers) is kept
+in the request under ``BODY_KEY``, and ``read_body`` answers that. Imports kumoq.http.errors
+only; must not import the other kumoq.http modules.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from aiohttp import web
 
 from kumoq.http.errors import ApiError
 
-__all__ = ["read_body", "read_json"]
+__all__ = ["BODY_KEY", "read_body", "read_json"]
 
+#: Where the request keeps a body already read and decompressed.
+BODY_KEY: Final = web.RequestKey("kumoq_body", bytes)
 _CHUNK: Final = 64 * 1024
 _GZIP: Final = 16 + zlib.MAX_WBITS
 _ZLIB: Final = zlib.MAX_WBITS
@@ -95,6 +99,8 @@ def _zlib_header(chunk: bytes) -> bool:
 
 async def read_body(request: web.Request, limit: int) -> bytes:
     """The body, decompressed per ``Content-Encoding``, at most ``limit`` bytes (else 413)."""
+    if BODY_KEY in request:
+        return request[BODY_KEY]
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
     if encoding not in ("identity", "", "gzip", "x-gzip", "deflate"):
         raise ApiError(
@@ -112,7 +118,9 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         if wire > wire_limit:
             raise _too_large(limit)
         inflater.feed(chunk)
-    return inflater.finish()
+    body = inflater.finish()
+    request[BODY_KEY] = body
+    return body
 
 
 async def read_json(request: web.Request, limit: int) -> Any:

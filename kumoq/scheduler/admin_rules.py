@@ -17,6 +17,9 @@ arrives later:
 Criteria match the parsed parts of the scheduled queue's name; ``queue_names`` takes
 precedence; no criteria match every queue. Domains compare without regard to case.
 
+A rule's id is a new UUID, or the ``rule_id`` given: with ``kumoq serve --workers N`` the
+worker that takes the request makes the id and every other worker makes the rule under it.
+
 Pure (L0): time comes in as ``now`` (unix seconds). The lookups the hot path makes
 (``bounce_for``, ``suspension_for``, ``ready_suspension_for``) cost one truth test while no
 rule exists.
@@ -191,8 +194,11 @@ class AdminRules:
         now: float,
         duration: float = DEFAULT_RULE_DURATION,
         suppress_logging: bool = False,
+        rule_id: str | None = None,
     ) -> BounceRule:
-        rule = BounceRule(str(uuid.uuid4()), criteria, reason, now + duration, suppress_logging)
+        rule = BounceRule(
+            rule_id or str(uuid.uuid4()), criteria, reason, now + duration, suppress_logging
+        )
         self._bounces[rule.id] = rule
         return rule
 
@@ -203,15 +209,22 @@ class AdminRules:
         *,
         now: float,
         duration: float = DEFAULT_RULE_DURATION,
+        rule_id: str | None = None,
     ) -> SuspendRule:
-        rule = SuspendRule(str(uuid.uuid4()), criteria, reason, now + duration)
+        rule = SuspendRule(rule_id or str(uuid.uuid4()), criteria, reason, now + duration)
         self._suspends[rule.id] = rule
         return rule
 
     def add_ready_suspension(
-        self, name: str, reason: str, *, now: float, duration: float = DEFAULT_RULE_DURATION
+        self,
+        name: str,
+        reason: str,
+        *,
+        now: float,
+        duration: float = DEFAULT_RULE_DURATION,
+        rule_id: str | None = None,
     ) -> ReadyQueueSuspension:
-        rule = ReadyQueueSuspension(str(uuid.uuid4()), name, reason, now + duration)
+        rule = ReadyQueueSuspension(rule_id or str(uuid.uuid4()), name, reason, now + duration)
         self._ready[rule.id] = rule
         return rule
 

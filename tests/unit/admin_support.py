@@ -186,6 +186,7 @@ class FakeAdmin:
     calls: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
     answers: dict[str, Any] = field(default_factory=_default_answers)
     fail: AdminRequestError | None = None
+    rule_ids: list[str | None] = field(default_factory=list)  # given to bounce, suspend...
 
     def _answer(self, name: str, *args: Any) -> Any:
         self.calls.append((name, args))
@@ -196,8 +197,14 @@ class FakeAdmin:
         return answer(*args) if callable(answer) else answer
 
     async def bounce(
-        self, criteria: AdminCriteria, reason: str, duration: float, suppress_logging: bool
+        self,
+        criteria: AdminCriteria,
+        reason: str,
+        duration: float,
+        suppress_logging: bool,
+        rule_id: str | None = None,
     ) -> Any:
+        self.rule_ids.append(rule_id)
         return self._answer("bounce", criteria, reason, duration, suppress_logging)
 
     def bounce_list(self) -> Any:
@@ -206,7 +213,10 @@ class FakeAdmin:
     def bounce_cancel(self, rule_id: str) -> Any:
         return self._answer("bounce_cancel", rule_id)
 
-    def suspend(self, criteria: AdminCriteria, reason: str, duration: float) -> Any:
+    def suspend(
+        self, criteria: AdminCriteria, reason: str, duration: float, rule_id: str | None = None
+    ) -> Any:
+        self.rule_ids.append(rule_id)
         return self._answer("suspend", criteria, reason, duration)
 
     def suspend_list(self) -> Any:
@@ -215,7 +225,10 @@ class FakeAdmin:
     def suspend_cancel(self, rule_id: str) -> Any:
         return self._answer("suspend_cancel", rule_id)
 
-    def suspend_ready_q(self, name: str, reason: str, duration: float) -> Any:
+    def suspend_ready_q(
+        self, name: str, reason: str, duration: float, rule_id: str | None = None
+    ) -> Any:
+        self.rule_ids.append(rule_id)
         return self._answer("suspend_ready_q", name, reason, duration)
 
     def suspend_ready_q_list(self) -> Any:
