@@ -303,13 +303,18 @@ def wait_count(count_fn: Callable[[], int], n: int, deadline: float) -> tuple[in
         time.sleep(POLL)
 
 
-def _wait_idle(pid: int, timeout: float) -> float:
-    """CPU seconds of ``pid`` once it stops using CPU (two equal samples 0.2 s apart)."""
+def cpu_of(pids: list[int]) -> float:
+    """utime+stime of every process in ``pids`` (a supervisor and its workers)."""
+    return sum(proc_cpu_seconds(pid) for pid in pids)
+
+
+def _wait_idle(pids: list[int], timeout: float) -> float:
+    """CPU seconds of ``pids`` once they stop using CPU (two equal samples 0.2 s apart)."""
     deadline = time.monotonic() + timeout
-    last = proc_cpu_seconds(pid)
+    last = cpu_of(pids)
     while time.monotonic() < deadline:
         time.sleep(0.2)
-        now = proc_cpu_seconds(pid)
+        now = cpu_of(pids)
         if now == last:
             return now
         last = now
@@ -342,6 +347,7 @@ def run_kumoq_case(
     root: str | None = None,
     argv_prefix: list[str] | None = None,
     client: StartClient | None = None,
+    workers: int = 1,
 ) -> RunResult:
     """Start kumoq on ``bench/policies/<policy>.lua``, inject ``load``, measure, stop.
 
@@ -352,10 +358,12 @@ def run_kumoq_case(
     is in progress, because deleting thousands of files makes the next file creations slower
     on some filesystems. ``client`` starts the load generator (default: ``start_source``
     against the daemon's SMTP port); its stdout goes to ``source.out`` in the run's directory.
+    ``workers`` > 1: ``kumoq serve --workers N`` on a fixed free port (every worker binds it).
     """
     start_client = client or (lambda d, out: start_source(load, d.port, out))
     workdir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=root))
-    env = {"KUMOQ_BENCH_SPOOL": spool_kind, "KUMOQ_BENCH_LISTEN": f"{HOST}:0"}
+    port = free_port() if workers > 1 else 0
+    env = {"KUMOQ_BENCH_SPOOL": spool_kind, "KUMOQ_BENCH_LISTEN": f"{HOST}:{port}"}
     # The relay policy delivers by SMTP to smtp-sink: counted by the sink's mesg= counter.
     sink = Sink(workdir) if policy.startswith("relay") else None
     if policy == "relay_dkim":  # the signing key, named to the policy
@@ -368,10 +376,13 @@ def run_kumoq_case(
         if sink is not None:
             sink.start()
             env["KUMOQ_BENCH_SINK"] = f"{HOST}:{sink.port}"
-        daemon = KumoqProcess(workdir, POLICIES / f"{policy}.lua", env, argv_prefix=argv_prefix)
+        daemon = KumoqProcess(
+            workdir, POLICIES / f"{policy}.lua", env, argv_prefix=argv_prefix, workers=workers
+        )
         try:
             daemon.start()
-            cpu0, sys0 = proc_cpu_seconds(daemon.pid), sys_cpu()
+            pids = daemon.pids()
+            cpu0, sys0 = cpu_of(pids), sys_cpu()
             sink_cpu0 = proc_cpu_seconds(sink.pid) if sink else 0.0
             t0 = time.monotonic()
             deadline = t0 + load.timeout
@@ -391,7 +402,7 @@ def run_kumoq_case(
                 sink_cpu_s = proc_cpu_seconds(sink.pid) - sink_cpu0
             # As for the peers, count the MTA's CPU until its work for these messages is done
             # (the spool removes after the last delivery): wait until it is idle.
-            cpu1 = _wait_idle(daemon.pid, timeout=120.0)
+            cpu1 = _wait_idle(pids, timeout=120.0)
         finally:
             rc = daemon.stop()
     finally:

@@ -29,7 +29,9 @@ class KumoqProcess:
     ``start()`` waits (bounded) for ``initialization complete`` and reads the SMTP port from
     stderr (``http_port`` from the first ``http listener on`` line, 0 without one); ``stop()``
     sends SIGTERM and waits (bounded), then SIGKILLs this pid only.
-    ``argv_prefix`` replaces ``[sys.executable]`` (e.g. to run under cProfile).
+    ``argv_prefix`` replaces ``[sys.executable]`` (e.g. to run under cProfile). ``workers``
+    > 1 runs ``kumoq serve --workers N`` (ready once every worker is); ``pids()`` then lists
+    the supervisor and its workers.
     """
 
     def __init__(
@@ -39,7 +41,10 @@ class KumoqProcess:
         env: dict[str, str],
         *,
         argv_prefix: list[str] | None = None,
+        workers: int = 1,
     ) -> None:
+        self.workers = workers
+        self._initialized = 0
         self.workdir = workdir
         self.policy = workdir / "init.lua"
         shutil.copyfile(policy, self.policy)
@@ -61,6 +66,15 @@ class KumoqProcess:
         assert self._proc is not None
         return self._proc.pid
 
+    def pids(self) -> list[int]:
+        """The daemon's pid, and with workers, theirs too (children of the supervisor)."""
+        pid = self.pid
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            children = []
+        return [pid, *(int(c) for c in children)]
+
     def first_line(self, text: str) -> float | None:
         """When the first stderr line containing ``text`` was read (monotonic), or None."""
         for at, line in zip(self.line_times, self.stderr_lines, strict=False):
@@ -70,10 +84,12 @@ class KumoqProcess:
 
     def start(self, timeout: float = 30.0) -> None:
         self._ready.clear()  # a restart waits for the new process's lines
+        self._initialized = 0
+        workers = ["--workers", str(self.workers)] if self.workers > 1 else []
         self.port = 0
         self.http_port = 0
         self._proc = subprocess.Popen(
-            [*self.argv_prefix, "-m", "kumoq", "serve", "--policy", str(self.policy)],
+            [*self.argv_prefix, "-m", "kumoq", "serve", "--policy", str(self.policy), *workers],
             cwd=self.workdir,
             env={**os.environ, **self.env},
             stdin=subprocess.DEVNULL,
@@ -105,7 +121,9 @@ class KumoqProcess:
             if m and not self.http_port:
                 self.http_port = int(m.group(2))
             if "initialization complete" in line:
-                self._ready.set()
+                self._initialized += 1
+                if self._initialized >= self.workers:
+                    self._ready.set()
         proc.stderr.close()
 
     def kill(self) -> None:

@@ -25,6 +25,9 @@ maildir) under one scratch root that is removed at the end:
 - ``postfix-maildir`` (``--with-postfix``, beside the maildir case), ``postfix-smtp``
   (``--with-postfix``, beside the relay case) and ``haraka-queue`` (``--with-haraka``, beside
   the relay case): the peer MTAs, set up and measured by ``bench.peers``;
+- ``kumoq-e2e.wN-<kind>``, ``kumoq-relay.wN-<kind>`` (``--workers N``): the same with
+  ``kumoq serve --workers N`` on one port (SO_REUSEPORT); the MTA's CPU is the supervisor's
+  and every worker's;
 - ``kumoq-inject-<kind>`` (``--with-inject``): HTTP ``POST /api/inject/v1`` -> spool (fsync)
   -> maildir (``bench/policies/inject.lua``), loaded by ``kumoq traffic-gen --http`` with
   BATCH recipients a request, which smtp-source cannot do (``bench.inject``); timed until N
@@ -252,6 +255,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--no-kumoq", action="store_true", help="skip the kumoq cases")
     p.add_argument(
+        "--workers",
+        type=int,
+        default=_env_int("WORKERS", 1),
+        help="beside each e2e and relay case, the same with `kumoq serve --workers N` "
+        "(kumoq-relay.wN-<kind>)",
+    )
+    p.add_argument(
         "--with-postfix",
         action="store_true",
         default=_env_flag("WITH_POSTFIX"),
@@ -312,12 +322,18 @@ def kumoq_cases(args: argparse.Namespace, kinds: list[str]) -> list[Case]:
         if args.only in (None, "e2e"):
             what = f"kumoq -> spool ({kind}, fsync) -> maildir, end-to-end"
             cases.append(Case(f"kumoq-e2e-{kind}", what, [], "e2e"))
+            if args.workers > 1:
+                what = f"kumoq --workers {args.workers}, as kumoq-e2e-{kind}"
+                cases.append(Case(f"kumoq-e2e.w{args.workers}-{kind}", what, [], "e2e"))
         if args.only in (None, "reception"):
             what = f"kumoq -> spool ({kind}, fsync), reception only"
             cases.append(Case(f"kumoq-reception-{kind}", what, [], "inject"))
         if args.only in (None, "relay"):
             what = f"kumoq -> spool ({kind}, fsync) -> SMTP -> smtp-sink, end-to-end"
             cases.append(Case(f"kumoq-relay-{kind}", what, [], "e2e"))
+            if args.workers > 1:
+                what = f"kumoq --workers {args.workers}, as kumoq-relay-{kind}"
+                cases.append(Case(f"kumoq-relay.w{args.workers}-{kind}", what, [], "e2e"))
             if args.with_dkim:
                 what = f"kumoq -> DKIM (RSA-2048) -> spool ({kind}, fsync) -> SMTP -> smtp-sink"
                 cases.append(Case(f"kumoq-relay_dkim-{kind}", what, [], "e2e"))
@@ -369,10 +385,17 @@ def _run_cases(args: argparse.Namespace, load: Load, cases: list[Case], root: Pa
                 result = run_inject_case(case.name, kind, load, batch=args.batch, root=str(root))
             else:
                 kind = case.name.rsplit("-", 1)[1]
-                policy = case.name.split("-")[1]  # e2e, reception, relay or relay_dkim
+                # e2e, reception, relay or relay_dkim, and ".wN" for N workers
+                policy, _, workers = case.name.split("-")[1].partition(".w")
                 deliver = policy != "reception"
                 result = run_kumoq_case(
-                    case.name, policy, kind, load, deliver=deliver, root=str(root)
+                    case.name,
+                    policy,
+                    kind,
+                    load,
+                    deliver=deliver,
+                    root=str(root),
+                    workers=int(workers or 1),
                 )
             if result is None:
                 failed += 1
