@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-integration lint fmt bench bench-deps browser-deps bench-e2e bench-simulate torture clean docs
+.PHONY: setup run test test-integration lint fmt bench bench-deps browser-deps redis-deps bench-e2e bench-simulate torture clean docs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -20,7 +20,7 @@ run: $(STAMP)
 	mkdir -p var
 	$(BIN)/kumoq serve --policy policy/init.lua
 
-test: $(STAMP) browser-deps
+test: $(STAMP) browser-deps redis-deps
 	$(BIN)/pytest
 
 # Headless Chromium renders kumoq harness's HTML report in tests/e2e/test_harness_browser.py.
@@ -42,6 +42,22 @@ browser-deps:
 	    DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q $$pkg >/dev/null 2>&1 && exit 0; \
 	done; \
 	echo "make: apt-get could not install chromium; install it to run the HTML report test" >&2
+
+# A real redis-server runs the tests of kumo.configure_redis_throttles (tests/redis_server.py).
+# Installed with apt-get as above when missing; where it cannot be, say so and go on: those
+# tests are then skipped, unless KUMOQ_REQUIRE_REDIS is set (.ci/run sets it): then they fail.
+redis-deps:
+	@command -v redis-server >/dev/null 2>&1 && exit 0; test -x /usr/bin/redis-server && exit 0; \
+	if [ "$$(id -u)" = 0 ]; then sudo=; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; \
+	else sudo=none; fi; \
+	if [ "$$sudo" = none ] || ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "make: no redis-server, and apt-get cannot run here: install redis-server to run" \
+	       "the redis throttle tests" >&2; exit 0; fi; \
+	echo "make: installing redis-server for the redis throttle tests (apt-get)"; \
+	DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q redis-server >/dev/null 2>&1 && exit 0; \
+	$$sudo apt-get update -q >/dev/null 2>&1 && \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q redis-server >/dev/null 2>&1 && exit 0; \
+	echo "make: apt-get could not install redis-server; install it to run the redis throttle tests" >&2
 
 test-integration: $(STAMP)
 	$(BIN)/pytest -m integration

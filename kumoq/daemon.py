@@ -56,6 +56,7 @@ from kumoq.lua.events import PolicyEvents
 from kumoq.message import Message
 from kumoq.metrics import REGISTRY, SPOOL_QUARANTINED
 from kumoq.reception import Reception
+from kumoq.redis_throttles import open_shared_throttles
 from kumoq.scheduler.attempt import Deliverer
 from kumoq.scheduler.dead_letters import DEAD_LETTER_KEY, dead_letter_block
 from kumoq.scheduler.manager import QueueManager
@@ -198,6 +199,8 @@ class Daemon:
         bounds = shutdown_bounds(os.environ)
         runtime, events, decl = load_policy(self.policy_path, serving=True)  # + validate_config
         decl.on_bump_config_epoch = self.request_reload
+        shared = await open_shared_throttles(decl.redis_throttles, self._throttle)
+        self._throttle = shared.throttle  # through redis after kumo.configure_redis_throttles
         harness = self._harness = HarnessMode.from_env(os.environ)
         if harness is not None:  # docs/testing.md, "How the harness routes mail"
             harness.apply(decl)
@@ -247,6 +250,7 @@ class Daemon:
         smtp = SmtpDispatch(
             policy=egress_policy, mx=mx, resolver=lambda: mx.resolver,
             clock=self.clock, hostname=hostname, sources=sources, throttle=self._throttle,
+            limits=shared.limits,
             reroute=harness.reroute() if harness is not None else None,
         )  # fmt: skip
         lua = LuaDispatch(CurrentLuaConnections(events), clock=self.clock, sources=sources)
@@ -340,6 +344,7 @@ class Daemon:
                 await self._shutdown(bounds, smtp, lua, queues, (maildir, spool, writers), hooks)
             finally:
                 REGISTRY.unregister(gauges)
+                await shared.close()
 
     async def _shutdown(
         self,

@@ -27,6 +27,7 @@ from kumoq.config.listener import EsmtpListenerConfig
 from kumoq.config.listener_domain import ListenerDomain
 from kumoq.config.logs import LocalLogsConfig, LogHookConfig
 from kumoq.config.queue import QueueConfig
+from kumoq.config.redis import RedisThrottleConfig
 from kumoq.config.spool import SpoolDefinition, check_spool_pair
 from kumoq.dns.resolver import TestResolver
 from kumoq.errors import ConfigError, PolicyError
@@ -61,6 +62,8 @@ class Declarations:
     test_zones: list[str] = field(default_factory=list)
     #: ``kumo.configure_bounce_classifier``'s compiled rules (the first call; a second fails)
     bounce_classifier: BounceClassifier | None = None
+    #: ``kumo.configure_redis_throttles`` (once): throttles and limits shared through redis
+    redis_throttles: RedisThrottleConfig | None = None
     #: called by ``kumo.bump_config_epoch()`` (the daemon reloads the policy)
     on_bump_config_epoch: Callable[[], None] | None = None
     #: where ``kumo.validation_failed()`` was called (``file:line``, or ``?``), in call order
@@ -92,6 +95,12 @@ class Declarations:
             if self.bounce_classifier is not None:
                 raise ConfigError("configure_bounce_classifier: classifier already initialized")
             self.bounce_classifier = value
+        elif isinstance(value, RedisThrottleConfig):
+            if self.redis_throttles is not None:
+                raise ConfigError(
+                    "configure_redis_throttles: redis already configured for throttles"
+                )
+            self.redis_throttles = value
 
     def restart_only_changes(self, new: Declarations) -> list[str]:
         """What ``new`` (a reloaded policy's ``init``) changes that only a restart applies."""
@@ -106,6 +115,7 @@ class Declarations:
                 _params(self.bounce_classifier),
                 _params(new.bounce_classifier),
             ),
+            "the redis throttles": (self.redis_throttles, new.redis_throttles),
         }
         return [what for what, (old, now) in pairs.items() if old != now]
 
@@ -158,6 +168,7 @@ BUILDERS = {
     "define_spool": SpoolDefinition.from_mapping,
     "configure_local_logs": LocalLogsConfig.from_mapping,
     "configure_log_hook": LogHookConfig.from_mapping,
+    "configure_redis_throttles": RedisThrottleConfig.from_mapping,
     "make_queue_config": QueueConfig.from_mapping,
     "make_egress_pool": EgressPool.from_mapping,
     "make_egress_source": EgressSource.from_mapping,

@@ -28,7 +28,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
 from typing import Final, cast
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.utils import floatToGoString
@@ -45,6 +45,8 @@ __all__ = [
     "LUA_EVENT_STARTED",
     "MESSAGES_RECEIVED_BY_PRIORITY",
     "MESSAGE_SAVE_LATENCY",
+    "REDIS_THROTTLES_CONNECTED",
+    "REDIS_THROTTLE_FALLBACKS",
     "REGISTRY",
     "SMTP_AUTH_FAILURES",
     "SMTP_SERVER_REJECTIONS",
@@ -91,6 +93,22 @@ LOG_RECORDS_DROPPED: Final = Counter(
     "Log records that could not be written (for example on a full disk); no partial record is "
     "ever left in a segment (kumoq).",
     ["logger"],
+    registry=REGISTRY,
+)
+
+REDIS_THROTTLE_FALLBACKS: Final = Counter(
+    "redis_throttle_fallbacks",
+    "Throttle checks (kind throttle) and connection-limit leases (kind lease, extend, release) "
+    "made in the process because the redis of kumo.configure_redis_throttles did not answer "
+    "(kumoq).",
+    ["kind"],
+    registry=REGISTRY,
+)
+
+REDIS_THROTTLES_CONNECTED: Final = Gauge(
+    "redis_throttles_connected",
+    "1 while the redis of kumo.configure_redis_throttles answers, 0 while throttles and "
+    "connection limits fall back to the process, or when no such redis is configured (kumoq).",
     registry=REGISTRY,
 )
 

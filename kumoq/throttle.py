@@ -19,24 +19,31 @@ The local backend computes this in exact integer arithmetic (time in units of
 one too many, or refuse the ``burst``-th request. Being throttled is a return value, never an
 exception.
 
-Seam for a shared backend (§9, NEXT): a Redis backend implements ``ThrottleBackend`` with the
-same key, and runs KumoMTA's GCRA script (``GET key``; redis ``TIME``; the formula above;
-``SET key new_tat EX ceil(new_tat - now)``). If the server has redis-cell, KumoMTA calls
-``CL.THROTTLE key max_burst limit period q`` instead. KumoMTA's own *local* backend also uses the
+The shared backend (§9, kumoq.redis_throttles) uses the same key and runs KumoMTA's GCRA script
+(``GET key``; redis ``TIME``, whole seconds; the formula above; ``SET key new_tat EX
+ceil(new_tat - now)``), or ``CL.THROTTLE key max_burst limit period q`` when the server has
+redis-cell. KumoMTA's own *local* backend also uses the
 redis-cell algorithm with ``max_burst = min(burst, limit - 1)`` and tolerance
 ``T * (max_burst + 1)``: the same as above for the default burst, one more admission when
 ``max_burst`` is set below ``limit``. kumoq implements the formula above exactly, everywhere.
 
 The async seam (``Throttle.throttle``, ``Limits.acquire``): every caller that can wait (the
 egress dispatchers, source selection, ``kumo.make_throttle``) awaits these, so a shared backend
-(``SharedThrottleBackend``, ``SharedLimitBackend``: a round trip to redis) plugs in without
-touching them. Only the scheduled queue's ``max_message_rate`` gate still calls the synchronous
-``Throttle.check`` (the local state; the scheduler's promotion path is synchronous).
+(``SharedThrottleBackend``, ``SharedLimitBackend``: a round trip to redis, kumoq.redis_throttles)
+plugs in without touching them. A shared backend that cannot answer (redis down) returns None:
+the check is then made in the local backend, and the lease taken locally (and given back
+locally), so mail proceeds or waits as on a single node. The scheduled queue's
+``max_message_rate`` gate (a synchronous promotion) and ``throttle:throttle()`` of
+``kumo.make_throttle`` call the synchronous ``Throttle.check``: the local state, always.
 
-Connection limits (§1.8): ``Limits.acquire(keys)`` takes one lease per ``(key, LimitSpec)``,
-smallest limit first; the first key at its limit releases what was taken and answers that key.
-Locally a lease is a count per key, released when its connection ends; ``on_release`` lets a
-ready queue that was refused be told when a slot of that key frees.
+Connection limits (§1.8): ``Limits.acquire(keys, duration)`` takes one lease per
+``(key, LimitSpec)``, smallest limit first; the first key at its limit releases what was taken
+and answers ``Refused`` (the key, and for a shared key the seconds until its soonest lease
+expires). Locally a lease is a count per key, released when its connection ends; ``on_release``
+lets a ready queue that was refused be told when a slot of that key frees. A shared lease
+expires ``duration`` seconds after it was taken or last extended (``Leases.extend``, before
+each message of a connection); a refusal by a shared key is not told by a local release: the
+caller tries again later.
 
 L0 (pure): imports only kumoq.config.values and the standard library; no asyncio, IO or lupa;
 time comes in as ``now`` (unix seconds; non-decreasing per backend for exact results).
@@ -56,6 +63,7 @@ __all__ = [
     "Limits",
     "LocalLimitBackend",
     "LocalThrottleBackend",
+    "Refused",
     "SharedLimitBackend",
     "SharedThrottleBackend",
     "Throttle",
@@ -108,11 +116,12 @@ class ThrottleBackend(Protocol):
 
 
 class SharedThrottleBackend(Protocol):
-    """A backend shared between processes (redis, §9): every check is a round trip."""
+    """A backend shared between processes (redis, §9): every check is a round trip; None when
+    the shared store could not answer (the check is then made locally)."""
 
     async def check_async(
         self, key: str, spec: ThrottleSpec, now: float, quantity: int = 1
-    ) -> ThrottleResult: ...
+    ) -> ThrottleResult | None: ...
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -238,9 +247,10 @@ class Throttle:
         """The check for callers that can wait: the shared backend when there is one (and
         ``spec`` is not ``local:``), else ``check``."""
         shared = self._shared
-        if shared is None or spec.force_local:
-            return self.check(key, spec, now, quantity)
-        return await shared.check_async(key, spec, now, quantity)
+        if shared is not None and not spec.force_local:
+            result = await shared.check_async(key, spec, now, quantity)
+            return self._local.check(key, spec, now, quantity) if result is None else result
+        return self.check(key, spec, now, quantity)
 
 
 def by_rate(pairs: Iterable[tuple[str, ThrottleSpec]]) -> list[tuple[str, ThrottleSpec]]:
@@ -249,10 +259,29 @@ def by_rate(pairs: Iterable[tuple[str, ThrottleSpec]]) -> list[tuple[str, Thrott
     return sorted(pairs, key=lambda p: int(p[1].limit / p[1].period * 1_000_000))
 
 
-class SharedLimitBackend(Protocol):
-    """Connection-limit leases shared between processes (redis sorted sets, §9)."""
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A lease was refused: ``key`` is at its limit. ``retry_after``: for a shared key, the
+    seconds until its soonest lease expires (KumoMTA's ``TooManyLeases``); None for a local
+    refusal, which ``LocalLimitBackend.on_release`` tells the end of."""
 
-    async def acquire_async(self, key: str, spec: LimitSpec) -> object | None: ...
+    key: str
+    retry_after: float | None = None
+
+
+class SharedLimitBackend(Protocol):
+    """Connection-limit leases shared between processes (redis sorted sets, §9). Each method
+    answers None when the shared store could not answer (the lease is then taken locally)."""
+
+    async def acquire_async(
+        self, key: str, spec: LimitSpec, duration: float
+    ) -> object | Refused | None:
+        """A lease of ``key`` that expires after ``duration`` s unless extended, or Refused."""
+        ...
+
+    async def extend_async(self, key: str, lease: object, duration: float) -> bool | None:
+        """Push the lease's expiry to ``duration`` s from now; False when it is gone."""
+        ...
 
     async def release_async(self, key: str, lease: object) -> None: ...
 
@@ -294,6 +323,9 @@ class LocalLimitBackend:
         self._waiting.setdefault(key, {})[token] = callback
 
 
+_LOCAL_LEASE: Final = object()  # a lease counted in the LocalLimitBackend
+
+
 @final
 class Leases:
     """The leases one connection holds; ``release()`` gives them back (idempotent)."""
@@ -308,10 +340,19 @@ class Leases:
     def keys(self) -> list[str]:
         return [key for key, _, _ in self._taken]
 
+    async def extend(self, duration: float) -> bool:
+        """Extend every shared lease to ``duration`` s from now (KumoMTA: before each message
+        of a connection). False when a shared lease is gone (it expired, or redis lost it): the
+        connection should end. A local lease, or a shared store that cannot answer, is True."""
+        for key, _, lease in self._taken:
+            if lease is not _LOCAL_LEASE and not await self._limits.extend(key, lease, duration):
+                return False
+        return True
+
     async def release(self) -> None:
         taken, self._taken = self._taken, []
-        for key, spec, lease in reversed(taken):
-            await self._limits.give_back(key, spec, lease)
+        for key, _, lease in reversed(taken):
+            await self._limits.give_back(key, lease)
 
 
 @final
@@ -328,26 +369,39 @@ class Limits:
     def local(self) -> LocalLimitBackend:
         return self._local
 
-    async def acquire(self, limits: Iterable[tuple[str, LimitSpec]]) -> Leases | str:
-        """A lease of every ``(key, spec)``, smallest limit first; or, when one is at its
-        limit, the key that refused (and nothing is held)."""
+    def is_shared(self, spec: LimitSpec) -> bool:
+        """Whether leases of ``spec`` are taken in the shared backend (when it answers)."""
+        return self._shared is not None and not spec.force_local
+
+    async def acquire(
+        self, limits: Iterable[tuple[str, LimitSpec]], duration: float = 1690.0
+    ) -> Leases | Refused:
+        """A lease of every ``(key, spec)``, smallest limit first, each expiring (if shared)
+        ``duration`` s after it is taken or extended; or, when one is at its limit, Refused
+        (and nothing is held)."""
         taken: list[tuple[str, LimitSpec, object]] = []
         for key, spec in sorted(limits, key=lambda p: p[1].limit):
             shared = self._shared
-            lease: object | None
-            if shared is None or spec.force_local:
-                lease = True if self._local.try_acquire(key, spec) else None
-            else:
-                lease = await shared.acquire_async(key, spec)
-            if lease is None:
+            lease: object | Refused | None = None
+            if shared is not None and not spec.force_local:
+                lease = await shared.acquire_async(key, spec, duration)
+            if lease is None:  # local, or the shared store did not answer
+                lease = _LOCAL_LEASE if self._local.try_acquire(key, spec) else Refused(key)
+            if isinstance(lease, Refused):
                 await Leases(self, taken).release()
-                return key
+                return lease
             taken.append((key, spec, lease))
         return Leases(self, taken)
 
-    async def give_back(self, key: str, spec: LimitSpec, lease: object) -> None:
+    async def extend(self, key: str, lease: object, duration: float) -> bool:
         shared = self._shared
-        if shared is None or spec.force_local:
+        if lease is _LOCAL_LEASE or shared is None:
+            return True
+        return await shared.extend_async(key, lease, duration) is not False
+
+    async def give_back(self, key: str, lease: object) -> None:
+        shared = self._shared
+        if lease is _LOCAL_LEASE or shared is None:
             self._local.release(key)
         else:
             await shared.release_async(key, lease)

@@ -74,7 +74,11 @@ OVERRIDES: Final[dict[str, tuple[Status, str]]] = {
     "function:kumo.make_queue_config": (_P, "`provider_name`, `shrink_policy` stored only"),
     "function:kumo.make_throttle": (
         _P,
-        "in process only; no `explain`; `sleep_if_throttled` waits only in the events kumoq awaits",
+        "no `explain`; only `sleep_if_throttled` uses redis, and waits only in awaited events",
+    ),
+    "function:kumo.configure_redis_throttles": (
+        _P,
+        "the queue's `max_message_rate` and `throttle:throttle()` stay in the process",
     ),
     "function:kumo.make_listener_domain": (
         _P,

@@ -375,7 +375,8 @@ class EgressPathConfig:
         return build(cls, "make_egress_path", mapping, _PATH_PARSERS)
 
     def lease_duration(self) -> float:
-        """The connection-limit lease (§1.8): the sum of the send timeouts, 1690 s by default."""
+        """The connection-limit lease (§1.8): the sum of the send timeouts, 1690 s by default
+        (KumoMTA's ``total_connection_lifetime_duration``: ``idle_timeout``, not ``rset``)."""
         return (
             self.connect_timeout
             + self.banner_timeout
@@ -385,8 +386,8 @@ class EgressPathConfig:
             + self.rcpt_to_timeout
             + self.data_timeout
             + self.data_dot_timeout
-            + self.rset_timeout
             + self.starttls_timeout
+            + self.idle_timeout
         )
 
 

@@ -9,8 +9,10 @@ reuses for up to ``max_deliveries_per_connection`` messages and keeps idle for
 ``idle_timeout``. Before connecting, a dispatcher takes a lease of ``connection_limit`` (key
 ``kumomta.connection_limit.<readyq>``) and of every ``additional_connection_limits`` name (a
 key shared by every path naming it), smallest first; refused, it ends, and the ready queue
-opens no connection until a lease of that key is released. Before each delivery it checks
-``max_message_rate`` (key ``kumomta.max_message_rate.<readyq>``) and every
+opens no connection until a lease of that key is released (a key shared through redis: until
+it tries again, after ``SHARED_LIMIT_RETRY`` at most). Before each message after the first it
+extends its leases (``lease_duration``); a lease that is gone ends the connection. Before each
+delivery it checks ``max_message_rate`` (key ``kumomta.max_message_rate.<readyq>``) and every
 ``additional_message_rate_throttles`` name, smallest rate first. A run of connection
 failures (``consecutive_connection_failures_before_delay``) fails every waiting message at once.
 When a dispatcher ends (its session closed), ``on_idle`` is told, so that an idle ready queue
@@ -56,6 +58,11 @@ CLOSE_WAIT_SECONDS = 10.0
 daemon passes its delivery drain, ``KUMOQ_SHUTDOWN_DELIVERY_DRAIN``)."""
 ABANDON_GRACE_SECONDS = 2.0
 """How long ``close()`` waits for aborted sessions to unwind (they only drop their sockets)."""
+SHARED_LIMIT_RETRY = 3.0
+"""A ready queue refused by a shared (redis) connection limit tries again after the soonest
+lease's expiry, at most this long (KumoMTA sleeps 3 s between attempts)..."""
+SHARED_LIMIT_RETRY_MIN = 0.5
+"""...and at least this long."""
 
 
 class Dispatchers:
@@ -152,22 +159,33 @@ class Dispatchers:
         path = ready.path
         wanted = [(f"kumomta.connection_limit.{ready.name}", path.connection_limit)]
         wanted.extend(path.additional_connection_limits.items())
-        leases = await self._limits.acquire(wanted)
+        leases = await self._limits.acquire(wanted, path.lease_duration())
         if isinstance(leases, Leases):
             return leases
         ready.dispatchers -= 1
         ready.running -= 1
-        ready.connection_limited = leases
-        log.debug("ready queue %s: connection limit %s reached", ready.name, leases)
+        armed = ready.connection_limited is not None  # a refusal just before this one
+        ready.connection_limited = leases.key
+        log.debug("ready queue %s: connection limit %s reached", ready.name, leases.key)
+        told = False
 
         def freed() -> None:
+            nonlocal told
+            if told:
+                return
+            told = True
             ready.connection_limited = None
             if len(ready.fifo) and not self._closing:
                 self.spawn(ready)
             elif self._on_idle is not None:
                 self._on_idle(ready)
 
-        self._limits.local.on_release(leases, id(ready), freed)
+        self._limits.local.on_release(leases.key, id(ready), freed)
+        if not armed and self._limits.is_shared(dict(wanted)[leases.key]):
+            # Another node's release is not told here: try again soon (KumoMTA: every 3 s).
+            retry = leases.retry_after or SHARED_LIMIT_RETRY
+            delay = max(SHARED_LIMIT_RETRY_MIN, min(retry, SHARED_LIMIT_RETRY))
+            asyncio.get_running_loop().call_later(delay, freed)
         return None
 
     async def _dispatch(self, ready: ReadyQueue) -> None:
@@ -175,20 +193,27 @@ class Dispatchers:
         if leases is None:
             return
         try:
-            await self._dispatch_leased(ready)
+            await self._dispatch_leased(ready, leases)
         finally:
             await leases.release()  # first: a ready queue waiting for a slot goes first
         if len(ready.fifo) and not self._closing:
             self.spawn(ready)
 
-    async def _dispatch_leased(self, ready: ReadyQueue) -> None:
+    async def _dispatch_leased(self, ready: ReadyQueue, leases: Leases) -> None:
         session: SmtpClientSession | None = None
         delivered = 0
         item: QueuedMessage | None = None
+        fresh = True  # the leases were just taken
+        duration = ready.path.lease_duration
         try:
             while not self._closing:
                 if self._rules.any_ready_suspension:
                     self._settle_if_suspended(ready)
+                # KumoMTA extends the connection's leases before each message.
+                if not fresh and len(ready.fifo) and not await leases.extend(duration()):
+                    log.info("ready queue %s: a connection lease expired", ready.name)
+                    return
+                fresh = False
                 item = ready.fifo.pop()
                 if item is None:
                     if session is None:

@@ -15,8 +15,8 @@ Defined in Lua (``kumo.lua`` beside this module, loaded by the runtime as the ch
 - ``kumo.log_debug/log_info/log_warn/log_error(...)``: arguments ``tostring``-ed and joined
   with spaces, to the Python logger ``kumoq.policy``;
 - declarations ``start_esmtp_listener``, ``start_http_listener``, ``define_spool``,
-  ``configure_local_logs``, ``configure_bounce_classifier``, ``configure_log_hook`` (only
-  inside ``init`` and ``pre_init``), collected
+  ``configure_local_logs``, ``configure_bounce_classifier``, ``configure_log_hook``,
+  ``configure_redis_throttles`` (only inside ``init`` and ``pre_init``), collected
   by the runtime;
 - ``make_queue_config``, ``make_egress_pool``, ``make_egress_source``, ``make_egress_path``,
   ``make_listener_domain``: return an opaque Lua table that carries a handle to the built
@@ -76,6 +76,7 @@ DECLARATIONS: Final = (
     "configure_test_resolver",
     "configure_bounce_classifier",
     "configure_log_hook",
+    "configure_redis_throttles",
 )
 MAKERS: Final = (
     "make_queue_config",

@@ -25,13 +25,11 @@ Budgets (kumoq.lua.budget): every call into the policy runs under a time budget,
 the count hook of ``budget.lua``, and the Lua state under lupa's ``max_memory``; over either,
 the call raises LuaBudgetError (a 451 RejectError) naming the event and ``file:line``.
 
-Error locations: chunks are named relative to the policy's directory (``init.lua``,
-``lib/util.lua``), as Lua truncates chunk names in messages to 60 characters; kumoq's own chunks are
-``kumoq/sandbox``, ``kumoq/message``, ``kumoq/core``, ``kumoq/kumo`` and ``kumoq/budget``.
+Error locations: chunks are named relative to the policy's directory (``lib/util.lua``), as Lua
+truncates chunk names to 60 characters; kumoq's own are ``kumoq/sandbox``, ``kumoq/kumo``...
 
-``PolicyRuntime`` satisfies the Protocols that kumoq.lua.kumo_api (``KumoApiRuntime``) and
-kumoq.lua.message (``MessageApiRuntime``) declare for what their ``python_api`` uses, so those
-modules never import this one.
+``PolicyRuntime`` satisfies the Protocols of kumoq.lua.kumo_api and kumoq.lua.message for what
+their ``python_api`` uses, so those modules never import this one.
 
 L2: imports lupa, kumoq.errors, kumoq.clock, kumoq.config.queue, kumoq.message, kumoq.metrics
 and its siblings budget, chunks, convert, field_check, kumo_api, message and waits (not events).
@@ -114,6 +112,7 @@ class PolicyDeclarations:
     spools: list[Any] = field(default_factory=list)
     local_logs: list[Any] = field(default_factory=list)
     test_resolvers: list[Any] = field(default_factory=list)
+    throttles: list[Any] = field(default_factory=list)
 
     def add(self, kind: str, value: object) -> None:
         getattr(self, _DECLARATION_LISTS[kind]).append(value)
@@ -127,6 +126,7 @@ _DECLARATION_LISTS: Final = {
     "configure_test_resolver": "test_resolvers",
     "configure_bounce_classifier": "local_logs",  # a logging setting, as in KumoMTA
     "configure_log_hook": "local_logs",
+    "configure_redis_throttles": "throttles",
 }
 
 

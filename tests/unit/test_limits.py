@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kumoq.config.values import LimitSpec, ThrottleSpec
-from kumoq.throttle import Leases, Limits, Throttle, ThrottleResult, by_rate
+from kumoq.throttle import Leases, Limits, Refused, Throttle, ThrottleResult, by_rate
 
 
 def spec(text: str) -> ThrottleSpec:
@@ -22,7 +22,7 @@ async def test_leases_count_per_key_smallest_limit_first() -> None:
     assert first.keys == ["shared", "big"]  # the smallest limit is taken first
     assert limits.local.held("shared") == 2
     refused = await limits.acquire(wanted)
-    assert refused == "shared"
+    assert refused == Refused("shared")
     assert limits.local.held("big") == 1  # nothing kept from a refused acquire
     await first.release()
     await first.release()  # idempotent
