@@ -236,6 +236,11 @@ class Throttle:
     def local(self) -> LocalThrottleBackend:
         return self._local
 
+    def shares(self, spec: ThrottleSpec) -> bool:
+        """Whether ``throttle`` checks ``spec`` in the shared backend (one is configured and
+        ``spec`` is not ``local:``)."""
+        return self._shared is not None and not spec.force_local
+
     def check(self, key: str, spec: ThrottleSpec, now: float, quantity: int = 1) -> ThrottleResult:
         """``backend.check(...)``, or ``local.check(...)`` when ``spec.force_local``. O(1)."""
         backend = self._local if spec.force_local else self._backend

@@ -16,8 +16,11 @@ local ERR, PENDING, EVENT_COROUTINES = M.ERR, M.PENDING, M.EVENT_COROUTINES
 local setmetatable, error, tostring = setmetatable, error, tostring
 local running, isyieldable, yield =
   coroutine.running, coroutine.isyieldable, coroutine.yield
-local py_make, py_check, py_due =
-  py.kumo_make_throttle, py.kumo_throttle_check, py.kumo_throttle_due
+local py_make, py_check, py_due, py_shared =
+  py.kumo_make_throttle,
+  py.kumo_throttle_check,
+  py.kumo_throttle_due,
+  py.kumo_throttle_shared
 
 local STATE = setmetatable({}, { __mode = 'k' }) -- object -> {key, spec}
 
@@ -48,8 +51,31 @@ local function state(self, method)
   return s
 end
 
+-- Whether to ask a shared backend (redis, or the sibling workers) through
+-- the event loop: it is configured for this spec and this handler can yield
+-- (in an event kumoq calls synchronously, the op answers from the process's
+-- own state at once: kumoq.lua.throttle_api).
+local function ask_shared(s)
+  local shared, e = py_shared(s.spec)
+  if shared == ERR then
+    error(e, 3)
+  end
+  return shared and EVENT_COROUTINES[running()] and isyieldable()
+end
+
+local function awaited(op, s)
+  local ok, res = yield(PENDING, op, { key = s.key, spec = s.spec })
+  if not ok then
+    error(res, 3)
+  end
+  return res
+end
+
 function Throttle:throttle()
   local s = state(self, 'throttle')
+  if ask_shared(s) then
+    return awaited('throttle_check', s)
+  end
   local r, e = py_check(s.key, s.spec)
   if r == ERR then
     error(e, 2)
@@ -59,6 +85,9 @@ end
 
 function Throttle:sleep_if_throttled()
   local s = state(self, 'sleep_if_throttled')
+  if ask_shared(s) then
+    return awaited('throttle_sleep', s)
+  end
   local r, e = py_check(s.key, s.spec)
   if r == ERR then
     error(e, 2)
@@ -83,7 +112,12 @@ end
 
 function Throttle:delay_message_if_throttled(msg)
   local s = state(self, 'delay_message_if_throttled')
-  local due, e = py_due(s.key, s.spec)
+  local due, e
+  if ask_shared(s) then
+    due = awaited('throttle_due', s)
+  else
+    due, e = py_due(s.key, s.spec)
+  end
   if due == ERR then
     error(e, 2)
   elseif due == nil then

@@ -78,6 +78,9 @@ class Waits:
         self.throttle = Throttle()
         #: further ops by name, each awaited in the awaited events only
         self.ops: dict[str, AsyncOp] = {}
+        #: what some of them answer at once in an event kumoq calls synchronously (a shared
+        #: throttle checked in the process's own state); the others are an error there
+        self.sync_ops: dict[str, Callable[[Any], tuple[bool, Any]]] = {}
         # Answers fetched for a PolicyWouldBlock, kept for the re-run that follows even when
         # their TTL is shorter than the wait (the cache would not hold them). One per domain.
         self._fetched: dict[str, MxResult] = {}
@@ -89,6 +92,9 @@ class Waits:
                 "kumo.time.sleep: cannot sleep in this event: kumoq calls it synchronously "
                 "(sleep in an SMTP event, a custom delivery or a spawned task)"
             )
+        sync = self.sync_ops.get(op)
+        if sync is not None:
+            return sync(arg)
         if op in self.ops:
             return False, (
                 f"kumo.{op}: cannot wait in this event: kumoq calls it synchronously "

@@ -6,6 +6,7 @@ the runtime clock (a FakeClock where a test needs exact values)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from kumoq.clock import FakeClock
 from kumoq.config.values import ThrottleSpec
 from kumoq.errors import PolicyError
 from kumoq.lua import PolicyEvents, PolicyRuntime
-from kumoq.throttle import Throttle
+from kumoq.throttle import Throttle, ThrottleResult
 
 from .lua_kumo_support import call, load
 
@@ -76,7 +77,7 @@ def test_bad_spec_is_an_error(tmp_path: Path) -> None:
 def test_sleep_if_throttled_cannot_wait_in_a_synchronous_event(tmp_path: Path) -> None:
     events = PolicyEvents(load(tmp_path, POLICY))
     assert events.call("sleep", "s", "1/h") is False  # allowed: no wait needed
-    with pytest.raises(PolicyError, match=r"kumo\.throttle_sleep: cannot wait in this event"):
+    with pytest.raises(PolicyError, match=r"throttle:sleep_if_throttled: cannot wait in this event"):
         events.call("sleep", "s", "1/h")
 
 
@@ -119,3 +120,76 @@ def test_delay_message_if_throttled_sets_the_due_time_when_throttled(tmp_path: P
         """,
     )
     assert result == [False, True]
+
+
+SHARED_POLICY = """
+local kumo = require 'kumo'
+kumo.on('check', function(name, spec)
+  return kumo.make_throttle(name, spec):throttle()
+end)
+kumo.on('sleep', function(name, spec)
+  return kumo.make_throttle(name, spec):sleep_if_throttled()
+end)
+kumo.on('delay', function(name, spec)
+  local msg = kumo.make_message('a@example.com', 'b@example.com', 'Subject: x\\r\\n\\r\\nx\\r\\n')
+  return kumo.make_throttle(name, spec):delay_message_if_throttled(msg)
+end)
+"""
+
+
+class OtherNodes:
+    """A shared backend (the seam redis plugs into) whose state other nodes have already
+    used up: every check of a key it holds is throttled."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    async def check_async(
+        self, key: str, spec: ThrottleSpec, now: float, quantity: int = 1
+    ) -> ThrottleResult:
+        self.asked.append(key)
+        return ThrottleResult(True, 1, 0, 60.0, 60.0, 60.0)
+
+
+@pytest.mark.parametrize("event", ["check", "sleep_once", "delay"])
+async def test_a_shared_throttle_is_asked_in_events_that_can_wait(
+    tmp_path: Path, event: str
+) -> None:
+    rt = load(tmp_path, SHARED_POLICY)
+    other = OtherNodes()
+    rt.waits.throttle = Throttle(shared=other)
+    if event == "check":
+        result = await fire(rt, "check", "tenant", "10/s")
+        assert result["throttled"] is True  # the local state alone would admit it
+    elif event == "delay":
+        assert await fire(rt, "delay", "tenant", "10/s") is True
+    else:
+        task = asyncio.ensure_future(fire(rt, "sleep", "tenant", "10/s"))
+        await asyncio.sleep(0.05)  # it sleeps on the shared answer (60 s)
+        assert not task.done()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert other.asked == ["lua-user-throttle-tenant"]
+    # local: specs never go to the shared backend
+    assert (await fire(rt, "check", "tenant", "local:10/s"))["throttled"] is False
+    assert other.asked == ["lua-user-throttle-tenant"]
+
+
+def test_a_shared_throttle_is_checked_locally_where_the_policy_cannot_wait(
+    tmp_path: Path,
+) -> None:
+    rt = load(tmp_path, SHARED_POLICY)
+    other = OtherNodes()
+    rt.waits.throttle = Throttle(shared=other)
+    assert PolicyEvents(rt).call("check", "tenant", "10/s")["throttled"] is False
+    assert other.asked == []
+
+
+def test_sleep_if_throttled_on_a_shared_throttle_in_a_synchronous_event(tmp_path: Path) -> None:
+    rt = load(tmp_path, SHARED_POLICY)
+    rt.waits.throttle = Throttle(shared=OtherNodes())
+    events = PolicyEvents(rt)
+    assert events.call("sleep", "t", "1/h") is False  # admitted by the process's own state
+    with pytest.raises(PolicyError, match="cannot wait in this event"):
+        events.call("sleep", "t", "1/h")
