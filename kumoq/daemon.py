@@ -56,7 +56,6 @@ from kumoq.lua.events import PolicyEvents
 from kumoq.message import Message
 from kumoq.metrics import REGISTRY, SPOOL_QUARANTINED
 from kumoq.reception import Reception
-from kumoq.redis_throttles import open_shared_throttles
 from kumoq.scheduler.attempt import Deliverer
 from kumoq.scheduler.dead_letters import DEAD_LETTER_KEY, dead_letter_block
 from kumoq.scheduler.manager import QueueManager
@@ -69,6 +68,7 @@ from kumoq.spool.base import Spool
 from kumoq.spool.health import FreeSpaceMonitor
 from kumoq.spool_record import spooled_message
 from kumoq.throttle import Throttle
+from kumoq.worker_limits import open_worker_throttles
 from kumoq.workers import WorkerSlot
 
 __all__ = ["Daemon"]
@@ -199,8 +199,8 @@ class Daemon:
         bounds = shutdown_bounds(os.environ)
         runtime, events, decl = load_policy(self.policy_path, serving=True)  # + validate_config
         decl.on_bump_config_epoch = self.request_reload
-        shared = await open_shared_throttles(decl.redis_throttles, self._throttle)
-        self._throttle = shared.throttle  # through redis after kumo.configure_redis_throttles
+        shared = await open_worker_throttles(decl.redis_throttles, self._throttle, self.slot)
+        self._throttle = shared.throttle  # through redis, or the files of the workers
         harness = self._harness = HarnessMode.from_env(os.environ)
         if harness is not None:  # docs/testing.md, "How the harness routes mail"
             harness.apply(decl)

@@ -34,7 +34,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar, final
+from typing import Any, Final, Protocol, TypeVar, final
 from urllib.parse import urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -321,13 +321,19 @@ class RedisThrottles:
             )  # fmt: skip
 
 
+class SharedBackend(Protocol):
+    """What shares the state (redis, or the workers' files of kumoq.worker_limits)."""
+
+    async def close(self) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class SharedThrottles:
-    """The process's throttle state and connection limits; ``backend`` when through redis."""
+    """The process's throttle state and connection limits; ``backend`` when shared."""
 
     throttle: Throttle
     limits: Limits
-    backend: RedisThrottles | None = None
+    backend: SharedBackend | None = None
 
     async def close(self) -> None:
         if self.backend is not None:

@@ -70,6 +70,7 @@ __all__ = [
     "ThrottleBackend",
     "ThrottleResult",
     "by_rate",
+    "gcra",
     "throttle_key",
 ]
 
@@ -128,6 +129,46 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def gcra(
+    stored: int | None, spec: ThrottleSpec, now: float, quantity: int = 1
+) -> tuple[ThrottleResult, int | None]:
+    """One GCRA check (the module docstring's formula) of a key whose stored ``tat`` is
+    ``stored`` (None: absent), in units of ``1 / spec.limit`` nanoseconds: the result, and the
+    ``tat`` to store (None: store nothing). Pure; every backend that keeps ``tat`` itself
+    (in process, or in a file the workers of one box share) computes with this.
+
+    ``quantity == 0`` only asks: it is throttled (with no retry_after) when nothing remains,
+    as KumoMTA's script does. A negative quantity is a ValueError."""
+    if quantity < 0:
+        raise ValueError(f"quantity must not be negative, got {quantity!r}")
+    limit = spec.limit
+    burst = limit if spec.max_burst is None else spec.max_burst
+    whole = math.floor(now)
+    now_u = (whole * _NS + round((now - whole) * _NS)) * limit
+    interval = spec.period * _NS  # T, in units of 1/limit ns
+    per_second = limit * _NS
+    tat = now_u if stored is None or stored < now_u else stored
+    new_tat = tat + interval * quantity
+    diff = now_u - (new_tat - interval * burst)
+    if diff < 0:
+        remaining = max(0, (now_u - tat + interval * burst) // interval)
+        throttled = ThrottleResult(
+            True,
+            burst,
+            remaining,
+            float(_ceil_div(tat - now_u, per_second)),
+            float(_ceil_div(-diff, per_second)),
+            _ceil_div(-diff, limit) / _NS,
+        )
+        return throttled, None
+    remaining = diff // interval
+    if quantity == 0 and remaining == 0:
+        reset = float(_ceil_div(tat - now_u, per_second))
+        return ThrottleResult(True, burst, 0, reset, None), None
+    reset = float(_ceil_div(new_tat - now_u, per_second))
+    return ThrottleResult(False, burst, remaining, reset, None), new_tat
+
+
 @final
 class LocalThrottleBackend:
     """GCRA state in a dict of ``throttle_key -> (tat, limit)``, ``tat`` in 1/limit ns units.
@@ -156,38 +197,15 @@ class LocalThrottleBackend:
         ``quantity == 0`` only asks: it is throttled (with no retry_after) when nothing
         remains, as KumoMTA's script does. A negative quantity is a ValueError.
         """
-        if quantity < 0:
-            raise ValueError(f"quantity must not be negative, got {quantity!r}")
-        limit = spec.limit
-        burst = limit if spec.max_burst is None else spec.max_burst
-        stored_key = f"{key}:{limit}:{burst}:{spec.period}"
-        whole = math.floor(now)
-        now_u = (whole * _NS + round((now - whole) * _NS)) * limit
-        interval = spec.period * _NS  # T, in units of 1/limit ns
-        per_second = limit * _NS
+        stored_key = throttle_key(key, spec)
         stored = self._tat.get(stored_key)
-        tat = now_u if stored is None or stored[0] < now_u else stored[0]
-        new_tat = tat + interval * quantity
-        diff = now_u - (new_tat - interval * burst)
-        if diff < 0:
-            remaining = max(0, (now_u - tat + interval * burst) // interval)
-            return ThrottleResult(
-                True,
-                burst,
-                remaining,
-                float(_ceil_div(tat - now_u, per_second)),
-                float(_ceil_div(-diff, per_second)),
-                _ceil_div(-diff, limit) / _NS,
-            )
-        remaining = diff // interval
-        if quantity == 0 and remaining == 0:
-            return ThrottleResult(True, burst, 0, float(_ceil_div(tat - now_u, per_second)), None)
-        if stored is None and len(self._tat) >= self._sweep_at:
-            self._sweep(now_u // limit)
-        self._tat[stored_key] = (new_tat, limit)
-        return ThrottleResult(
-            False, burst, remaining, float(_ceil_div(new_tat - now_u, per_second)), None
-        )
+        result, new_tat = gcra(None if stored is None else stored[0], spec, now, quantity)
+        if new_tat is not None:
+            if stored is None and len(self._tat) >= self._sweep_at:
+                whole = math.floor(now)
+                self._sweep(whole * _NS + round((now - whole) * _NS))
+            self._tat[stored_key] = (new_tat, spec.limit)
+        return result
 
     def _sweep(self, now_ns: int) -> None:
         """Drop every key whose ``tat`` is before ``now_ns``. O(n)."""
@@ -319,6 +337,11 @@ class LocalLimitBackend:
             self._held[key] = count
         else:
             self._held.pop(key, None)
+        self.wake(key)
+
+    def wake(self, key: str) -> None:
+        """Run (once) every callback waiting for a slot of ``key``: one was given back here,
+        locally or in the shared backend."""
         waiting = self._waiting.pop(key, None)
         for callback in (waiting or {}).values():
             callback()
@@ -410,3 +433,4 @@ class Limits:
             self._local.release(key)
         else:
             await shared.release_async(key, lease)
+            self._local.wake(key)  # a ready queue of this process waits no longer

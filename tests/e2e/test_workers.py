@@ -13,13 +13,15 @@ import smtplib
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from kumoq.logs.tail import read_all_records
 from kumoq.testing.harness import KumoqDaemon
-from tests.e2e.test_smtp_relay import free_port
+from tests.e2e.test_smtp_relay import CountingController, free_port
+from tests.e2e.test_throttles import TimedSink
 
 pytestmark = pytest.mark.integration
 
@@ -45,15 +47,20 @@ HELD = """return kumo.make_queue_config {
 MAILDIR = "return kumo.make_queue_config { protocol = { maildir_path = './var/maildir' } }"
 
 
-def send(port: int, count: int, tag: str) -> None:
-    """``count`` messages, one connection each (so the kernel spreads them over the workers)."""
-    for i in range(count):
+def send(port: int, count: int, tag: str, *, clients: int = 1) -> None:
+    """``count`` messages, one connection each (so the kernel spreads them over the workers),
+    from ``clients`` threads at once."""
+
+    def one(i: int) -> None:
         with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
             client.sendmail(
                 "sender@example.com",
                 [f"rcpt{i}@example.com"],
                 f"Subject: {tag} {i}\r\nMessage-ID: <{tag}-{i}@test>\r\n\r\nbody\r\n".encode(),
             )
+
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(one, range(count)))
 
 
 def spooled(meta: Path) -> int:
@@ -151,3 +158,72 @@ def test_workers_takes_a_positive_count(tmp_path: Path) -> None:
 def _children(pid: int) -> list[int]:
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
     return sorted(int(x) for x in out.split())
+
+
+RELAY = """
+return kumo.make_queue_config {{
+    retry_interval = '1s', protocol = {{ smtp = {{ mx_list = {{ '127.0.0.1:{sink}' }} }} }},
+  }}
+end)
+kumo.on('get_egress_path_config', function(routing_domain, source, site)
+  return kumo.make_egress_path {{ prohibited_hosts = {{}}, enable_tls = 'Disabled', {path} }}
+"""
+
+
+@pytest.fixture
+def sink_of():
+    """``sink_of(HandlerClass)``: a counting aiosmtpd sink, stopped at teardown."""
+    controllers = []
+
+    def start(cls):
+        handler = cls()
+        controller = CountingController(handler, hostname="127.0.0.1", port=free_port())
+        controller.start()
+        controllers.append(controller)
+        handler.port = controller.port
+        return handler
+
+    yield start
+    for controller in controllers:
+        controller.stop()
+
+
+def relay_workers(tmp_path: Path, sink_port: int, path: str) -> tuple[KumoqDaemon, int]:
+    port = free_port()
+    queue = RELAY.format(sink=sink_port, path=path)
+    return KumoqDaemon(tmp_path / "mta", POLICY.format(port=port, queue=queue), workers=2), port
+
+
+def test_a_path_rate_holds_for_the_box_not_for_each_worker(tmp_path: Path, sink_of) -> None:
+    sink = sink_of(TimedSink)
+    daemon, port = relay_workers(tmp_path, sink.port, "max_message_rate = '10/s',")
+    daemon.start()
+    try:
+        send(port, 60, "rate")
+        daemon.wait_for_records("Delivery", 60, timeout=120)
+    finally:
+        assert daemon.stop() == 0
+    assert len(sink.arrivals) == 60
+    assert len({r["nodeid"] for r in daemon.records("Delivery")}) == 1
+    # Shared: 60 at 10/s after a burst of 10 take (60 - 10) / 10 = 5 s; each worker alone
+    # (20/s together) would need 2.5 s. Sending one message per connection takes a while too,
+    # so only the rate's floor is checked, with a little slack for timer granularity.
+    span = max(sink.arrivals) - min(sink.arrivals)
+    assert span >= 5.0 - 0.5, span
+
+
+class HoldingSink(TimedSink):
+    hold = 0.5  # DATA takes a while, so that the queues fill and sessions overlap
+
+
+def test_a_connection_limit_holds_for_the_box(tmp_path: Path, sink_of) -> None:
+    sink = sink_of(HoldingSink)
+    daemon, port = relay_workers(tmp_path, sink.port, "connection_limit = 3,")
+    daemon.start()
+    try:
+        send(port, 60, "limit", clients=8)
+        daemon.wait_for_records("Delivery", 60, timeout=180)
+    finally:
+        assert daemon.stop() == 0
+    assert len(sink.messages) == 60
+    assert sink.max_open <= 3, sink.max_open  # each worker alone would open 3
