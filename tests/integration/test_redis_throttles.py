@@ -163,6 +163,7 @@ async def test_redis_down_falls_back_to_the_process_and_resumes(
     caplog.set_level(logging.INFO, logger="kumoq.throttle")
     shared = await open_shared_throttles(config(redis_server.url), Throttle())
     backend = shared.backend
+    assert isinstance(backend, RedisThrottles)
     assert backend is not None
     try:
         rate = spec("2/h")

@@ -77,7 +77,9 @@ def test_bad_spec_is_an_error(tmp_path: Path) -> None:
 def test_sleep_if_throttled_cannot_wait_in_a_synchronous_event(tmp_path: Path) -> None:
     events = PolicyEvents(load(tmp_path, POLICY))
     assert events.call("sleep", "s", "1/h") is False  # allowed: no wait needed
-    with pytest.raises(PolicyError, match=r"throttle:sleep_if_throttled: cannot wait in this event"):
+    with pytest.raises(
+        PolicyError, match=r"throttle:sleep_if_throttled: cannot wait in this event"
+    ):
         events.call("sleep", "s", "1/h")
 
 
