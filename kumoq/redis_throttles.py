@@ -34,6 +34,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final, Protocol, TypeVar, final
 from urllib.parse import urlsplit
 
@@ -65,44 +66,16 @@ T = TypeVar("T")
 RETRY_EVERY: Final = 1.0
 """While redis does not answer, it is tried again at most this often (seconds)."""
 
-GCRA_SCRIPT: Final = """
--- GCRA on the redis clock (kumoq; KumoMTA's throttle script's keys, arguments and answer).
--- KEYS[1]: the throttle key; ARGV: limit, period (s), max_burst, quantity.
-local t = tonumber(ARGV[2]) / tonumber(ARGV[1])
-local cost = t * tonumber(ARGV[4])
-local tolerance = t * tonumber(ARGV[3])
-local now = tonumber(redis.call('TIME')[1])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-local new_tat = tat + cost
-local diff = now - (new_tat - tolerance)
-local remaining = math.floor(diff / t)
-if remaining < 0 then
-  local left = math.floor((now - (tat - tolerance)) / t)
-  return {1, left, math.ceil(tat - now), math.ceil(-diff), tostring(diff), tostring(t)}
-end
-if remaining == 0 and cost <= 0 then
-  return {1, 0, math.ceil(tat - now), 0, tostring(diff), tostring(t)}
-end
-local reset_after = math.ceil(new_tat - now)
-if cost > 0 then
-  redis.call('SET', KEYS[1], new_tat, 'EX', reset_after)
-end
-return {0, remaining, reset_after, 0, tostring(diff), tostring(t)}
-"""
 
-LEASE_SCRIPT: Final = """
--- A connection-limit lease (kumoq; KumoMTA's limit.lua's keys, arguments and answers).
--- KEYS[1]: a sorted set of lease uuids scored by expiry; ARGV: now, expires, limit, uuid.
-local now = math.floor(tonumber(ARGV[1]))
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 1)
-if redis.call('ZCARD', KEYS[1]) + 1 > tonumber(ARGV[3]) then
-  local soonest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  return math.ceil(tonumber(soonest[2]) - now)
-end
-redis.call('ZADD', KEYS[1], 'NX', math.ceil(tonumber(ARGV[2])), ARGV[4])
-return redis.status_reply('OK')
-"""
+def _script(name: str) -> str:
+    """A script run inside redis: kumoq/lua/redis/<name> (Lua lives in .lua files; these are
+    not policy chunks, so they sit apart from kumoq.lua's)."""
+    return (Path(__file__).parent / "lua" / "redis" / name).read_text(encoding="utf-8")
+
+
+GCRA_SCRIPT: Final = _script("gcra.lua")
+
+LEASE_SCRIPT: Final = _script("lease.lua")
 
 _ERRORS: Final = (RedisError, OSError, TimeoutError)
 
