@@ -94,10 +94,11 @@ bench-deps:
 # reaches its registry), as root inside a private network namespace, then the restart of a
 # spool of RESTART_N (1,000,000) messages with RocksDB, and the simulator's 100,000 messages.
 # N, REPEAT, SPOOL... are read from the environment (bench/run.py), e.g. make bench N=10000 REPEAT=5.
+# --workers 2: the e2e and relay cases also run with `kumoq serve --workers 2`.
 bench: $(STAMP) bench-deps bench-simulate
 	$(BIN)/python -m bench.timeq
 	$(BIN)/python -m bench.scheduling
-	$(BIN)/python -m bench.run --with-postfix --with-haraka --with-dkim --with-inject
+	$(BIN)/python -m bench.run --with-postfix --with-haraka --with-dkim --with-inject --workers 2
 	$(BIN)/python -m bench.restart --spool RocksDB
 
 # kumoq simulate: 100,000 messages over up to 3 virtual days, 5% tempfail and a 421 window
@@ -107,7 +108,7 @@ bench-simulate: $(STAMP)
 
 # Only the SMTP cases beside the peers (no timer, scheduling or restart benchmarks).
 bench-e2e: $(STAMP) bench-deps
-	$(BIN)/python -m bench.run --with-postfix --with-haraka --with-dkim --with-inject
+	$(BIN)/python -m bench.run --with-postfix --with-haraka --with-dkim --with-inject --workers 2
 
 # kill -9 under load for 20 rounds, a disk-full and a SIGTERM round, per spool kind; then count
 # acknowledged, delivered, duplicated and missing mail (docs/reliability.md). Root mounts a tmpfs.
