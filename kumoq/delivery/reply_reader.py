@@ -30,6 +30,7 @@ __all__ = ["MAX_LINE", "MAX_REPLY", "ReplyReader", "ServerReply"]
 MAX_LINE: Final = 8192
 #: Longest whole reply accepted (a multi-line EHLO or a verbose rejection).
 MAX_REPLY: Final = 65536
+_SEPARATORS: Final = frozenset({b"", b" ", b"-"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,33 +65,35 @@ class ReplyReader:
     def feed(self, data: bytes) -> list[ServerReply]:
         """Add ``data``; return the replies it completed (possibly none)."""
         buffer = self._buffer
-        buffer += data
+        if buffer:
+            buffer += data
+            data = bytes(buffer)
+            buffer.clear()
+        lines = data.split(b"\n")
+        rest = lines.pop()  # what follows the last LF: a partial line, or nothing
         replies: list[ServerReply] = []
-        start = 0
-        while True:
-            end = buffer.find(b"\n", start)
-            if end == -1:
-                break
-            reply = self._line(bytes(buffer[start : end + 1]))
-            start = end + 1
+        for line in lines:  # each without its LF
+            reply = self._line(line)
             if reply is not None:
                 replies.append(reply)
-        if start:
-            del buffer[:start]
-        if len(buffer) > MAX_LINE:
-            raise RemoteProtocolError(f"reply line longer than {MAX_LINE} bytes")
+        if rest:
+            if len(rest) > MAX_LINE:
+                raise RemoteProtocolError(f"reply line longer than {MAX_LINE} bytes")
+            buffer += rest
         return replies
 
     def _line(self, raw: bytes) -> ServerReply | None:
-        if len(raw) > MAX_LINE:
+        """One line, without its LF."""
+        size = len(raw) + 1
+        if size > MAX_LINE:
             raise RemoteProtocolError(f"reply line longer than {MAX_LINE} bytes")
-        self._size += len(raw)
+        self._size += size
         if self._size > MAX_REPLY:
             raise RemoteProtocolError(f"reply longer than {MAX_REPLY} bytes")
         line = raw.rstrip(b"\r\n")
         head = line[:3]
         sep = line[3:4]
-        if len(head) != 3 or not head.isdigit() or sep not in (b"", b" ", b"-"):
+        if len(head) != 3 or not head.isdigit() or sep not in _SEPARATORS:
             shown = line[:80].decode("utf-8", "replace")
             raise RemoteProtocolError(f"malformed reply line: {shown!r}")
         code = int(head)

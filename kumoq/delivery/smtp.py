@@ -53,6 +53,8 @@ __all__ = [
 # A dot at the start of a line, where a bare CR or LF also starts one: a downstream server that
 # takes them as line ends must never read the content as an end of data (docs/security.md).
 _DOT_STUFF: Final = re.compile(rb"(?:\A|(?<=[\r\n]))\.")
+_DOTS_LOOKED_AT: Final = 16
+_LINE_BREAKS: Final = frozenset(b"\r\n")
 _TLS_VERIFY: Final = frozenset({Tls.OPPORTUNISTIC, Tls.REQUIRED})
 _TLS_REQUIRED: Final = frozenset({Tls.REQUIRED, Tls.REQUIRED_INSECURE})
 _contexts: dict[bool, ssl.SSLContext] = {}
@@ -119,6 +121,25 @@ class DeliveryOutcome:
 _POSITIVE: Final = {"RSET": (250,), "MAIL": (250,), "RCPT": (250, 251), "DATA": (354,)}
 """The only positive replies each command may get (RFC 5321 §4.3.2); any other reply below
 400 is a protocol violation. Only the reply after the body's final dot can make a Delivery."""
+
+
+def _dot_starts_a_line(data: bytes) -> bool:
+    """Whether ``data`` needs dot-stuffing: a dot at its start or after a CR or LF.
+
+    Most bodies have no such dot, and finding none costs less than the regex. The dots are
+    found with ``find`` (memchr) and what precedes each is checked; past ``_DOTS_LOOKED_AT``
+    dots (prose) two substring searches answer instead. Those alone cost more for the usual
+    body: CPython scans for a two-byte needle byte by byte, about 4 us per search of 4 KB."""
+    if data[:1] == b".":
+        return True
+    at = data.find(b".", 1)
+    for _ in range(_DOTS_LOOKED_AT):
+        if at < 0:
+            return False
+        if data[at - 1] in _LINE_BREAKS:
+            return True
+        at = data.find(b".", at + 1)
+    return b"\n." in data or b"\r." in data
 
 
 def _violated(verb: str, code: int) -> str | None:
@@ -392,9 +413,7 @@ class SmtpClientSession:
         self, msg: Message, results: dict[int, tuple[RecordType, Response]], envelope: _Envelope
     ) -> None:
         data = msg.data or b""
-        # Most bodies have no line starting with a dot; finding none costs less than the regex.
-        stuff = b"\n." in data or b"\r." in data or data[:1] == b"."
-        body = _DOT_STUFF.sub(b"..", data) if stuff else data
+        body = _DOT_STUFF.sub(b"..", data) if _dot_starts_a_line(data) else data
         if not body.endswith(b"\r\n"):
             body += b"\r\n"
         try:

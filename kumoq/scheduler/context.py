@@ -34,7 +34,8 @@ class InsertContext(tuple[InsertReason, ...]):
     __slots__ = ()
 
     def __new__(cls, *reasons: InsertReason) -> InsertContext:
-        return super().__new__(cls, dict.fromkeys(reasons))
+        # One reason, the usual case, has no repeat to drop.
+        return super().__new__(cls, reasons if len(reasons) < 2 else dict.fromkeys(reasons))
 
     def add(self, reason: InsertReason) -> InsertContext:
         return InsertContext(*self, reason)

@@ -37,6 +37,7 @@ __all__ = ["DestinationStats", "MemoryTransport", "PeerSession", "SimulatedNetwo
 _BUSY: Final = b"421 4.7.0 too many connections, try again later\r\n"
 _TOO_MANY: Final = b"421 4.7.0 too many messages on one connection, closing\r\n"
 _DEFAULT_SOURCE: Final = "10.255.0.1"
+_DOTS_LOOKED_AT: Final = 16
 
 
 @dataclass(slots=True)
@@ -87,7 +88,7 @@ class MemoryTransport(asyncio.Transport):
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._closing or self.peer is None:
             return
-        self.peer.feed(bytes(data))
+        self.peer.feed(data if type(data) is bytes else bytes(data))  # a body: not copied
 
     def close(self) -> None:
         """The client hangs up: the peer forgets the session, ``connection_lost`` follows."""
@@ -204,7 +205,7 @@ class PeerSession:
         close = False
         while buffer and not close:
             if self._in_data:
-                end = buffer.find(b"\r\n.\r\n")
+                end = _end_of_data(buffer)
                 if end < 0:
                     break
                 buffer = buffer[end + 5 :]
@@ -262,6 +263,21 @@ class PeerSession:
         if limit is not None and self.messages >= limit:
             stats.hung_up_after_limit += 1
             self.reply(_TOO_MANY, 0.0, close=True)
+
+
+def _end_of_data(buffer: bytes) -> int:
+    """Where the first ``CRLF . CRLF`` in ``buffer`` starts, or -1: ``buffer.find`` of it, by
+    way of its dots. CPython scans for a five-byte needle byte by byte (4 us per 4 KB message);
+    ``find`` of one byte is memchr, and a message has few dots, its terminator among them.
+    Past ``_DOTS_LOOKED_AT`` dots the plain search answers."""
+    at = buffer.find(b".", 2)
+    for _ in range(_DOTS_LOOKED_AT):
+        if at < 0:
+            return -1
+        if buffer[at - 2 : at] == b"\r\n" and buffer[at + 1 : at + 3] == b"\r\n":
+            return at - 2
+        at = buffer.find(b".", at + 1)
+    return buffer.find(b"\r\n.\r\n")
 
 
 class DestinationServer:

@@ -15,6 +15,8 @@ import socket
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kumoq.clock import FakeClock
 from kumoq.config.egress import UNSPECIFIED_SOURCE, EgressPathConfig
@@ -22,7 +24,7 @@ from kumoq.delivery.smtp import ConnectFailure, DeliveryOutcome, SmtpClientSessi
 from kumoq.logs.records import RecordType
 from kumoq.message import EnvelopeAddress, Message, new_spool_id
 from kumoq.simulate import virtual_loop
-from kumoq.simulate.destination import SimulatedNetwork
+from kumoq.simulate.destination import SimulatedNetwork, _end_of_data
 from kumoq.simulate.scenario import Behaviour, Destination, Window
 from kumoq.simulate.virtual_loop import VirtualLoop, run_virtual
 from tests.unit import virtual_time
@@ -238,3 +240,86 @@ def test_zone_texts_give_mx_and_addresses():
     assert "peer.example. 300 IN A 192.0.2.25" in lines  # an mx_list naming the domain works
     assert "alias.example. 300 IN MX 10 mx.auto.example." in lines
     assert "mx.auto.example. 300 IN A 10.0.2.25" in lines
+
+
+# --- the lean turn: asyncio's order, in fewer steps ------------------------------------------
+
+
+def _timer_storm(debug: bool, network: bool) -> list[tuple[float, int]]:
+    """Timers at colliding times that cancel each other and schedule more, some ``call_soon``
+    callbacks among them: what ran, when, in order."""
+    clock = FakeClock()
+    rng = random.Random(7)
+    ran: list[tuple[float, int]] = []
+    net = SimulatedNetwork((), elapsed=clock.monotonic, rng=random.Random(1))
+    loop = VirtualLoop(clock, net if network else None)
+    loop.set_debug(debug)
+    assert loop.get_debug() is debug
+
+    async def main() -> None:
+        handles: list[asyncio.TimerHandle] = []
+        done = loop.create_future()
+        left = [400]
+
+        def fire(n: int) -> None:
+            ran.append((clock.monotonic(), n))
+            left[0] -= 1
+            if left[0] == 0:
+                done.set_result(None)
+                return
+            roll = rng.random()
+            if roll < 0.2 and handles:
+                handles.pop(rng.randrange(len(handles))).cancel()
+            if roll < 0.5:
+                loop.call_soon(fire, n + 1000)
+            delay = rng.choice([0.0, 0.5, 1.0, 1.0, 2.5])  # many ties
+            handles.append(loop.call_later(delay, fire, n + 1))
+
+        handles.extend(
+            loop.call_at(rng.choice([1.0, 2.0, 3.0]), fire, n * 10_000) for n in range(40)
+        )
+        await done
+        for handle in handles:
+            handle.cancel()
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    return ran
+
+
+@pytest.mark.parametrize("network", [True, False])
+def test_the_lean_turn_runs_callbacks_in_asyncios_order(network: bool):
+    """Out of debug mode the loop keeps its own heap and turn; in debug mode it is asyncio's.
+    Both run the same callbacks at the same virtual times in the same order, ties included."""
+    lean = _timer_storm(debug=False, network=network)
+    own = _timer_storm(debug=True, network=network)
+    assert len(lean) >= 400
+    assert lean == own
+
+
+def test_debug_mode_cannot_change_while_timers_wait():
+    clock = FakeClock()
+    loop = VirtualLoop(clock, SimulatedNetwork((), elapsed=clock.monotonic, rng=random.Random(1)))
+    try:
+        loop.set_debug(True)  # nothing pending: the loop is asyncio's from now on
+        loop.set_debug(False)
+        loop.call_later(1.0, lambda: None)
+        with pytest.raises(RuntimeError, match="cannot change with timers pending"):
+            loop.set_debug(True)
+    finally:
+        loop.close()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=80).map(lambda b: bytes(b".\r\n.x"[c % 5] for c in b)))
+def test_the_end_of_data_is_the_first_crlf_dot_crlf(data: bytes):
+    assert _end_of_data(data) == data.find(b"\r\n.\r\n")
+
+
+def test_the_end_of_data_after_many_dots():
+    prose = b"One. Two. Three.\r\n" * 10  # more dots than are looked at one by one
+    assert _end_of_data(prose + b"\r\n.\r\n") == len(prose)
+    assert _end_of_data(prose + b"\r\n..\r\n.\r\n") == len(prose) + 4
+    assert _end_of_data(prose) == -1
