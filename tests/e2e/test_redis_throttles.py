@@ -15,7 +15,6 @@ import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from tests.e2e.policies import policy
-from tests.e2e.test_smtp_relay import CountingController, free_port
 from tests.e2e.test_throttles import TimedSink
 from tests.redis_server import RedisServer
 
@@ -38,24 +37,6 @@ end)
     redis = f"  kumo.configure_redis_throttles {{ node = '{redis_url}', connect_timeout = '2s' }}\n"
     marker = "  kumo.define_spool"
     return text.replace(marker, redis + marker, 1)
-
-
-@pytest.fixture
-def sink_of():
-    """``sink_of(HandlerClass)``: a counting sink, stopped at teardown (test_throttles'.)"""
-    controllers = []
-
-    def start(cls):
-        handler = cls()
-        controller = CountingController(handler, hostname="127.0.0.1", port=free_port())
-        controller.start()
-        controllers.append(controller)
-        handler.port = controller.port
-        return handler
-
-    yield start
-    for controller in controllers:
-        controller.stop()
 
 
 class HoldingSink(TimedSink):

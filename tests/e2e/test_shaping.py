@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.policies import policy
-from tests.e2e.test_smtp_relay import Sink, sink_of  # noqa: F401  (the sink_of fixture)
+from tests.e2e.test_smtp_relay import Sink
 
 pytestmark = pytest.mark.integration
 
@@ -68,7 +68,7 @@ end)
 """
 
 
-def test_shaping_values_reach_the_egress_path(kumoq, sink_of, tmp_path: Path) -> None:  # noqa: F811
+def test_shaping_values_reach_the_egress_path(kumoq, sink_of, tmp_path: Path) -> None:
     sink = sink_of(Sink)
     toml = tmp_path / "shaping.toml"
     toml.write_text(SHAPING_TOML)

@@ -84,26 +84,6 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def sink_of():
-    """A factory: ``sink_of(HandlerClass)`` starts a counting sink and returns its handler
-    (with ``port`` and ``baseline`` set); every sink is stopped at teardown."""
-    controllers = []
-
-    def start(cls=Sink):
-        handler = cls()
-        controller = CountingController(handler, hostname="127.0.0.1", port=free_port())
-        controller.start()
-        controllers.append(controller)
-        handler.port = controller.port
-        handler.baseline = handler.connections  # Controller.start() connects once to check
-        return handler
-
-    yield start
-    for controller in controllers:
-        controller.stop()
-
-
-@pytest.fixture
 def sink(sink_of):
     return sink_of(Sink)
 

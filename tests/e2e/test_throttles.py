@@ -17,7 +17,7 @@ import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from tests.e2e.policies import policy
-from tests.e2e.test_smtp_relay import CountingController, Sink, free_port, pool_queue_config
+from tests.e2e.test_smtp_relay import Sink, pool_queue_config
 
 pytestmark = pytest.mark.integration
 
@@ -57,25 +57,6 @@ class TimedSink(Sink):
 
 class SlowSink(TimedSink):
     hold = 0.2
-
-
-@pytest.fixture
-def sink_of():
-    """``sink_of(HandlerClass)`` starts a counting sink and returns its handler (``port``
-    set); every sink is stopped at teardown."""
-    controllers = []
-
-    def start(cls):
-        handler = cls()
-        controller = CountingController(handler, hostname="127.0.0.1", port=free_port())
-        controller.start()
-        controllers.append(controller)
-        handler.port = controller.port
-        return handler
-
-    yield start
-    for controller in controllers:
-        controller.stop()
 
 
 def two_paths(port: int, path: str) -> str:

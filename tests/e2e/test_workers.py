@@ -20,7 +20,7 @@ import pytest
 
 from kumoq.logs.tail import read_all_records
 from kumoq.testing.harness import KumoqDaemon
-from tests.e2e.test_smtp_relay import CountingController, free_port
+from tests.e2e.test_smtp_relay import free_port
 from tests.e2e.test_throttles import TimedSink
 
 pytestmark = pytest.mark.integration
@@ -168,24 +168,6 @@ end)
 kumo.on('get_egress_path_config', function(routing_domain, source, site)
   return kumo.make_egress_path {{ prohibited_hosts = {{}}, enable_tls = 'Disabled', {path} }}
 """
-
-
-@pytest.fixture
-def sink_of():
-    """``sink_of(HandlerClass)``: a counting aiosmtpd sink, stopped at teardown."""
-    controllers = []
-
-    def start(cls):
-        handler = cls()
-        controller = CountingController(handler, hostname="127.0.0.1", port=free_port())
-        controller.start()
-        controllers.append(controller)
-        handler.port = controller.port
-        return handler
-
-    yield start
-    for controller in controllers:
-        controller.stop()
 
 
 def relay_workers(tmp_path: Path, sink_port: int, path: str) -> tuple[KumoqDaemon, int]:
