@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-__all__ = ["merge_metrics_json", "merge_prometheus_text"]
+__all__ = ["merge_metrics_json", "merge_prometheus_text", "sample_value"]
 
 _LABEL: Final = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*,?')
 _NAME: Final = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
@@ -37,8 +37,9 @@ def _float(text: str) -> float:
     return float({"+Inf": "inf", "-Inf": "-inf", "Inf": "inf"}.get(text, text))
 
 
-def _number(value: float) -> str:
-    """As kumoq.http.metrics and prometheus-client write a value."""
+def sample_value(value: float) -> str:
+    """A sample's value as prometheus-client writes it (kumoq.http.metrics writes its exact
+    counters with this too)."""
     if math.isnan(value):
         return "NaN"
     if math.isinf(value):
@@ -112,7 +113,7 @@ def merge_prometheus_text(texts: Sequence[bytes]) -> bytes:
     out: list[str] = []
     for family in families.values():
         out += [family.headers[k] + "\n" for k in ("HELP", "TYPE") if k in family.headers]
-        out += [f"{text} {_number(value)}\n" for text, value in family.samples.values()]
+        out += [f"{text} {sample_value(value)}\n" for text, value in family.samples.values()]
     return "".join(out).encode("utf-8")
 
 

@@ -12,12 +12,12 @@ a family without labels, ``{label: {label_value: number}}`` for one label, and a
 ``{label: value, ..., "@": number}`` for more; a histogram's number is
 ``{count, sum, avg, bucket: [[le, cumulative count], ...]}``.
 
-Imports kumoq.http.app, kumoq.http.auth and kumoq.metrics; must not import the other route modules.
+Imports kumoq.http.app, .auth, .merge_metrics (the value format) and kumoq.metrics; must not
+import the other route modules.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -28,6 +28,7 @@ from prometheus_client.registry import Collector
 
 from kumoq.http.app import Route
 from kumoq.http.auth import AuthInfo
+from kumoq.http.merge_metrics import sample_value
 from kumoq.metrics import REGISTRY, ExactNameFamily
 
 __all__ = ["metrics_json", "prometheus_text", "routes"]
@@ -53,14 +54,6 @@ def _collect(registry: Collector, prefix: str) -> list[Metric]:
     return [f for f in registry.collect() if _exposed_name(f).startswith(prefix)]
 
 
-def _number(value: float) -> str:
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value))
-
-
 def _escape(value: str) -> str:
     return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
@@ -71,7 +64,7 @@ def _exact_text(family: Metric) -> str:
     for sample in family.samples:
         labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(sample.labels.items()))
         labels = f"{{{labels}}}" if labels else ""
-        lines.append(f"{sample.name}{labels} {_number(sample.value)}\n")
+        lines.append(f"{sample.name}{labels} {sample_value(sample.value)}\n")
     return "".join(lines)
 
 
