@@ -42,6 +42,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.cluster import LoadBalancingStrategy
 from redis.exceptions import RedisError
 
 from kumoq.config.redis import RedisThrottleConfig
@@ -94,7 +95,10 @@ def _client(config: RedisThrottleConfig) -> Redis | RedisCluster:
         nodes = [ClusterNode(u.hostname or "", u.port or 6379) for u in map(urlsplit, config.node)]
         return RedisCluster(
             startup_nodes=nodes,
-            read_from_replicas=config.read_from_replicas,
+            # redis-py's name for read_from_replicas (the old keyword is deprecated)
+            load_balancing_strategy=(
+                LoadBalancingStrategy.ROUND_ROBIN if config.read_from_replicas else None
+            ),
             username=config.username,
             password=config.password,
             max_connections=config.pool_size,
@@ -253,7 +257,11 @@ class RedisThrottles:
         """PING, then whether the server has redis-cell (KumoMTA asks ``COMMAND INFO``)."""
         await self._client.ping()
         # One word for redis-py ("COMMAND" alone would be parsed, and fail on a nil).
-        info: Any = await self._client.execute_command("COMMAND INFO", "CL.THROTTLE")
+        # A cluster client must be told where a keyless command goes: any node will do.
+        where = (
+            {"target_nodes": RedisCluster.RANDOM} if isinstance(self._client, RedisCluster) else {}
+        )
+        info: Any = await self._client.execute_command("COMMAND INFO", "CL.THROTTLE", **where)
         self.has_redis_cell = isinstance(info, list) and any(v for v in info)
 
     async def _release_unreleased(self) -> None:
