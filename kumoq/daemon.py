@@ -126,6 +126,7 @@ class _Live:
     mx: MxCache
     sources: SourceSelector
     smtp: SmtpDispatch
+    lua: LuaDispatch
     queues: QueueManager
 
 
@@ -179,6 +180,7 @@ class Daemon:
         live.events.swap(runtime)
         live.sources.expire()
         live.smtp.expire_paths()
+        live.lua.expire_paths()
         queues = live.queues.refresh_configs()
         self.config_epoch += 1
         log.info("reload: policy %s loaded (config epoch %d); %d queue configs refreshed, "
@@ -253,7 +255,8 @@ class Daemon:
             limits=shared.limits,
             reroute=harness.reroute() if harness is not None else None,
         )  # fmt: skip
-        lua = LuaDispatch(CurrentLuaConnections(events), clock=self.clock, sources=sources)
+        lua = LuaDispatch(CurrentLuaConnections(events), clock=self.clock, sources=sources,
+                          policy=egress_policy, throttle=self._throttle)  # fmt: skip
         maildir_dispatch: Deliverer = MaildirDispatch(maildir)
         if harness is not None:
             maildir_dispatch = RerootedMaildir(maildir_dispatch, harness)
@@ -298,7 +301,7 @@ class Daemon:
                       hostname=cfg.hostname, received_header=False, free_space=free_space)
             for cfg in decl.http_listeners
         ]  # fmt: skip
-        self._live = _Live(events, decl, mx, sources, smtp, queues)
+        self._live = _Live(events, decl, mx, sources, smtp, lua, queues)
         reloader: asyncio.Task[None] | None = None
         gauges = LiveGauges(  # read when /metrics is scraped; nothing on the hot path
             scheduled=queues.scheduled_counts,

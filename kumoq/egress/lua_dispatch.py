@@ -2,8 +2,9 @@
 
 The constructor event ``make.x(domain, tenant, campaign)`` returns a connection table; kumoq keeps
 one connection per ready queue ``<source>-><routing_domain>@lua:<constructor>``, the source
-chosen from the queue's ``egress_pool`` by weighted round robin as for SMTP (``SourceSelector``;
-``unspecified`` without a pool). With
+chosen from the queue's ``egress_pool`` by weighted round robin as for SMTP (``unspecified``
+without a pool), skipping a source whose path's source selection rates are exhausted
+(``kumoq.egress.lua_route``). With
 ``batch_size = 1`` (the default) each message is sent as it comes, by ``conn:send(msg)``. With
 ``batch_size > 1`` messages wait in the ready queue's batch and go out together by
 ``conn:send_batch(msgs)`` (a Lua array, oldest first); the same outcome applies to every message
@@ -49,6 +50,7 @@ from typing import Any, Final, Protocol, final
 from kumoq.clock import Clock, SystemClock
 from kumoq.config.egress import UNSPECIFIED
 from kumoq.config.queue import CustomLuaProtocol, QueueConfig
+from kumoq.egress.lua_route import EgressPathPolicy, LuaRoute, LuaRouter, lua_failure
 from kumoq.egress.ready import Idle, SendNow, WaitFor, expiration, expiry_deadline, plan_batch
 from kumoq.egress.ready_queue import (
     READY_QUEUE_REAP_INTERVAL,
@@ -57,10 +59,11 @@ from kumoq.egress.ready_queue import (
     settle_expired,
 )
 from kumoq.egress.sources import SourceSelector
-from kumoq.errors import KumoqError, PolicyError, PolicyWouldBlock, RejectError
+from kumoq.errors import KumoqError, PolicyError, RejectError
 from kumoq.logs.records import RecordType, Response
-from kumoq.message import Message, QueueNameParts, new_session_id, parse_queue_name
-from kumoq.scheduler.attempt import POLICY_WAIT_RERUNS, Attempt
+from kumoq.message import Message, new_session_id, parse_queue_name
+from kumoq.scheduler.attempt import Attempt
+from kumoq.throttle import Throttle
 
 __all__ = ["Idle", "LuaConnections", "LuaDispatch", "SendNow", "WaitFor", "plan_batch"]
 
@@ -88,20 +91,10 @@ class LuaConnections(Protocol):
 # -- dispatch --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Route:
-    """Where a message goes: its queue's parts (for the constructor) and the egress pool and
-    source it was given (for the ready queue name and the records)."""
-
-    parts: QueueNameParts
-    pool: str
-    source: str
-
-
 @dataclass(slots=True, eq=False)
 class _Waiting:
     msg: Message
-    route: _Route
+    route: LuaRoute
     future: asyncio.Future[Attempt]
     arrived: float
     deadline: float = math.inf  # expiry_deadline: settled with its Expiration if still here
@@ -164,13 +157,17 @@ class LuaDispatch:
         *,
         clock: Clock | None = None,
         sources: SourceSelector | None = None,
+        policy: EgressPathPolicy | None = None,
+        throttle: Throttle | None = None,
         reap_interval: float = READY_QUEUE_REAP_INTERVAL,
     ) -> None:
         self._runtime = runtime
         self._clock: Clock = clock or SystemClock()
         self._sources = sources  # None: every message uses the source 'unspecified'
+        # policy None: no path config, so no source selection rate applies
+        self._router = LuaRouter(self._clock, sources=sources, policy=policy, throttle=throttle)
         self._paths: ReadyRegistry[_LuaPath] = ReadyRegistry(
-            self._clock, busy=_LuaPath.busy, reaped=self._close, reap_interval=reap_interval
+            self._clock, busy=_LuaPath.busy, reaped=self._reaped, reap_interval=reap_interval
         )
         self._closing = False
 
@@ -191,11 +188,11 @@ class LuaDispatch:
             raise asyncio.CancelledError  # not attempted: the message stays spooled
         queue_name = msg.queue_name()
         parts = parse_queue_name(queue_name)
-        route = await self._route(queue_name, parts, config.egress_pool or UNSPECIFIED)
+        pool = config.egress_pool or UNSPECIFIED
+        route = await self._router.route(queue_name, parts, pool, protocol.constructor)
         if isinstance(route, Attempt):
             return route
-        routing_domain = parts.routing_domain or parts.domain
-        site = f"{route.source}->{routing_domain}@lua:{protocol.constructor}"
+        site = route.ready_queue
         path = self._paths.get(site)
         if path is None:
             path = self._paths.add(site, _LuaPath(site))
@@ -214,14 +211,14 @@ class LuaDispatch:
         msg: Message,
         config: QueueConfig,
         protocol: CustomLuaProtocol,
-        route: _Route,
+        route: LuaRoute,
     ) -> Attempt:
         max_age = config.max_age
         deadline = expiry_deadline(msg, max_age)
         if protocol.batch_size == 1 and path.batch is None:
             now = self._clock.now()
             if now >= deadline:  # not attempted past its expiry
-                return expiration(msg, max_age, now) or _failed("KumoMTA internal: expired")
+                return expiration(msg, max_age, now) or lua_failure("KumoMTA internal: expired")
             return await self._send(path, protocol, route, [msg], (deadline, max_age))
         batch = path.batch
         if batch is None:
@@ -237,33 +234,6 @@ class LuaDispatch:
             batch.task = asyncio.create_task(self._run(path, batch), name=f"lua-batch {path.site}")
         batch.wake.set()
         return await future
-
-    async def _route(
-        self, queue_name: str, parts: QueueNameParts, pool_name: str
-    ) -> _Route | Attempt:
-        """The egress source for this message: the pool's weighted round robin, as for SMTP.
-        An event waiting for DNS is called again (bounded), keeping the source it was given."""
-        if self._sources is None or pool_name == UNSPECIFIED:
-            return _Route(parts, pool_name, UNSPECIFIED)
-        picked: list[str | None] = []
-        for _ in range(POLICY_WAIT_RERUNS):
-            try:
-                pool = self._sources.pool(pool_name)
-                if not picked:
-                    picked.append(self._sources.pick(queue_name, pool))
-                source = picked[0]
-                if source is None:
-                    return _failed(
-                        f"KumoMTA internal: no sources available for {queue_name} "
-                        f"pool=`{pool_name}`"
-                    )
-                self._sources.source(source)  # the source must exist (get_egress_source)
-                return _Route(parts, pool_name, source)
-            except PolicyWouldBlock as wait:
-                await wait.wait()
-            except KumoqError as exc:
-                return _failed(f"KumoMTA internal: {exc}")
-        return _failed("KumoMTA internal: the egress events kept waiting for DNS")
 
     def poke(self) -> None:
         """Look at every batch again now. The sender's own timer does this when a latency
@@ -328,7 +298,7 @@ class LuaDispatch:
         self,
         path: _LuaPath,
         protocol: CustomLuaProtocol,
-        route: _Route,
+        route: LuaRoute,
         msgs: list[Message],
         expiry: tuple[float, float] | None = None,
     ) -> Attempt:
@@ -346,7 +316,7 @@ class LuaDispatch:
                     await lock.acquire()
             except TimeoutError:
                 now = max(self._clock.now(), deadline)
-                return expiration(msgs[0], max_age, now) or _failed("KumoMTA internal: expired")
+                return expiration(msgs[0], max_age, now) or lua_failure("KumoMTA internal: expired")
         else:
             await lock.acquire()
         try:
@@ -355,7 +325,7 @@ class LuaDispatch:
             lock.release()
 
     async def _send_locked(
-        self, path: _LuaPath, protocol: CustomLuaProtocol, route: _Route, msgs: list[Message]
+        self, path: _LuaPath, protocol: CustomLuaProtocol, route: LuaRoute, msgs: list[Message]
     ) -> Attempt:
         ctor = protocol.constructor
         parts = route.parts
@@ -385,6 +355,15 @@ class LuaDispatch:
                 Response(400, None, f"KumoMTA internal: error in deliver_message: {exc}", None),
             )
         return attempt(RecordType.Delivery, Response(200, None, str(result), None))
+
+    def _reaped(self, path: _LuaPath) -> None:
+        """The ready queue was reaped: close its connection; its path config is asked again."""
+        self._router.forget(path.site)
+        self._close(path)
+
+    def expire_paths(self) -> None:
+        """Every ready queue asks ``get_egress_path_config`` again (a policy reload)."""
+        self._router.expire_paths()
 
     def _close(self, path: _LuaPath) -> None:
         """Close the path's connection, if it has one (an error, a reap, or shutdown)."""
@@ -457,14 +436,8 @@ def _reject_response(exc: RejectError) -> Response:
     return Response(exc.code, None, exc.reply_text, None)
 
 
-def _failed(content: str) -> Attempt:
-    """A message that could not be given a ready queue: a transient failure, as for SMTP."""
-    response = Response(451, (4, 4, 4), content, None)
-    return Attempt(RecordType.TransientFailure, response, delivery_protocol="Lua")
-
-
 def _attempt_factory(
-    site: str, ctor: str, session_id: str, route: _Route
+    site: str, ctor: str, session_id: str, route: LuaRoute
 ) -> Callable[[RecordType, Response], Attempt]:
     peer = {"name": f"Lua via {ctor}", "addr": "0.0.0.0"}
     extra = {"egress_pool": route.pool, "egress_source": route.source}

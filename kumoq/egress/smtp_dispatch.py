@@ -55,14 +55,14 @@ from kumoq.egress.ready_queue import (
     ReadyRegistry,
     transient,
 )
-from kumoq.egress.sources import EgressSources, SourceSelector
+from kumoq.egress.sources import EgressSources, SourceSelector, selection_rates
 from kumoq.errors import KumoqError, PolicyWouldBlock
 from kumoq.logs.records import RecordType, Response
 from kumoq.message import Message, parse_queue_name, priority_of
 from kumoq.scheduler.admin_rules import AdminRules
 from kumoq.scheduler.attempt import POLICY_WAIT_RERUNS, Attempt
 from kumoq.scheduler.context import InsertReason
-from kumoq.throttle import Limits, Throttle, by_rate
+from kumoq.throttle import Limits, Throttle
 
 __all__ = ["EgressPolicy", "SmtpDispatch"]
 
@@ -238,12 +238,7 @@ class SmtpDispatch:
             ready = found
 
     async def _selection_allowed(self, ready: ReadyQueue) -> bool:
-        path = ready.path
-        rates = list(path.additional_source_selection_rates.items())
-        if path.source_selection_rate is not None:
-            key = f"kumomta.source_selection_rate.{ready.name}.{ready.source.name}"
-            rates.append((key, path.source_selection_rate))
-        for key, spec in by_rate(rates):
+        for key, spec in selection_rates(ready.path, ready.name, ready.source.name):
             if (await self._throttle.throttle(key, spec, self._clock.now())).throttled:
                 return False
         return True

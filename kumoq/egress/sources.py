@@ -11,7 +11,11 @@ The built-in pool and source ``unspecified`` need no event.
 The events are called synchronously, so they may raise ``PolicyWouldBlock`` (a handler
 waiting for ``kumo.dns.lookup_mx``); callers await its ``wait()`` and call again.
 
-L2: imports kumoq.config, kumoq.egress.round_robin and kumoq.clock; no IO.
+``selection_rates`` lists a path's source selection rates with their throttle keys, smallest
+rate first: a source whose rates are exhausted is skipped (SMTP and custom Lua delivery).
+
+L2: imports kumoq.config, kumoq.egress.round_robin, kumoq.throttle (``by_rate``) and
+kumoq.clock; no IO.
 """
 
 from __future__ import annotations
@@ -25,12 +29,15 @@ from kumoq.config.egress import (
     UNSPECIFIED,
     UNSPECIFIED_POOL,
     UNSPECIFIED_SOURCE,
+    EgressPathConfig,
     EgressPool,
     EgressSource,
 )
+from kumoq.config.values import ThrottleSpec
 from kumoq.egress.round_robin import WeightedRoundRobin
+from kumoq.throttle import by_rate
 
-__all__ = ["EgressSources", "SourceSelector"]
+__all__ = ["EgressSources", "SourceSelector", "selection_rates"]
 
 
 class EgressSources(Protocol):
@@ -101,3 +108,16 @@ class SourceSelector:
         value = fetch(name)
         table[name] = _Cached(value, now + float(getattr(value, "ttl", 60.0)))
         return value
+
+
+def selection_rates(
+    path: EgressPathConfig, ready_queue: str, source: str
+) -> list[tuple[str, ThrottleSpec]]:
+    """The path's ``source_selection_rate`` (key
+    ``kumomta.source_selection_rate.<ready queue>.<source>``) and
+    ``additional_source_selection_rates`` (their own keys), smallest rate first."""
+    rates = list(path.additional_source_selection_rates.items())
+    if path.source_selection_rate is not None:
+        key = f"kumomta.source_selection_rate.{ready_queue}.{source}"
+        rates.append((key, path.source_selection_rate))
+    return by_rate(rates)

@@ -196,3 +196,48 @@ def test_custom_lua_delivery_goes_through_the_pools_sources(kumoq):
         assert d["egress_pool"] == "pool-1"
         assert d["site"] == f"{d['egress_source']}->hook.test@lua:make.pooled"
     assert by_source == {"ip-a": 10, "ip-b": 30}  # the weights, 1:3, over 40 messages
+
+
+def rated_paths(rates: str) -> str:
+    """POOLED with a ``get_egress_path_config`` that gives each source's path ``rates`` (a Lua
+    table of source name to path keys) and insists on KumoMTA's arguments for a custom
+    protocol: the site name is the routing domain."""
+    return (
+        POOLED
+        + f"""
+local RATES = {rates}
+kumo.on('get_egress_path_config', function(routing_domain, source, site)
+  if site ~= routing_domain then
+    error('site ' .. site .. ' is not the routing domain ' .. routing_domain)
+  end
+  return kumo.make_egress_path(RATES[source] or {{}})
+end)
+"""
+    )
+
+
+def test_source_selection_rate_skips_an_exhausted_source_in_lua_delivery(kumoq):
+    daemon = kumoq(policy(rated_paths("{ ['ip-a'] = { source_selection_rate = '1/h' } }")))
+    daemon.send("s@example.com", [f"r{i}@hook.test" for i in range(12)])
+    deliveries = daemon.wait_for_records("Delivery", 12)
+    by_source: dict[str, int] = {}
+    for d in deliveries:
+        by_source[d["egress_source"]] = by_source.get(d["egress_source"], 0) + 1
+        assert d["site"] == f"{d['egress_source']}->hook.test@lua:make.pooled"
+    assert by_source == {"ip-a": 1, "ip-b": 11}  # ip-a's turns after its first go to ip-b
+    assert daemon.records("TransientFailure") == []
+
+
+def test_every_source_exhausted_in_lua_delivery_is_a_transient_failure(kumoq):
+    shared = "{ additional_source_selection_rates = { ['lua-wide'] = '2/h' } }"
+    daemon = kumoq(policy(rated_paths(f"{{ ['ip-a'] = {shared}, ['ip-b'] = {shared} }}")))
+    daemon.send("s@example.com", [f"r{i}@hook.test" for i in range(5)])
+    deliveries = daemon.wait_for_records("Delivery", 2)
+    failures = daemon.wait_for_records("TransientFailure", 3)
+    for failure in failures:
+        assert failure["response"]["code"] == 451
+        assert failure["response"]["content"] == (
+            "KumoMTA internal: no sources for hook.test pool=`pool-1` "
+            "are eligible for selection at this time"
+        )
+    assert len(daemon.records("Delivery")) == len(deliveries) == 2
