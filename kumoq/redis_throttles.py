@@ -15,11 +15,13 @@ arguments and answers are KumoMTA's, so kumoq and KumoMTA nodes can share one re
   is ``ZADD key XX CH expires uuid``, ``release_async`` is ``ZREM``.
 
 Redis down: every method answers None (and counts ``redis_throttle_fallbacks_total{kind}``),
-and kumoq.throttle decides locally. The first failure logs one WARNING and sets
-``redis_throttles_connected`` to 0; from then on redis is tried again at most every
-``retry_every`` seconds (one caller probes with ``PING``, the others do not wait for it), and
-the first answer logs INFO and shares again. A lease that could not be released is released
-when redis answers again (else it would hold its slot until it expires).
+and kumoq.throttle decides locally. Each call is bounded by ``response_timeout``
+(``CALL_TIMEOUT``, 5 s, when unset): a redis that accepts connections and never answers is
+down too. The first failure logs one WARNING and sets ``redis_throttles_connected`` to 0;
+from then on redis is asked again at most every ``retry_every`` seconds, by a ``PING`` in the
+background (no caller waits for it), and the first answer logs INFO and shares again. A
+lease that could not be released is released when redis answers again (else it would hold
+its slot until it expires).
 
 ``open_shared_throttles`` is what the daemon calls: the ``Throttle`` and ``Limits`` every part
 of the process shares, through redis when the policy configured it.
@@ -29,6 +31,7 @@ L1 (IO adapter): imports redis-py, kumoq.throttle, kumoq.config and kumoq.metric
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -66,6 +69,11 @@ T = TypeVar("T")
 
 RETRY_EVERY: Final = 1.0
 """While redis does not answer, it is tried again at most this often (seconds)."""
+
+CALL_TIMEOUT: Final = 5.0
+"""How long one call to redis may take (the start's probe included) when the policy sets no
+``response_timeout``: past it the call falls back, so a redis that accepts connections and
+never answers neither holds the start nor stops mail."""
 
 
 def _script(name: str) -> str:
@@ -144,18 +152,21 @@ class RedisThrottles:
         self.has_redis_cell = False
         self._down = True  # until connect() has an answer
         self._warned = False
-        self._probing = False
+        self._probing: asyncio.Task[None] | None = None  # a probe while down, in the background
         self._next_try = 0.0
         self._unreleased: set[tuple[str, str]] = set()
+        self._bound = config.response_timeout or CALL_TIMEOUT
 
     @property
     def connected(self) -> bool:
         return not self._down
 
     async def connect(self) -> bool:
-        """Ask redis (and whether it has redis-cell); False, logged, when it does not answer."""
+        """Ask redis (and whether it has redis-cell); False, logged, when it does not answer
+        within ``response_timeout`` (``CALL_TIMEOUT`` when unset)."""
         try:
-            await self._probe()
+            async with asyncio.timeout(self._bound):
+                await self._probe()
         except _ERRORS as exc:
             self._went_down(exc)
             return False
@@ -163,6 +174,10 @@ class RedisThrottles:
         return True
 
     async def close(self) -> None:
+        probing, self._probing = self._probing, None
+        if probing is not None:
+            probing.cancel()
+            await asyncio.wait((probing,))
         await self._client.aclose()
         REDIS_THROTTLES_CONNECTED.set(0)
 
@@ -232,26 +247,30 @@ class RedisThrottles:
     async def _run(self, kind: str, op: Callable[[], Awaitable[T]]) -> T | None:
         """``op()``'s answer, or None (counted) when redis does not answer."""
         if self._down:
-            if self._probing or self._monotonic() < self._next_try:
-                REDIS_THROTTLE_FALLBACKS.labels(kind).inc()
-                return None
-            self._probing = True
-            try:
-                await self._probe()
-            except _ERRORS as exc:
-                self._went_down(exc)
-                REDIS_THROTTLE_FALLBACKS.labels(kind).inc()
-                return None
-            finally:
-                self._probing = False
-            self._came_up(first=False)
-            await self._release_unreleased()
+            if self._probing is None and self._monotonic() >= self._next_try:
+                self._probing = asyncio.ensure_future(self._reprobe())
+            REDIS_THROTTLE_FALLBACKS.labels(kind).inc()
+            return None
         try:
-            return await op()
+            async with asyncio.timeout(self._bound):
+                return await op()
         except _ERRORS as exc:
             self._went_down(exc)
             REDIS_THROTTLE_FALLBACKS.labels(kind).inc()
             return None
+
+    async def _reprobe(self) -> None:
+        """Ask redis again while it is down (in the background: no caller waits for it)."""
+        try:
+            async with asyncio.timeout(self._bound):
+                await self._probe()
+        except _ERRORS as exc:
+            self._went_down(exc)
+        else:
+            self._came_up(first=False)
+            await self._release_unreleased()
+        finally:
+            self._probing = None
 
     async def _probe(self) -> None:
         """PING, then whether the server has redis-cell (KumoMTA asks ``COMMAND INFO``)."""
@@ -265,12 +284,13 @@ class RedisThrottles:
         self.has_redis_cell = isinstance(info, list) and any(v for v in info)
 
     async def _release_unreleased(self) -> None:
-        pending, self._unreleased = self._unreleased, set()
-        for key, member in pending:
+        for key, member in list(self._unreleased):
             try:
-                await self._client.zrem(key, member)
+                async with asyncio.timeout(self._bound):
+                    await self._client.zrem(key, member)
             except _ERRORS:
-                self._unreleased.add((key, member))
+                return  # the rest when redis answers again after its next outage, or expired
+            self._unreleased.discard((key, member))
 
     def _went_down(self, exc: BaseException) -> None:
         self._next_try = self._monotonic() + self._retry_every

@@ -17,7 +17,12 @@ from redis.asyncio import Redis
 from kumoq.config.redis import RedisThrottleConfig
 from kumoq.config.values import LimitSpec, ThrottleSpec
 from kumoq.metrics import REGISTRY
-from kumoq.redis_throttles import RedisLease, RedisThrottles, open_shared_throttles
+from kumoq.redis_throttles import (
+    CALL_TIMEOUT,
+    RedisLease,
+    RedisThrottles,
+    open_shared_throttles,
+)
 from kumoq.throttle import Leases, LocalThrottleBackend, Refused, Throttle, ThrottleResult
 from tests.redis_server import RedisServer
 
@@ -217,3 +222,50 @@ async def test_while_down_redis_is_tried_at_most_every_retry_interval(
         assert await backend.acquire_async("k", LimitSpec(1), 10) is None
     finally:
         await backend.close()
+
+
+@pytest.fixture
+async def silent_redis() -> AsyncIterator[str]:
+    """A server that accepts connections and never answers (a hung redis, or another service
+    on its port): the URL to reach it."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # read nothing, answer nothing
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    yield f"redis://127.0.0.1:{port}/"
+    for writer in held:
+        writer.close()
+    server.close()
+    await server.wait_closed()
+
+
+async def test_a_redis_that_never_answers_is_down_after_the_call_timeout(
+    silent_redis: str,
+) -> None:
+    # No response_timeout: the start still ends, after CALL_TIMEOUT, in the fallback.
+    backend = RedisThrottles(config(silent_redis), retry_every=0.2)
+    try:
+        assert await asyncio.wait_for(backend.connect(), CALL_TIMEOUT * 4) is False
+        assert not backend.connected
+        assert connected() == 0
+    finally:
+        await backend.close()
+
+
+async def test_while_redis_hangs_no_check_waits_for_it(silent_redis: str) -> None:
+    hung = RedisThrottleConfig.from_mapping({"node": silent_redis, "response_timeout": "30s"})
+    backend = RedisThrottles(hung, retry_every=0.0)
+    throttles = fallbacks("throttle")
+    try:
+        for _ in range(3):  # not connected yet: down, as after a failed start
+            # The probe of the hung redis runs in the background: each check falls back now.
+            got = await asyncio.wait_for(backend.check_async("k", spec("1/s"), 0.0), 5.0)
+            assert got is None
+            lease = await asyncio.wait_for(backend.acquire_async("k", LimitSpec(1), 10), 5.0)
+            assert lease is None
+        assert fallbacks("throttle") == throttles + 3
+    finally:
+        await backend.close()  # cancels the probe that is still waiting
