@@ -106,7 +106,10 @@ class LuaRouter:
             if path is None or await self._selection_allowed(path, name, source):
                 return LuaRoute(parts, pool_name, source, name)
             skipped.add(source)
-            if self._candidates(pool_name) <= skipped:
+            candidates = await self._rerun(partial(self._candidates, pool_name))
+            if isinstance(candidates, Attempt):
+                return candidates
+            if candidates <= skipped:
                 return lua_failure(
                     f"KumoMTA internal: no sources for {queue_name} pool=`{pool_name}` "
                     "are eligible for selection at this time"

@@ -9,12 +9,14 @@ import pytest
 
 from kumoq.clock import FakeClock
 from kumoq.config.egress import EgressPathConfig, EgressPool, EgressPoolEntry, EgressSource
+from kumoq.config.values import ThrottleSpec
 from kumoq.egress.lua_route import LuaRoute, LuaRouter
 from kumoq.egress.sources import SourceSelector
 from kumoq.errors import PolicyError, PolicyWouldBlock
 from kumoq.logs.records import RecordType
 from kumoq.message import parse_queue_name
 from kumoq.scheduler.attempt import Attempt
+from kumoq.throttle import Throttle
 
 PARTS = parse_queue_name("hook.test")
 
@@ -29,10 +31,16 @@ class Policy:
         self.block = 0
         self.fail: str | None = None
         self.waited = 0
+        self.pools_until_failure: int | None = None  # pools (never cached) given, then an error
 
     def get_egress_pool(self, name: str) -> EgressPool:
+        if self.pools_until_failure is not None:
+            if self.pools_until_failure == 0:
+                raise PolicyError("policy.lua:3: get_egress_pool failed")
+            self.pools_until_failure -= 1
         entries = (EgressPoolEntry(name="ip-a"), EgressPoolEntry(name="ip-b"))
-        return EgressPool(name=name, entries=entries)
+        ttl = 0.0 if self.pools_until_failure is not None else 60.0
+        return EgressPool(name=name, entries=entries, ttl=ttl)
 
     def get_egress_source(self, name: str) -> EgressSource:
         return EgressSource(name=name)
@@ -153,3 +161,17 @@ async def test_without_a_policy_no_path_is_asked() -> None:
     lua = LuaRouter(FakeClock(1000.0))
     route = await lua.route("hook.test", PARTS, "pool-1", "make.x")
     assert route == LuaRoute(PARTS, "pool-1", "unspecified", "unspecified->hook.test@lua:make.x")
+
+
+async def test_a_pool_event_failing_after_a_skip_is_a_transient_failure() -> None:
+    clock = FakeClock(1000.0)
+    policy = Policy({"ip-a": {"source_selection_rate": "1/h"}})
+    throttle = Throttle()
+    key = "kumomta.source_selection_rate.ip-a->hook.test@lua:make.x.ip-a"
+    await throttle.throttle(key, ThrottleSpec.parse("t", "1/h"), clock.now())  # exhausted
+    policy.pools_until_failure = 1  # the pick's pool, then the candidates' fails
+    lua = LuaRouter(clock, sources=SourceSelector(policy, clock), policy=policy, throttle=throttle)
+    failed = await lua.route("hook.test", PARTS, "pool-1", "make.x")
+    assert isinstance(failed, Attempt)
+    assert failed.disposition is RecordType.TransientFailure
+    assert failed.response.content == "KumoMTA internal: policy.lua:3: get_egress_pool failed"
