@@ -3,8 +3,8 @@
 The constructor event ``make.x(domain, tenant, campaign)`` returns a connection table; kumoq keeps
 one connection per ready queue ``<source>-><routing_domain>@lua:<constructor>``, the source
 chosen from the queue's ``egress_pool`` by weighted round robin as for SMTP (``unspecified``
-without a pool), skipping a source whose path's source selection rates are exhausted
-(``kumoq.egress.lua_route``). With
+without a pool), skipping a source whose path's source selection rates are exhausted, and
+each call waits for the path's message rates (``kumoq.egress.lua_route``). With
 ``batch_size = 1`` (the default) each message is sent as it comes, by ``conn:send(msg)``. With
 ``batch_size > 1`` messages wait in the ready queue's batch and go out together by
 ``conn:send_batch(msgs)`` (a Lua array, oldest first); the same outcome applies to every message
@@ -278,9 +278,16 @@ class LuaDispatch:
 
     async def _send_batch(self, path: _LuaPath, batch: _Batch, items: list[_Waiting]) -> None:
         """Send ``items`` and resolve their attempts (a bug fails them, never strands them)."""
-        msgs = [it.msg for it in items]
         try:
-            attempt = await self._send(path, batch.protocol, items[0].route, msgs)
+            # The path's rates first; what expired meanwhile gets its Expiration, not a send.
+            attempt = await self._router.admit(items[0].route, len(items))
+            if attempt is None:
+                now = self._clock.now()
+                items = [it for it in items if not it.expire(now)]
+                if not items:
+                    return
+                msgs = [it.msg for it in items]
+                attempt = await self._send(path, batch.protocol, items[0].route, msgs)
         except Exception as exc:
             for it in items:
                 if not it.future.done():
@@ -320,6 +327,15 @@ class LuaDispatch:
         else:
             await lock.acquire()
         try:
+            if expiry is not None:  # one message: the path's rates first, then its expiry
+                held = await self._router.admit(route, 1)
+                if held is not None:
+                    return held
+                deadline, max_age = expiry
+                now = self._clock.now()
+                if now >= deadline:
+                    expired = expiration(msgs[0], max_age, now)
+                    return expired or lua_failure("KumoMTA internal: expired")
             return await self._send_locked(path, protocol, route, msgs)
         finally:
             lock.release()

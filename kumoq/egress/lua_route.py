@@ -8,7 +8,9 @@ for a custom protocol is the routing domain.
 The ready queue's path config comes from ``get_egress_path_config(routing_domain, source,
 routing_domain)``, as KumoMTA asks it for every protocol, cached for its ``refresh_interval``
 (and asked again after a policy reload, ``expire_paths``). Of its keys, custom Lua delivery
-applies the source selection rates: when the path has a ``source_selection_rate`` (key
+applies the message rates (``admit``: ``max_message_rate`` and
+``additional_message_rate_throttles``, before each call, as SMTP's dispatcher does before each
+message) and the source selection rates: when the path has a ``source_selection_rate`` (key
 ``kumomta.source_selection_rate.<ready queue>.<source>``) or
 ``additional_source_selection_rates`` and one of them (smallest rate first) is exhausted, the
 source is skipped for this message and the round robin picks among the others; when every
@@ -19,12 +21,13 @@ shared through redis when the policy configured it.
 An egress event that waits for DNS (``PolicyWouldBlock``) is called again (bounded), keeping
 the source it was given.
 
-L2: imports kumoq.config, kumoq.egress.sources, kumoq.throttle, kumoq.clock and the queue
-manager's ``Attempt``; never kumoq.lua (the policy comes in through ``EgressPathPolicy``).
+L2: imports kumoq.config, kumoq.egress.sources/ready, kumoq.throttle, kumoq.clock and the
+queue manager's ``Attempt``; never kumoq.lua (the policy comes in through ``EgressPathPolicy``).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -32,12 +35,14 @@ from typing import Protocol, TypeVar, final
 
 from kumoq.clock import Clock
 from kumoq.config.egress import UNSPECIFIED, EgressPathConfig
+from kumoq.egress.ready import RequeueQueue, SleepInline, throttle_decision
 from kumoq.egress.sources import SourceSelector, selection_rates
 from kumoq.errors import KumoqError, PolicyWouldBlock
 from kumoq.logs.records import RecordType, Response
 from kumoq.message import QueueNameParts
 from kumoq.scheduler.attempt import POLICY_WAIT_RERUNS, Attempt
-from kumoq.throttle import Throttle
+from kumoq.scheduler.context import InsertReason
+from kumoq.throttle import Throttle, by_rate
 
 __all__ = ["EgressPathPolicy", "LuaRoute", "LuaRouter", "lua_failure"]
 
@@ -61,6 +66,7 @@ class LuaRoute:
     pool: str
     source: str
     ready_queue: str
+    path: EgressPathConfig | None = None  # None: no policy asked, no rate applies
 
 
 def lua_failure(content: str) -> Attempt:
@@ -104,7 +110,7 @@ class LuaRouter:
             if isinstance(path, Attempt):
                 return path
             if path is None or await self._selection_allowed(path, name, source):
-                return LuaRoute(parts, pool_name, source, name)
+                return LuaRoute(parts, pool_name, source, name, path)
             skipped.add(source)
             candidates = await self._rerun(partial(self._candidates, pool_name))
             if isinstance(candidates, Attempt):
@@ -114,6 +120,37 @@ class LuaRouter:
                     f"KumoMTA internal: no sources for {queue_name} pool=`{pool_name}` "
                     "are eligible for selection at this time"
                 )
+
+    async def admit(self, route: LuaRoute, count: int) -> Attempt | None:
+        """The path's ``max_message_rate`` (key ``kumomta.max_message_rate.<ready queue>``) and
+        ``additional_message_rate_throttles``, smallest rate first, once for each of ``count``
+        messages about to go out together: None once every one admits them (after sleeping
+        while a wait is shorter than the path's ``idle_timeout``), else their ``Delayed``
+        attempt, back to the scheduled queue for the wait (``MessageRateThrottle``)."""
+        path = route.path
+        if path is None:
+            return None
+        rates = list(path.additional_message_rate_throttles.items())
+        if path.max_message_rate is not None:
+            rates.append((f"kumomta.max_message_rate.{route.ready_queue}", path.max_message_rate))
+        for key, spec in by_rate(rates):
+            for _ in range(count):
+                while True:
+                    result = await self._throttle.throttle(key, spec, self._clock.now())
+                    decision = throttle_decision(result, path.idle_timeout)
+                    if isinstance(decision, SleepInline):
+                        await asyncio.sleep(decision.seconds)
+                    elif isinstance(decision, RequeueQueue):
+                        return Attempt(
+                            RecordType.Delayed,
+                            Response(400, None, "throttled", None),
+                            delivery_protocol="Lua",
+                            requeue_delay=decision.delay,
+                            reason=InsertReason.MessageRateThrottle,
+                        )
+                    else:
+                        break
+        return None
 
     def forget(self, ready_queue: str) -> None:
         """The ready queue was reaped: its path config is asked again at its next message."""

@@ -241,3 +241,82 @@ def test_every_source_exhausted_in_lua_delivery_is_a_transient_failure(kumoq):
             "are eligible for selection at this time"
         )
     assert len(daemon.records("Delivery")) == len(deliveries) == 2
+
+
+def test_a_lua_paths_message_rate_delays_what_it_cannot_send_now(kumoq):
+    daemon = kumoq(policy(rated_paths("{ ['ip-a'] = { max_message_rate = '1/h' } }")))
+    daemon.send("s@example.com", [f"r{i}@hook.test" for i in range(8)])
+    # The pool's weights (1:3) give ip-a two of the eight: its first goes, the second waits.
+    deliveries = daemon.wait_for_records("Delivery", 7)
+    (delayed,) = daemon.wait_for_records("Delayed", 1)
+    by_source: dict[str, int] = {}
+    for d in deliveries:
+        by_source[d["egress_source"]] = by_source.get(d["egress_source"], 0) + 1
+    assert by_source == {"ip-a": 1, "ip-b": 6}, by_source
+    assert "MessageRateThrottle" in delayed["response"]["content"]
+    assert delayed["num_attempts"] == 0  # not a failed attempt
+    assert {d["recipient"] for d in deliveries} | {delayed["recipient"]} == {
+        f"r{i}@hook.test" for i in range(8)
+    }
+
+
+PACED_BATCHES = """
+kumo.on('make.paced', function(domain, tenant, campaign)
+  local conn = {}
+  function conn:send_batch(msgs) return 'batch of ' .. #msgs end
+  return conn
+end)
+kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
+  return kumo.make_queue_config {
+    retry_interval = '1m',
+    protocol = { custom_lua = { constructor = 'make.paced', batch_size = 4,
+                                min_batch_size = 4, max_batch_latency = '2s' } },
+  }
+end)
+kumo.on('get_egress_path_config', function(routing_domain, source, site)
+  return kumo.make_egress_path { max_message_rate = '4/h' }
+end)
+"""
+
+
+def test_a_lua_paths_message_rate_counts_every_message_of_a_batch(kumoq):
+    daemon = kumoq(policy(PACED_BATCHES))
+    daemon.send("s@example.com", [f"r{i}@hook.test" for i in range(8)])
+    deliveries = daemon.wait_for_records("Delivery", 4)
+    delayed = daemon.wait_for_records("Delayed", 4)
+    assert {d["response"]["content"] for d in deliveries} == {"batch of 4"}
+    assert {r["recipient"] for r in deliveries} | {r["recipient"] for r in delayed} == {
+        f"r{i}@hook.test" for i in range(8)
+    }
+    assert len(daemon.records("Delivery")) == 4  # the second batch waits for the rate
+
+
+EXPIRING = """
+kumo.on('make.slow', function(domain, tenant, campaign)
+  local conn = {}
+  function conn:send(msg) return 'sent' end
+  return conn
+end)
+kumo.on('smtp_server_message_received', function(msg)
+  msg:set_scheduling { expires = os.date('!%Y-%m-%dT%H:%M:%SZ', os.time() + 2) }
+end)
+kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
+  return kumo.make_queue_config {
+    retry_interval = '1m', protocol = { custom_lua = { constructor = 'make.slow' } },
+  }
+end)
+kumo.on('get_egress_path_config', function(routing_domain, source, site)
+  -- one per 4 s: under the path's idle_timeout (5 s), so the second message waits inline
+  return kumo.make_egress_path { max_message_rate = '15/min,max_burst=1' }
+end)
+"""
+
+
+def test_a_message_whose_expiry_passes_while_the_rate_holds_it_is_not_sent(kumoq):
+    daemon = kumoq(policy(EXPIRING))
+    daemon.send("s@example.com", ["a@hook.test", "b@hook.test"])
+    (delivery,) = daemon.wait_for_records("Delivery", 1)
+    (expiration,) = daemon.wait_for_records("Expiration", 1, timeout=30)
+    assert {delivery["recipient"], expiration["recipient"]} == {"a@hook.test", "b@hook.test"}
+    assert "configured via set_scheduling" in expiration["response"]["content"]
+    assert len(daemon.records("Delivery")) == 1

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from kumoq.clock import FakeClock
+from kumoq.clock import FakeClock, SystemClock
 from kumoq.config.egress import EgressPathConfig, EgressPool, EgressPoolEntry, EgressSource
 from kumoq.config.values import ThrottleSpec
 from kumoq.egress.lua_route import LuaRoute, LuaRouter
@@ -16,6 +16,7 @@ from kumoq.errors import PolicyError, PolicyWouldBlock
 from kumoq.logs.records import RecordType
 from kumoq.message import parse_queue_name
 from kumoq.scheduler.attempt import Attempt
+from kumoq.scheduler.context import InsertReason
 from kumoq.throttle import Throttle
 
 PARTS = parse_queue_name("hook.test")
@@ -175,3 +176,46 @@ async def test_a_pool_event_failing_after_a_skip_is_a_transient_failure() -> Non
     assert isinstance(failed, Attempt)
     assert failed.disposition is RecordType.TransientFailure
     assert failed.response.content == "KumoMTA internal: policy.lua:3: get_egress_pool failed"
+
+
+def routed(
+    path: dict[str, Any] | None, name: str = "unspecified->hook.test@lua:make.x"
+) -> LuaRoute:
+    config = None if path is None else EgressPathConfig.from_mapping(path)
+    return LuaRoute(PARTS, "unspecified", "unspecified", name, config)
+
+
+async def test_without_a_path_every_call_is_admitted() -> None:
+    lua = LuaRouter(FakeClock(1000.0))
+    assert await lua.admit(routed(None), 50) is None
+
+
+async def test_a_message_rate_exhausted_past_idle_timeout_delays_the_call() -> None:
+    lua = LuaRouter(FakeClock(1000.0))
+    route = routed({"max_message_rate": "1/h"})
+    assert await lua.admit(route, 1) is None
+    held = await lua.admit(route, 1)
+    assert held is not None
+    assert held.disposition is RecordType.Delayed
+    assert held.reason is InsertReason.MessageRateThrottle
+    assert held.requeue_delay is not None
+    assert 3500 < held.requeue_delay <= 3600
+    assert held.response.content == "throttled"
+
+
+async def test_a_shared_message_throttle_holds_across_lua_ready_queues() -> None:
+    lua = LuaRouter(FakeClock(1000.0))
+    shared = {"additional_message_rate_throttles": {"webhooks": "2/h"}}
+    one = routed(shared, "ip-a->a.test@lua:make.x")
+    other = routed(shared, "ip-b->b.test@lua:make.x")
+    assert await lua.admit(one, 2) is None  # a batch of two takes both
+    held = await lua.admit(other, 1)
+    assert held is not None
+    assert held.disposition is RecordType.Delayed
+
+
+async def test_a_short_wait_is_slept_inline() -> None:
+    lua = LuaRouter(SystemClock())  # the inline sleep is real time: the clock must move
+    route = routed({"max_message_rate": "20/s"})
+    for _ in range(3):
+        assert await lua.admit(route, 10) is None  # 30 at 20/s: a wait well under idle_timeout
