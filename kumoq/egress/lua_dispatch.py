@@ -164,7 +164,7 @@ class LuaDispatch:
         self._runtime = runtime
         self._clock: Clock = clock or SystemClock()
         self._sources = sources  # None: every message uses the source 'unspecified'
-        # policy None: no path config, so no source selection rate applies
+        # policy None: no path config, so no path rate applies
         self._router = LuaRouter(self._clock, sources=sources, policy=policy, throttle=throttle)
         self._paths: ReadyRegistry[_LuaPath] = ReadyRegistry(
             self._clock, busy=_LuaPath.busy, reaped=self._reaped, reap_interval=reap_interval
