@@ -31,7 +31,6 @@ while it waits for a throttle or a connection the ready queue's expiry sweep doe
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import Callable, Iterable
@@ -126,7 +125,7 @@ class Dispatchers:
                 if not it.future.done():
                     it.future.cancel()
                     waiting += 1
-            ready.wake.set()
+            ready.idle.wake_all()
         tasks = set(self._tasks)
         if not tasks and not waiting:
             return
@@ -216,13 +215,7 @@ class Dispatchers:
                 fresh = False
                 item = ready.fifo.pop()
                 if item is None:
-                    if session is None:
-                        return
-                    ready.wake.clear()
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(ready.path.idle_timeout):
-                            await ready.wake.wait()
-                    if not len(ready.fifo):
+                    if session is None or not await self._idle(ready):
                         return
                     continue
                 if item.expire(self._clock.now()):
@@ -269,6 +262,16 @@ class Dispatchers:
                 ready.running -= 1
                 if self._on_idle is not None:
                     self._on_idle(ready)
+
+    async def _idle(self, ready: ReadyQueue) -> bool:
+        """A session with nothing to send waits for a message up to ``idle_timeout``: True
+        when one is waiting. Woken for a message another dispatcher took first, it waits on
+        until the same deadline (KumoMTA's dispatcher does)."""
+        deadline = asyncio.get_running_loop().time() + ready.path.idle_timeout
+        while not len(ready.fifo):
+            if self._closing or not await ready.idle.wait(deadline):
+                return False
+        return not self._closing
 
     def _settle_if_suspended(self, ready: ReadyQueue) -> None:
         """§1.8: a suspended ready queue hands its waiting messages back (a transient

@@ -17,16 +17,18 @@ in progress (no message waiting, no dispatcher, no session open) for ``reap_inte
 its last use: KumoMTA's ``AGE_OUT_INTERVAL``, 10 minutes. The custom_lua ready queues use the
 same registry for their connections.
 
-Imports asyncio (the wake event, the expiry timer and each waiting message's future); never a
-socket.
+Imports asyncio (the idle sessions' waits, the expiry timer and each waiting message's
+future); never a socket.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import math
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final, Generic, TypeVar
@@ -103,6 +105,57 @@ def settle_expired(
     return True
 
 
+class IdleSessions:
+    """The dispatchers of one ready queue that hold an open session and wait for a message.
+
+    ``wait(deadline)`` parks the caller until ``wake_one`` picks it or ``deadline`` (loop time)
+    passes; ``wake_one`` resumes the dispatcher that went idle last (LIFO: the sessions idle
+    longest are the ones that reach ``idle_timeout`` and close). A woken dispatcher still
+    checks the FIFO itself: another one may have taken the message first."""
+
+    __slots__ = ("_waiting",)
+
+    def __init__(self) -> None:
+        self._waiting: deque[asyncio.Future[bool]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    async def wait(self, deadline: float) -> bool:
+        """True when woken, False when ``deadline`` passed first."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bool] = loop.create_future()
+        self._waiting.append(waiter)
+        timer = loop.call_at(deadline, _time_out, waiter)
+        try:
+            return await waiter
+        finally:
+            timer.cancel()
+            if waiter.cancelled() or not waiter.done() or not waiter.result():
+                # timed out or cancelled: still in the deque, unless wake_one skipped it
+                with contextlib.suppress(ValueError):
+                    self._waiting.remove(waiter)
+
+    def wake_one(self) -> bool:
+        """Resume one idle dispatcher; False when none waits."""
+        waiting = self._waiting
+        while waiting:
+            waiter = waiting.pop()
+            if not waiter.done():
+                waiter.set_result(True)
+                return True
+        return False
+
+    def wake_all(self) -> None:
+        while self.wake_one():
+            pass
+
+
+def _time_out(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(False)
+
+
 class ExpiryTimer:
     """One timer at the earliest deadline of the messages waiting somewhere (a ready queue,
     a batch). ``watch(deadline)`` brings it forward when needed; when it fires it calls
@@ -158,7 +211,8 @@ class ReadyQueue:
     dispatchers: int = 0
     #: dispatcher tasks not ended yet (one may still be closing its session)
     running: int = 0
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    #: dispatchers with a session open and nothing to send, waiting up to ``idle_timeout``
+    idle: IdleSessions = field(default_factory=IdleSessions)
     failures: ConnectionFailureTracker = field(init=False)
     #: popped by a dispatcher that has not started its transaction yet
     held: set[QueuedMessage] = field(default_factory=set)

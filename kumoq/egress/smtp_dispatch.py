@@ -181,7 +181,7 @@ class SmtpDispatch:
                 reason=InsertReason.ReadyQueueWasFull,
             )
         self._dispatchers.spawn(ready)
-        ready.wake.set()
+        ready.idle.wake_one()
         return await future
 
     # -- selection ----------------------------------------------------------------------------
