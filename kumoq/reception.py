@@ -48,7 +48,7 @@ from collections.abc import Coroutine, Iterable
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
-from kumoq.clock import Clock
+from kumoq.clock import Clock, LoopBound
 from kumoq.config.listener_domain import ListenerDomain
 from kumoq.errors import KumoqError, PolicyError, QueueNameError
 from kumoq.logs.records import RecordType, Response
@@ -129,7 +129,7 @@ class StorageCheck(Protocol):
         ...
 
 
-class Reception:
+class Reception(LoopBound):
     """The daemon's SMTP handler: one per listener, with that listener's hostname and trace
     header settings. ``free_space``, shared by every listener, refuses new transactions
     while storage is too full."""
@@ -279,7 +279,7 @@ class Reception:
         end, removes every message of the transaction, and then goes on: the caller answers
         4xx, so nothing may stay. Exceptions other than KumoqError propagate, after the same
         removal."""
-        stores = asyncio.ensure_future(self._store_each(msgs))
+        stores = self._loop.create_task(self._store_each(msgs))
         try:
             errors = await asyncio.shield(stores)
         except asyncio.CancelledError:
@@ -421,7 +421,7 @@ class Reception:
         return outcomes
 
     def _background(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coro)
+        task = self._loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

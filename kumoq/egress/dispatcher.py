@@ -35,7 +35,7 @@ import logging
 import random
 from collections.abc import Callable, Iterable
 
-from kumoq.clock import Clock
+from kumoq.clock import Clock, LoopBound
 from kumoq.config.values import ThrottleSpec
 from kumoq.delivery.smtp import SmtpClientSession
 from kumoq.dns.resolver import Resolver
@@ -64,7 +64,7 @@ SHARED_LIMIT_RETRY_MIN = 0.5
 """...and at least this long."""
 
 
-class Dispatchers:
+class Dispatchers(LoopBound):
     """Every dispatcher task of every SMTP ready queue."""
 
     def __init__(
@@ -102,7 +102,7 @@ class Dispatchers:
         while ready.dispatchers < ideal:
             ready.dispatchers += 1
             ready.running += 1
-            task = asyncio.ensure_future(self._dispatch(ready))
+            task = self._loop.create_task(self._dispatch(ready))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -267,9 +267,10 @@ class Dispatchers:
         """A session with nothing to send waits for a message up to ``idle_timeout``: True
         when one is waiting. Woken for a message another dispatcher took first, it waits on
         until the same deadline (KumoMTA's dispatcher does)."""
-        deadline = asyncio.get_running_loop().time() + ready.path.idle_timeout
+        loop = self._loop
+        deadline = loop.time() + ready.path.idle_timeout
         while not len(ready.fifo):
-            if self._closing or not await ready.idle.wait(deadline):
+            if self._closing or not await ready.idle.wait(deadline, loop):
                 return False
         return not self._closing
 

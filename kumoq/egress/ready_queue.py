@@ -121,9 +121,8 @@ class IdleSessions:
     def __len__(self) -> int:
         return len(self._waiting)
 
-    async def wait(self, deadline: float) -> bool:
-        """True when woken, False when ``deadline`` passed first."""
-        loop = asyncio.get_running_loop()
+    async def wait(self, deadline: float, loop: asyncio.AbstractEventLoop) -> bool:
+        """True when woken, False when ``deadline`` (``loop.time()``) passed first."""
         waiter: asyncio.Future[bool] = loop.create_future()
         self._waiting.append(waiter)
         timer = loop.call_at(deadline, _time_out, waiter)

@@ -37,7 +37,7 @@ import socket
 from collections.abc import Callable
 from typing import Protocol
 
-from kumoq.clock import Clock
+from kumoq.clock import Clock, LoopBound
 from kumoq.config.egress import UNSPECIFIED, EgressPathConfig
 from kumoq.config.queue import QueueConfig, SmtpProtocol
 from kumoq.dns.mx_cache import MxCache, MxFailure
@@ -77,7 +77,7 @@ class EgressPolicy(EgressSources, Protocol):
     ) -> EgressPathConfig | None: ...
 
 
-class SmtpDispatch:
+class SmtpDispatch(LoopBound):
     """``Deliverer`` for ``protocol = {smtp = ...}``: egress selection, ready queues, sessions."""
 
     def __init__(
@@ -170,7 +170,7 @@ class SmtpDispatch:
             return ready
         if self._dispatchers.closing:
             raise asyncio.CancelledError  # not attempted: the message stays spooled
-        future: asyncio.Future[Attempt] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Attempt] = self._loop.create_future()
         item = QueuedMessage(msg, future, expiry_deadline(msg, config.max_age), config.max_age)
         self._ready.touch(ready.name)
         if not ready.push(item, priority_of(msg)):

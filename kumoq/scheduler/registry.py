@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Coroutine, Iterable, Iterator
 from typing import Any, Final
 
-from kumoq.clock import Clock
+from kumoq.clock import Clock, LoopBound
 from kumoq.config.queue import QueueConfig
 from kumoq.errors import KumoqError, PolicyError, PolicyWouldBlock
 from kumoq.message import Message, parse_queue_name
@@ -33,7 +33,7 @@ FAILED_RESOLVE_TTL: Final = 60.0
 ENUMERATED: Final = InsertContext(InsertReason.Enumerated)
 
 
-class QueueRegistry(ABC):
+class QueueRegistry(LoopBound, ABC):
     """Scheduled queues by name; the queue manager's base."""
 
     def __init__(self, configs: QueueConfigSource, clock: Clock) -> None:
@@ -182,7 +182,7 @@ class QueueRegistry(ABC):
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run ``coro`` as a task that ``close()`` waits for (and cancels past the drain)."""
-        task = asyncio.ensure_future(coro)
+        task = self._loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 

@@ -172,7 +172,7 @@ class HandlerCalls(ABC):
         listener = self._listener
         call = listener.handler.data(self._conn, event.sender, list(event.recipients), event.data)
         timeout = listener.config.data_processing_timeout
-        return await bounded(call, timeout, R.DATA_PROCESSING_TIMEOUT)
+        return await bounded(call, timeout, R.DATA_PROCESSING_TIMEOUT, listener.loop)
 
     async def _settle(
         self, call: Awaitable[_T], done: Callable[[_T], None], failure: str, *args: object

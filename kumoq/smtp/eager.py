@@ -59,10 +59,13 @@ async def drive_suspended(coro: Coroutine[Any, Any, _T], yielded: Any) -> _T:
             return cast("_T", stop.value)
 
 
-async def bounded(call: Awaitable[_T], seconds: float, expired: _T) -> _T:
+async def bounded(
+    call: Awaitable[_T], seconds: float, expired: _T, loop: asyncio.AbstractEventLoop
+) -> _T:
     """``await call``; once ``seconds`` have passed, the current task is cancelled and the
-    result is ``expired``. A cancellation from elsewhere propagates as usual."""
-    task = asyncio.current_task()
+    result is ``expired``. A cancellation from elsewhere propagates as usual. ``loop`` is the
+    running loop (asking asyncio for it costs a ``getpid()`` on Python 3.11)."""
+    task = asyncio.current_task(loop)
     assert task is not None
     timed_out = False
 
@@ -72,7 +75,7 @@ async def bounded(call: Awaitable[_T], seconds: float, expired: _T) -> _T:
             timed_out = True
             task.cancel()
 
-    deadline = asyncio.get_running_loop().call_later(seconds, expire)
+    deadline = loop.call_later(seconds, expire)
     try:
         return await call
     except asyncio.CancelledError:

@@ -20,9 +20,9 @@ from tests.unit.test_state_reaping import MiniSink, make_msg, smtp_dispatch
 async def test_wake_one_resumes_the_session_idle_last() -> None:
     idle = IdleSessions()
     deadline = asyncio.get_running_loop().time() + 5.0
-    first = asyncio.ensure_future(idle.wait(deadline))
+    first = asyncio.ensure_future(idle.wait(deadline, asyncio.get_running_loop()))
     await asyncio.sleep(0)
-    second = asyncio.ensure_future(idle.wait(deadline))
+    second = asyncio.ensure_future(idle.wait(deadline, asyncio.get_running_loop()))
     await asyncio.sleep(0)
     assert len(idle) == 2
     assert idle.wake_one()
@@ -39,7 +39,7 @@ async def test_wake_one_resumes_the_session_idle_last() -> None:
 async def test_a_wait_past_its_deadline_returns_false_and_leaves_the_queue() -> None:
     idle = IdleSessions()
     loop = asyncio.get_running_loop()
-    assert await idle.wait(loop.time() + 0.02) is False
+    assert await idle.wait(loop.time() + 0.02, loop) is False
     assert len(idle) == 0
     assert not idle.wake_one()
 
@@ -47,8 +47,8 @@ async def test_a_wait_past_its_deadline_returns_false_and_leaves_the_queue() -> 
 async def test_a_cancelled_wait_leaves_the_queue_and_is_not_woken() -> None:
     idle = IdleSessions()
     deadline = asyncio.get_running_loop().time() + 5.0
-    cancelled = asyncio.ensure_future(idle.wait(deadline))
-    waiting = asyncio.ensure_future(idle.wait(deadline))
+    cancelled = asyncio.ensure_future(idle.wait(deadline, asyncio.get_running_loop()))
+    waiting = asyncio.ensure_future(idle.wait(deadline, asyncio.get_running_loop()))
     await asyncio.sleep(0)
     cancelled.cancel()
     await asyncio.sleep(0)
