@@ -12,7 +12,7 @@ where the connection would wait for input (as KumoMTA does); connections still b
 drain timeout are aborted, and ``close`` returns once their handler calls have ended (an aborted
 DATA first undoes the spool writes it had in flight).
 
-Accepting is our own (``loop.add_reader`` and ``socket.accept``, then
+Accepting is our own (``loop.add_reader`` and ``accept()``, then
 ``loop.connect_accepted_socket``) rather than ``loop.create_server``'s: a failed ``accept()``
 -- EMFILE or ENFILE when file descriptors run out -- is counted in ``accept_failures`` and
 logged at most once every few seconds (``smtp/admission.py``), and accepting pauses for
@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import socket
 import ssl
 from typing import Final, final
@@ -142,9 +143,14 @@ class EsmtpListener:
     def _accept(self, sock: socket.socket) -> None:
         loop = self.loop
         failures = self.accept_failures
+        # socket.accept() without its enum conversions of family and type (both asked per
+        # call); the new socket is left blocking: connect_accepted_socket makes it
+        # non-blocking itself (uvloop's uv_tcp_open, asyncio's transport), one ioctl each.
+        accept = sock._accept  # type: ignore[attr-defined]
+        family, kind, proto = int(sock.family), int(sock.type), sock.proto
         for _ in range(_ACCEPT_BATCH):
             try:
-                conn, _ = sock.accept()
+                fd, _ = accept()
             except BlockingIOError:
                 return
             except (InterruptedError, ConnectionAbortedError):
@@ -157,7 +163,11 @@ class EsmtpListener:
                 return
             if failures.unreported:
                 failures.recovered(loop.time())
-            conn.setblocking(False)
+            try:
+                conn = socket.socket(family, kind, proto, fd)
+            except OSError:  # the peer is gone already (ENOTCONN, EBADF): nothing to serve
+                os.close(fd)
+                continue
             task = loop.create_task(self._adopt(conn))
             self._adopting.add(task)
             task.add_done_callback(self._adopting.discard)
