@@ -48,6 +48,25 @@ async def test_smtplib_session(start: Start, handler: FakeHandler) -> None:
     assert handler.rejections == []
 
 
+def _send_from(source: str, port: int) -> None:
+    with smtplib.SMTP("127.0.0.3", port, timeout=10, source_address=(source, 0)) as client:
+        client.sendmail("sender@example.com", ["a@example.com"], BODY)
+
+
+async def test_the_connection_addresses_on_a_wildcard_listener(
+    start: Start, handler: FakeHandler
+) -> None:
+    """Bound to 0.0.0.0, the local address is each connection's own (127.0.0.3 here); the
+    peer's is the client's source address. A listener bound to one address (above) takes
+    both from accept() and its bound address instead of asking the socket."""
+    listener = await start(listen="0.0.0.0:0", relay_hosts=["127.0.0.0/8"])
+    port = listener.address[1]
+    await asyncio.to_thread(_send_from, "127.0.0.2", port)
+    (conn,) = handler.conns
+    assert conn["received_from"] == "127.0.0.2"
+    assert conn["received_via"] == f"127.0.0.3:{port}"
+
+
 async def test_aiosmtplib_session(start: Start, handler: FakeHandler) -> None:
     listener = await start()
     message = EmailMessage()
