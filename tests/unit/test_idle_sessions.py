@@ -9,6 +9,8 @@ its connections."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 from kumoq.clock import SystemClock
 from kumoq.config.queue import QueueConfig, SmtpProtocol
@@ -57,57 +59,60 @@ async def test_a_cancelled_wait_leaves_the_queue_and_is_not_woken() -> None:
     assert await waiting is True
 
 
+class Relay:
+    """SmtpDispatch relaying to a MiniSink on 127.0.0.1, sessions kept ``idle_timeout``."""
+
+    def __init__(self, sink: MiniSink, port: int, idle_timeout: float) -> None:
+        self.sink = sink
+        self.clock = SystemClock()
+        self.dispatch = smtp_dispatch(
+            self.clock, 60.0, prohibited_hosts=[], enable_tls="Disabled", idle_timeout=idle_timeout
+        )
+        self.config = QueueConfig(protocol=SmtpProtocol(mx_list=(f"127.0.0.1:{port}",)))
+
+    async def send(self, *users: str) -> None:
+        """Deliver one message per user at once; each must be a Delivery."""
+        attempts = await asyncio.gather(
+            *(self.dispatch.deliver(make_msg("a.test", self.clock, u), self.config) for u in users)
+        )
+        assert {a.disposition for a in attempts} == {RecordType.Delivery}
+
+
+@contextlib.asynccontextmanager
+async def relay(idle_timeout: float) -> AsyncIterator[Relay]:
+    sink = MiniSink()
+    port = await sink.start()
+    started = Relay(sink, port, idle_timeout)
+    try:
+        yield started
+    finally:
+        await started.dispatch.close(drain_seconds=0.5)
+        await sink.stop()
+
+
 async def test_one_message_at_a_time_keeps_every_idle_session_open() -> None:
     """Before the fix, a message woke every idle session; those that found the FIFO empty
     closed their connection, so a trickle of mail reconnected over and over."""
-    sink = MiniSink()
-    port = await sink.start()
-    clock = SystemClock()
-    dispatch = smtp_dispatch(
-        clock, 60.0, prohibited_hosts=[], enable_tls="Disabled", idle_timeout=30.0
-    )
-    config = QueueConfig(protocol=SmtpProtocol(mx_list=(f"127.0.0.1:{port}",)))
-    try:
-        burst = await asyncio.gather(
-            *(dispatch.deliver(make_msg("a.test", clock, f"u{i}"), config) for i in range(8))
-        )
-        assert {a.disposition for a in burst} == {RecordType.Delivery}
-        opened = sink.connections
+    async with relay(idle_timeout=30.0) as r:
+        await r.send(*(f"u{i}" for i in range(8)))
+        opened = r.sink.connections
         assert opened > 1  # the connection curve opened several sessions
         for i in range(10):
             await asyncio.sleep(0.02)  # time for a session that would close to do so
-            attempt = await dispatch.deliver(make_msg("a.test", clock, f"t{i}"), config)
-            assert attempt.disposition is RecordType.Delivery
+            await r.send(f"t{i}")
         await asyncio.sleep(0.05)
-        assert sink.connections == opened  # no new connection
-        assert sink.open == opened  # and none closed
-    finally:
-        await dispatch.close(drain_seconds=0.5)
-        await sink.stop()
+        assert r.sink.connections == opened  # no new connection
+        assert r.sink.open == opened  # and none closed
 
 
 async def test_the_session_idle_longest_reaches_its_idle_timeout_under_a_trickle() -> None:
     """Two sessions, a message every 50 ms: the one that went idle last takes each message,
     so the other idles out after ``idle_timeout`` while mail still flows."""
-    sink = MiniSink()
-    port = await sink.start()
-    clock = SystemClock()
-    dispatch = smtp_dispatch(
-        clock, 60.0, prohibited_hosts=[], enable_tls="Disabled", idle_timeout=0.3
-    )
-    config = QueueConfig(protocol=SmtpProtocol(mx_list=(f"127.0.0.1:{port}",)))
-    try:
-        both = await asyncio.gather(
-            *(dispatch.deliver(make_msg("a.test", clock, u), config) for u in "ab")
-        )
-        assert {a.disposition for a in both} == {RecordType.Delivery}
-        assert sink.connections == 2
+    async with relay(idle_timeout=0.3) as r:
+        await r.send("a", "b")
+        assert r.sink.connections == 2
         for i in range(24):  # 1.2 s of mail, four idle timeouts
-            attempt = await dispatch.deliver(make_msg("a.test", clock, f"t{i}"), config)
-            assert attempt.disposition is RecordType.Delivery
+            await r.send(f"t{i}")
             await asyncio.sleep(0.05)
-        assert sink.open == 1  # the other session quit at its idle timeout
-        assert sink.connections == 2  # and the busy one never reconnected
-    finally:
-        await dispatch.close(drain_seconds=0.5)
-        await sink.stop()
+        assert r.sink.open == 1  # the other session quit at its idle timeout
+        assert r.sink.connections == 2  # and the busy one never reconnected
