@@ -97,26 +97,12 @@ class SmtpConnection(HandlerCalls, asyncio.Protocol):
     """One client connection. Events are handled synchronously inside ``data_received``; a
     task exists only while a handler call is suspended (always for ``data``)."""
 
-    __slots__ = (
-        "_addresses",
-        "_last_rx",
-        "_lost",
-        "_read_paused",
-        "_timer",
-        "_transport",
-        "_write_paused",
-    )
+    __slots__ = ("_last_rx", "_lost", "_read_paused", "_timer", "_transport", "_write_paused")
 
     _listener: ConnectionOwner
 
-    def __init__(
-        self, listener: ConnectionOwner, addresses: tuple[object, object] | None = None
-    ) -> None:
-        """``addresses``: the peer's and the local ``(host, port)`` when the listener knows
-        them already (from ``accept()`` and its bound address), saving the transport's
-        ``getpeername()`` and ``getsockname()``; None for an unknown one."""
+    def __init__(self, listener: ConnectionOwner) -> None:
         super().__init__(listener)
-        self._addresses = addresses
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._lost = False
@@ -134,18 +120,12 @@ class SmtpConnection(HandlerCalls, asyncio.Protocol):
         self._transport = transport = cast(asyncio.Transport, transport)
         listener = self._listener
         config = listener.config
-        known = self._addresses
-        peer = known[0] if known else None
-        if peer is None:
-            peer = transport.get_extra_info("peername")
-        local = known[1] if known else None
-        if local is None:
-            local = transport.get_extra_info("sockname")
+        peer = transport.get_extra_info("peername")
         peer_ip = str(peer[0]) if isinstance(peer, tuple) else str(peer)
         self._peer = format_addr(peer)
         conn = self._conn
         conn["received_from"] = peer_ip
-        conn["received_via"] = format_addr(local)
+        conn["received_via"] = format_addr(transport.get_extra_info("sockname"))
         conn["hostname"] = config.hostname
         conn["reception_protocol"] = "ESMTP"
         conn["session_id"] = new_session_id()

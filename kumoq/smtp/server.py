@@ -29,9 +29,7 @@ lupa; nothing in kumoq.smtp imports this module.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
-import ipaddress
 import logging
 import os
 import socket
@@ -84,9 +82,6 @@ class EsmtpListener:
         self.accept_failures = AcceptFailures(config.listen)
         self._sockets: list[socket.socket] = []
         self._accepting: set[int] = set()  # the fds of the sockets being watched
-        #: each listening socket's address when it is every connection's local address (not
-        #: a wildcard such as 0.0.0.0, where the local address depends on the connection)
-        self._local: dict[int, object] = {}
         self._adopting: set[asyncio.Task[object]] = set()
         self._relay: dict[str, bool] = {}
 
@@ -132,10 +127,6 @@ class EsmtpListener:
     def _serve(self, sockets: list[socket.socket]) -> None:
         self._sockets = sockets
         for sock in sockets:
-            name = sock.getsockname()
-            with contextlib.suppress(ValueError):
-                if not ipaddress.ip_address(name[0]).is_unspecified:
-                    self._local[sock.fileno()] = name
             self._watch(sock)
 
     def _watch(self, sock: socket.socket) -> None:
@@ -157,10 +148,9 @@ class EsmtpListener:
         # non-blocking itself (uvloop's uv_tcp_open, asyncio's transport), one ioctl each.
         accept = sock._accept  # type: ignore[attr-defined]
         family, kind, proto = int(sock.family), int(sock.type), sock.proto
-        local = self._local.get(sock.fileno())
         for _ in range(_ACCEPT_BATCH):
             try:
-                fd, peer = accept()
+                fd, _ = accept()
             except BlockingIOError:
                 return
             except (InterruptedError, ConnectionAbortedError):
@@ -178,13 +168,13 @@ class EsmtpListener:
             except OSError:  # the peer is gone already (ENOTCONN, EBADF): nothing to serve
                 os.close(fd)
                 continue
-            task = loop.create_task(self._adopt(conn, (peer, local)))
+            task = loop.create_task(self._adopt(conn))
             self._adopting.add(task)
             task.add_done_callback(self._adopting.discard)
 
-    async def _adopt(self, conn: socket.socket, addresses: tuple[object, object]) -> None:
+    async def _adopt(self, conn: socket.socket) -> None:
         try:
-            await self.loop.connect_accepted_socket(lambda: SmtpConnection(self, addresses), conn)
+            await self.loop.connect_accepted_socket(lambda: SmtpConnection(self), conn)
         except Exception:  # the peer went away first, or the loop refused the socket
             conn.close()
             log.debug("esmtp listener: accepted connection lost before it started", exc_info=True)

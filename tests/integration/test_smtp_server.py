@@ -56,9 +56,8 @@ def _send_from(source: str, port: int) -> None:
 async def test_the_connection_addresses_on_a_wildcard_listener(
     start: Start, handler: FakeHandler
 ) -> None:
-    """Bound to 0.0.0.0, the local address is each connection's own (127.0.0.3 here); the
-    peer's is the client's source address. A listener bound to one address (above) takes
-    both from accept() and its bound address instead of asking the socket."""
+    """Bound to 0.0.0.0, the local address is each connection's own (127.0.0.3 here), not
+    the listener's; the peer's is the client's source address."""
     listener = await start(listen="0.0.0.0:0", relay_hosts=["127.0.0.0/8"])
     port = listener.address[1]
     await asyncio.to_thread(_send_from, "127.0.0.2", port)
