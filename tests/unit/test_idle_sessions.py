@@ -116,3 +116,14 @@ async def test_the_session_idle_longest_reaches_its_idle_timeout_under_a_trickle
             await asyncio.sleep(0.05)
         assert r.sink.open == 1  # the other session quit at its idle timeout
         assert r.sink.connections == 2  # and the busy one never reconnected
+
+
+async def test_close_ends_idle_sessions_at_once_with_quit() -> None:
+    """Shutdown wakes every idle session: each sends QUIT and ends, instead of waiting out
+    its idle_timeout (here 60 s, longer than the test's bound) or the drain."""
+    async with relay(idle_timeout=60.0) as r:
+        await r.send("a", "b", "c")
+        assert r.sink.open >= 1
+        await asyncio.wait_for(r.dispatch.close(drain_seconds=120.0), timeout=10.0)
+        await asyncio.sleep(0.05)
+        assert r.sink.open == 0
